@@ -17,6 +17,8 @@ created on the TaskManager and need not be.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -43,21 +45,21 @@ class SubtaskContext:
     report_bad_record: Callable[[str, int, str], None] = lambda path, line, reason: None
 
 
-class SourceReader:
+class SourceReader(ABC):
     """Reads one subtask's share of a bounded source."""
 
+    @abstractmethod
     def read_batches(self) -> Iterator[list]:
         """Yield the subtask's records as lists (a few hundred to a few thousand each).
 
         Returns when the subtask's share is exhausted. Blocking is allowed.
         """
-        raise NotImplementedError  # abstract
 
     def close(self) -> None:
         """Release files and connections; called once, also after a failure."""
 
 
-class Source:
+class Source(ABC):
     """A bounded input; subclasses say how it is split among subtasks."""
 
     #: Name shown for the source operator unless the user sets one.
@@ -72,17 +74,17 @@ class Source:
             InputNotFoundError: a path does not exist.
         """
 
+    @abstractmethod
     def create_reader(self, ctx: SubtaskContext) -> SourceReader:
         """Return the reader for subtask ``ctx.subtask_index`` of ``ctx.parallelism``."""
-        raise NotImplementedError  # abstract
 
 
-class SinkWriter:
+class SinkWriter(ABC):
     """Writes one subtask's share of a sink's output."""
 
+    @abstractmethod
     def write_batch(self, records: list) -> None:
         """Write a list of records."""
-        raise NotImplementedError  # abstract
 
     def prepare_commit(self) -> Any:
         """Flush and close what was written at the end of input (phase one).
@@ -99,7 +101,7 @@ class SinkWriter:
         """Remove everything this writer wrote that is not committed."""
 
 
-class Sink:
+class Sink(ABC):
     """An output; subclasses create one writer per subtask."""
 
     default_name: str = "Sink"
@@ -111,6 +113,6 @@ class Sink:
             OutputExistsError: the output exists and may not be overwritten.
         """
 
+    @abstractmethod
     def create_writer(self, ctx: SubtaskContext) -> SinkWriter:
         """Return the writer for subtask ``ctx.subtask_index``."""
-        raise NotImplementedError  # abstract

@@ -1,0 +1,44 @@
+"""Deploy targets: where the JobManager and TaskManagers run.
+
+Targets are looked up by name (``execution.target``, ``-t``) and imported
+lazily, so using one never imports another's dependencies (skein, boto3).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from emrflow.errors import ConfigError
+
+#: target name -> "module:function" executing a JobGraph there
+TARGETS = {
+    "local": "emrflow.deploy.local:execute",
+}
+
+
+def known_targets() -> list[str]:
+    """Return the names of the deploy targets this version knows."""
+    return sorted(TARGETS)
+
+
+def execute_job(job_graph, config, context=None):
+    """Execute ``job_graph`` on the target named by ``execution.target``.
+
+    Args:
+        job_graph: the :class:`~emrflow.graph.jobgraph.JobGraph`.
+        config: the job's :class:`~emrflow.config.Configuration`.
+        context: the launcher's :class:`~emrflow.api.environment.ExecutionContext`, or ``None``.
+
+    Returns:
+        The :class:`~emrflow.api.environment.JobExecutionResult`.
+
+    Raises:
+        ConfigError: the target is unknown.
+    """
+    target = str(config.get("execution.target"))
+    spec = TARGETS.get(target)
+    if spec is None:
+        raise ConfigError(f"unknown execution target {target!r}; known targets: "
+                          f"{', '.join(known_targets())}", key="execution.target")
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)(job_graph, config, context)

@@ -1,0 +1,306 @@
+"""StreamExecutionEnvironment: where a program's sources come from and where it is executed.
+
+Mirrors Flink's (PyFlink's) ``StreamExecutionEnvironment``. The environment
+collects transformations; :meth:`StreamExecutionEnvironment.execute` turns them
+into a JobGraph and hands it to the deploy target named by ``execution.target``
+(``local`` by default: an embedded cluster of real processes).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from emrflow.api import transformations as T
+from emrflow.api.datastream import DataStream
+from emrflow.api.transformations import Transformation
+from emrflow.config import Configuration
+from emrflow.errors import JobGraphError
+
+
+class RuntimeExecutionMode(enum.Enum):
+    """How a job runs (Flink's ``RuntimeExecutionMode``).
+
+    STREAMING: keyed aggregations emit an updated result for every record.
+    BATCH: all sources must be bounded; keyed aggregations emit one final result
+    per key when the input ends. AUTOMATIC: BATCH if every source is bounded
+    (always the case for this issue's sources), else STREAMING.
+    """
+
+    STREAMING = "STREAMING"
+    BATCH = "BATCH"
+    AUTOMATIC = "AUTOMATIC"
+
+
+@dataclass
+class OperatorMetrics:
+    """Records counted for one operator over all its subtasks.
+
+    Attributes:
+        name: operator name.
+        parallelism: number of subtasks.
+        records_in: records the operator received.
+        records_out: records the operator emitted.
+    """
+
+    name: str
+    parallelism: int
+    records_in: int
+    records_out: int
+
+
+@dataclass
+class JobExecutionResult:
+    """What :meth:`StreamExecutionEnvironment.execute` returns (Flink's ``JobExecutionResult``).
+
+    Attributes:
+        job_id: hex job id (32 characters, as Flink's ``JobID``).
+        job_name: the job's name.
+        net_runtime_ms: time from the JobManager accepting the job to its end, in ms.
+        operators: per-operator record counts, in topological order.
+        bad_records: number of input records skipped as unparsable.
+        bad_record_samples: the first few of them as ``"path:line: reason"``.
+    """
+
+    job_id: str
+    job_name: str
+    net_runtime_ms: int
+    operators: list[OperatorMetrics] = field(default_factory=list)
+    bad_records: int = 0
+    bad_record_samples: list[str] = field(default_factory=list)
+
+    def get_job_id(self) -> str:
+        """Return the job id."""
+        return self.job_id
+
+    def get_net_runtime(self) -> int:
+        """Return the net runtime in milliseconds."""
+        return self.net_runtime_ms
+
+    def get_accumulator_result(self, name: str) -> Any:
+        """Return an accumulator: ``numBadRecords``, or ``<operator>.numRecordsIn/Out``."""
+        return self.get_all_accumulator_results().get(name)
+
+    def get_all_accumulator_results(self) -> dict[str, Any]:
+        """Return every accumulator by name."""
+        out: dict[str, Any] = {"numBadRecords": self.bad_records}
+        for op in self.operators:
+            out[f"{op.name}.numRecordsIn"] = op.records_in
+            out[f"{op.name}.numRecordsOut"] = op.records_out
+        return out
+
+
+@dataclass
+class ExecutionContext:
+    """What a launcher such as ``emrflow run`` passes to environments the program creates.
+
+    Attributes:
+        config: settings from the command line (``-p``, ``-D``, ``--conf``).
+        on_progress: called about once a second with a job status ``dict`` while a
+            job runs (for progress display), or ``None``.
+        on_submitted: called with ``(job_id, job_name)`` once the job is accepted.
+        results: every :class:`JobExecutionResult` the program's ``execute`` calls returned.
+    """
+
+    config: Configuration
+    on_progress: Callable[[dict], None] | None = None
+    on_submitted: Callable[[str, str], None] | None = None
+    results: list = field(default_factory=list)
+
+
+_context: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(
+    "emrflow_execution_context", default=None)
+
+
+def set_execution_context(ctx: ExecutionContext | None) -> contextvars.Token:
+    """Install ``ctx`` for environments created afterwards; returns a token for ``reset``."""
+    return _context.set(ctx)
+
+
+def reset_execution_context(token: contextvars.Token) -> None:
+    """Undo :func:`set_execution_context`."""
+    _context.reset(token)
+
+
+class StreamExecutionEnvironment:
+    """The context a streaming or batch program is built and executed in.
+
+    Create it with :meth:`get_execution_environment`. Settings made in code
+    (``set_parallelism``) override the configuration, which in turn comes from
+    ``emrflow-conf.yaml`` and ``-D``/``-p`` on the command line.
+    """
+
+    def __init__(self, configuration: Configuration | None = None):
+        ctx = _context.get()
+        base = ctx.config if ctx is not None else Configuration.load()
+        if configuration is not None:
+            base = base.with_overrides(configuration.explicit(), source="configuration argument")
+        self._config = base
+        self._context = ctx
+        self._transformations: list[Transformation] = []
+        self._uids: dict[str, Transformation] = {}
+        self._parallelism: int | None = None
+        self._max_parallelism: int | None = None
+        self._runtime_mode: RuntimeExecutionMode | None = None
+
+    @staticmethod
+    def get_execution_environment(configuration: Configuration | None = None) -> "StreamExecutionEnvironment":
+        """Return a new environment for the program.
+
+        Args:
+            configuration: optional settings that override the loaded configuration.
+        """
+        return StreamExecutionEnvironment(configuration)
+
+    # -- settings -----------------------------------------------------------------
+    def get_config(self) -> Configuration:
+        """Return the effective configuration, including settings made in code."""
+        overrides: dict[str, Any] = {}
+        if self._parallelism is not None:
+            overrides["parallelism.default"] = self._parallelism
+        if self._max_parallelism is not None:
+            overrides["pipeline.max-parallelism"] = self._max_parallelism
+        if self._runtime_mode is not None:
+            overrides["execution.runtime-mode"] = self._runtime_mode.value
+        return self._config.with_overrides(overrides, source="program") if overrides else self._config
+
+    def set_parallelism(self, parallelism: int) -> "StreamExecutionEnvironment":
+        """Set the default parallelism of the job's operators; returns self."""
+        if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+            raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
+        self._parallelism = parallelism
+        return self
+
+    def get_parallelism(self) -> int:
+        """Return the default parallelism (``parallelism.default`` unless set in code)."""
+        return self._parallelism or int(self._config.get("parallelism.default"))
+
+    def set_max_parallelism(self, max_parallelism: int) -> "StreamExecutionEnvironment":
+        """Set the job's max parallelism, the number of key groups (default 128); returns self."""
+        if not isinstance(max_parallelism, int) or not 1 <= max_parallelism <= 32768:
+            raise ValueError(f"max parallelism must be an int in [1, 32768], got {max_parallelism!r}")
+        self._max_parallelism = max_parallelism
+        return self
+
+    def get_max_parallelism(self) -> int:
+        """Return the max parallelism (``pipeline.max-parallelism`` unless set in code)."""
+        return self._max_parallelism or int(self._config.get("pipeline.max-parallelism"))
+
+    def set_runtime_mode(self, execution_mode: RuntimeExecutionMode) -> "StreamExecutionEnvironment":
+        """Choose STREAMING or BATCH execution (see :class:`RuntimeExecutionMode`); returns self."""
+        if not isinstance(execution_mode, RuntimeExecutionMode):
+            raise TypeError(f"set_runtime_mode expects a RuntimeExecutionMode, got {execution_mode!r}")
+        self._runtime_mode = execution_mode
+        return self
+
+    def get_runtime_mode(self) -> RuntimeExecutionMode:
+        """Return the runtime mode in effect (AUTOMATIC resolves to BATCH for bounded sources)."""
+        mode = self._runtime_mode or RuntimeExecutionMode(self._config.get("execution.runtime-mode"))
+        return RuntimeExecutionMode.BATCH if mode is RuntimeExecutionMode.AUTOMATIC else mode
+
+    # -- sources -----------------------------------------------------------------
+    def from_source(self, source, watermark_strategy=None, source_name: str | None = None) -> DataStream:
+        """Create a stream from a :class:`~emrflow.connectors.base.Source`.
+
+        Args:
+            source: the source.
+            watermark_strategy: reserved for event time (``None``: no watermarks).
+            source_name: operator name; default ``"Source: <source's name>"``.
+        """
+        from emrflow.connectors.base import Source
+        if not isinstance(source, Source):
+            raise TypeError(f"from_source expects an emrflow Source, got {source!r}")
+        if watermark_strategy is not None:
+            raise JobGraphError("watermark strategies are not supported yet: pass None")
+        t = Transformation(kind=T.SOURCE, name=source_name or f"Source: {source.default_name}",
+                           function=source)
+        if source.max_parallelism == 1:
+            t.parallelism = 1
+        self._add(t)
+        return DataStream(self, t)
+
+    def from_collection(self, collection: Iterable[Any], type_info: Any = None) -> DataStream:
+        """Create a stream of the elements of ``collection`` (a non-parallel source)."""
+        from emrflow.connectors.collection import CollectionSource
+        return self.from_source(CollectionSource(collection))
+
+    def read_text_file(self, file_path: str, charset_name: str = "UTF-8") -> DataStream:
+        """Create a stream of the lines of a file or of every file in a directory.
+
+        The files are split by byte ranges among the source's subtasks.
+        """
+        from emrflow.connectors.files import TextFileSource
+        return self.from_source(TextFileSource(file_path, encoding=charset_name))
+
+    def read_csv(self, file_path: str, delimiter: str = ",", header: bool = False,
+                 names: list[str] | None = None, types: list[Any] | None = None,
+                 fail_on_bad_records: bool | None = None) -> DataStream:
+        """Create a stream of tuples from CSV file(s); see :class:`~emrflow.connectors.files.CsvSource`.
+
+        Args:
+            file_path: a file or a directory of files.
+            delimiter: field separator, one character (``"^"`` for the
+                ``Movie^User^Rating^Timestamp`` format).
+            header: the first line of each file is a header and is skipped.
+            names: field names, used in error messages.
+            types: converters per field (``int``, ``float``, ``str``...).
+            fail_on_bad_records: make unparsable lines fatal (default: the
+                ``emrflow.bad-records.fail`` option; otherwise they are skipped,
+                counted and reported with file and line).
+        """
+        from emrflow.connectors.files import CsvSource
+        return self.from_source(CsvSource(file_path, delimiter=delimiter, header=header, names=names,
+                                          types=types, fail_on_bad_records=fail_on_bad_records))
+
+    # -- execution -----------------------------------------------------------------
+    def _add(self, t: Transformation) -> None:
+        self._transformations.append(t)
+
+    def _register_uid(self, uid: str, t: Transformation) -> None:
+        if not isinstance(uid, str) or not uid:
+            raise ValueError(f"uid must be a non-empty str, got {uid!r}")
+        other = self._uids.get(uid)
+        if other is not None and other is not t:
+            raise JobGraphError(f"uid {uid!r} is used by two operators: {other.name!r} and {t.name!r}")
+        self._uids[uid] = t
+
+    def get_job_graph(self, job_name: str | None = None):
+        """Return the :class:`~emrflow.graph.jobgraph.JobGraph` that ``execute`` would submit."""
+        from emrflow.graph.jobgraph import build_job_graph
+        config = self.get_config()
+        name = job_name or config.get("pipeline.name") or "emrflow job"
+        return build_job_graph(self._transformations, config, name,
+                               batch=self.get_runtime_mode() is RuntimeExecutionMode.BATCH)
+
+    def get_execution_plan(self) -> str:
+        """Return the JobGraph as JSON (vertices, chained operators, edges), like Flink's plan."""
+        return self.get_job_graph().to_json()
+
+    def execute(self, job_name: str | None = None) -> JobExecutionResult:
+        """Run the program and wait for it (attached), or submit it (detached, ``-d``).
+
+        Args:
+            job_name: the job's name (default: ``pipeline.name`` or ``"emrflow job"``).
+
+        Returns:
+            The :class:`JobExecutionResult`. In detached mode its ``net_runtime_ms`` is 0.
+
+        Raises:
+            JobGraphError: the program's dataflow is not valid.
+            InputNotFoundError, OutputExistsError: a source or sink failed its checks.
+            JobExecutionError: the job failed; carries the remote traceback.
+            ClusterError: the cluster could not be started or reached.
+        """
+        from emrflow.deploy import execute_job
+        job_graph = self.get_job_graph(job_name)
+        job_graph.validate_connectors()
+        try:
+            result = execute_job(job_graph, self.get_config(), self._context)
+            if self._context is not None:
+                self._context.results.append(result)
+            return result
+        finally:
+            self._transformations.clear()
+            self._uids.clear()

@@ -1,0 +1,181 @@
+"""User function interfaces, with Flink's (PyFlink's) names.
+
+Every transformation accepts either a plain callable or an instance of the
+matching function class. Function classes may override :meth:`Function.open`,
+called once per subtask before the first record with the subtask's
+:class:`RuntimeContext`, and :meth:`Function.close`, called after the last.
+Instances are shipped to the TaskManagers with cloudpickle, so every subtask
+gets its own copy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from typing import Any, Iterable
+
+
+class RuntimeContext:
+    """What a user function can learn about the subtask it runs in.
+
+    Mirrors Flink's ``RuntimeContext``. Keyed state is only available in
+    functions applied to a ``KeyedStream``.
+    """
+
+    def __init__(self, task_name: str, subtask_index: int, parallelism: int,
+                 max_parallelism: int, attempt: int, job_parameters: dict,
+                 state_backend=None):
+        self._task_name = task_name
+        self._subtask_index = subtask_index
+        self._parallelism = parallelism
+        self._max_parallelism = max_parallelism
+        self._attempt = attempt
+        self._job_parameters = job_parameters
+        self._state_backend = state_backend
+
+    def get_task_name(self) -> str:
+        """Return the name of the operator this function belongs to."""
+        return self._task_name
+
+    def get_index_of_this_subtask(self) -> int:
+        """Return the 0-based index of this parallel subtask."""
+        return self._subtask_index
+
+    def get_number_of_parallel_subtasks(self) -> int:
+        """Return the operator's parallelism."""
+        return self._parallelism
+
+    def get_max_number_of_parallel_subtasks(self) -> int:
+        """Return the job's max parallelism (the number of key groups)."""
+        return self._max_parallelism
+
+    def get_attempt_number(self) -> int:
+        """Return the restart attempt, 0 for the first execution."""
+        return self._attempt
+
+    def get_job_parameter(self, key: str, default_value: Any = None) -> Any:
+        """Return the job's configuration value for ``key`` (typed), or ``default_value``."""
+        return self._job_parameters.get(key, default_value)
+
+    def get_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.ValueState` described by ``state_descriptor``.
+
+        The returned handle always refers to the value of the key of the record
+        being processed.
+
+        Raises:
+            JobGraphError: the function is not applied to a keyed stream.
+        """
+        if self._state_backend is None:
+            from emrflow.errors import JobGraphError
+            raise JobGraphError(
+                f"operator {self._task_name!r}: keyed state is only available on a "
+                "KeyedStream (call key_by(...) first)")
+        return self._state_backend.get_value_state(state_descriptor)
+
+
+class Function(ABC):
+    """Base of all user function classes."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Set up the function in its subtask (open files, create state handles)."""
+
+    def close(self) -> None:
+        """Release what :meth:`open` acquired; called once after the last record."""
+
+
+class MapFunction(Function):
+    """One record in, one record out."""
+
+    @abstractmethod
+    def map(self, value: Any) -> Any:
+        ...
+
+
+class FlatMapFunction(Function):
+    """One record in, zero or more out."""
+
+    @abstractmethod
+    def flat_map(self, value: Any) -> Iterable[Any]:
+        ...
+
+
+class FilterFunction(Function):
+    """Keeps the records for which :meth:`filter` is true."""
+
+    @abstractmethod
+    def filter(self, value: Any) -> bool:
+        ...
+
+
+class ReduceFunction(Function):
+    """Combines two values of the same key into one; must be associative."""
+
+    @abstractmethod
+    def reduce(self, value1: Any, value2: Any) -> Any:
+        ...
+
+
+class KeySelector(Function):
+    """Extracts the key of a record for ``key_by``."""
+
+    @abstractmethod
+    def get_key(self, value: Any) -> Any:
+        ...
+
+
+class SinkFunction(Function):
+    """Receives every record that reaches an ``add_sink`` sink (at-least-once)."""
+
+    @abstractmethod
+    def invoke(self, value: Any, context: Any = None) -> None:
+        ...
+
+
+class ProcessFunction(Function):
+    """Low-level per-record function; may emit any number of records.
+
+    :meth:`process_element` either returns/yields output records or returns ``None``.
+    """
+
+    class Context(ABC):
+        """Per-record context of a :class:`ProcessFunction`."""
+
+        def timestamp(self) -> int | None:
+            """Return the record's event timestamp in ms, or ``None`` if it has none."""
+            return None
+
+    @abstractmethod
+    def process_element(self, value: Any, ctx: "ProcessFunction.Context") -> Iterable[Any] | None:
+        ...
+
+
+class KeyedProcessFunction(Function):
+    """A :class:`ProcessFunction` on a ``KeyedStream``, with keyed state.
+
+    Obtain state in :meth:`open` through ``runtime_context.get_state(...)``; in
+    :meth:`process_element` it refers to the current record's key.
+    """
+
+    class Context(ABC):
+        """Per-record context of a :class:`KeyedProcessFunction`."""
+
+        @abstractmethod
+        def get_current_key(self) -> Any:
+            """Return the key of the record being processed."""
+
+        def timestamp(self) -> int | None:
+            """Return the record's event timestamp in ms, or ``None``."""
+            return None
+
+    @abstractmethod
+    def process_element(self, value: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[Any] | None:
+        ...
+
+
+def name_of(fn: Any) -> str:
+    """Return a short human name for a user function (for operator names and messages)."""
+    if isinstance(fn, Function):
+        return type(fn).__name__
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name or type(fn).__name__

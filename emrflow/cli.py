@@ -1,0 +1,193 @@
+"""The ``emrflow`` command line: parse options, make one library call, print the result.
+
+Errors that the user can fix (:class:`~emrflow.errors.EmrflowError`) print as
+``Error: <message>`` and exit 1; usage errors exit 2 (click); anything else
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import time
+
+import click
+
+from emrflow import __version__
+from emrflow.errors import EmrflowError, JobExecutionError
+
+
+class _Progress:
+    """Shows a running job's progress on stderr: a live line on a terminal, plain lines otherwise."""
+
+    def __init__(self, delay_ms: int, quiet: bool):
+        self.delay_s = delay_ms / 1000.0
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.last_plain = 0.0
+        self._live = None
+
+    def submitted(self, job_id: str, job_name: str) -> None:
+        self.started = time.monotonic()
+        if not self.quiet:
+            click.echo(f"Job '{job_name}' submitted with JobID {job_id}", err=True)
+
+    @staticmethod
+    def summary(status: dict) -> str:
+        vertices = status.get("vertices", [])
+        rin = sum(v["operators"][0]["records_in"] for v in vertices if v["operators"]
+                  and not v["name"].startswith("Source"))
+        rout = sum(o["records_out"] for v in vertices for o in v["operators"][:1]
+                   if v["name"].startswith("Source"))
+        done = sum(s == "FINISHED" for v in vertices for s in v["subtask_states"])
+        total = sum(len(v["subtask_states"]) for v in vertices)
+        return (f"{status['state']}  {status['duration_ms'] / 1000:6.1f} s  "
+                f"source records {rout:,}  records into operators {rin:,}  "
+                f"subtasks finished {done}/{total}")
+
+    def update(self, status: dict) -> None:
+        if self.quiet or time.monotonic() - self.started < self.delay_s:
+            return
+        line = self.summary(status)
+        if self.tty:
+            if self._live is None:
+                from rich.console import Console
+                from rich.live import Live
+                self._live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+                self._live.start()
+            self._live.update(line)
+        elif time.monotonic() - self.last_plain >= 5.0:
+            self.last_plain = time.monotonic()
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _print_result(result) -> None:
+    click.echo(f"Job '{result.job_name}' ({result.job_id}) finished.", err=True)
+    click.echo(f"Job Runtime: {result.net_runtime_ms} ms", err=True)
+    for op in result.operators:
+        click.echo(f"  {op.name} (parallelism {op.parallelism}): "
+                   f"records in {op.records_in:,}, out {op.records_out:,}", err=True)
+    if result.bad_records:
+        click.echo(f"Skipped {result.bad_records:,} bad input records:", err=True)
+        for s in result.bad_record_samples:
+            click.echo(f"  {s}", err=True)
+        if result.bad_records > len(result.bad_record_samples):
+            click.echo(f"  ... and {result.bad_records - len(result.bad_record_samples):,} more",
+                       err=True)
+
+
+def _load_config(conf_file: str | None, dynamic: tuple[str, ...], extra: dict):
+    from emrflow.config import Configuration
+    return Configuration.load(conf_file=conf_file, dynamic=list(dynamic)).with_overrides(
+        extra, source="command line")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="emrflow")
+def main() -> None:
+    """emrflow: Flink-style dataflow jobs in pure Python, locally, on YARN and on Amazon EMR."""
+
+
+@main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None,
+              help="Default parallelism of the job (parallelism.default).")
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
+              help="Set a configuration option; repeatable.")
+@click.option("-t", "--target", default=None,
+              help="Where to run: local (default).")
+@click.option("-d", "--detached", is_flag=True, help="Submit and return without waiting.")
+@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (default: $EMRFLOW_CONF_DIR/emrflow-conf.yaml).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
+def run(parallelism, dynamic, target, detached, conf_file, quiet, job, job_args) -> None:
+    """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
+
+    Options go before JOB; everything after JOB belongs to the job.
+    """
+    from emrflow.api.environment import (
+        ExecutionContext, reset_execution_context, set_execution_context)
+    from emrflow.deploy import known_targets
+
+    extra: dict = {}
+    if parallelism is not None:
+        extra["parallelism.default"] = parallelism
+    if target is not None:
+        if target not in known_targets():
+            raise click.BadParameter(f"unknown target {target!r}; known targets: "
+                                     f"{', '.join(known_targets())}", param_hint="-t/--target")
+        extra["execution.target"] = target
+    if detached:
+        extra["execution.attached"] = False
+    try:
+        config = _load_config(conf_file, dynamic, extra)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not os.path.isfile(job):
+        raise click.BadParameter(f"job script not found: {job}", param_hint="JOB")
+    progress = _Progress(int(config.get("client.progress.delay")), quiet)
+    ctx = ExecutionContext(config=config, on_progress=progress.update,
+                           on_submitted=progress.submitted)
+    token = set_execution_context(ctx)
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = [job, *job_args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(job)))
+    try:
+        runpy.run_path(job, run_name="__main__")
+    except JobExecutionError as exc:
+        progress.close()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except EmrflowError as exc:
+        progress.close()
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo("Interrupted: the job was cancelled and the cluster stopped.", err=True)
+        sys.exit(130)
+    finally:
+        progress.close()
+        sys.argv, sys.path[:] = old_argv, old_path
+        reset_execution_context(token)
+    if not quiet:
+        for r in ctx.results:
+            _print_result(r)
+
+
+@main.group()
+def config() -> None:
+    """Inspect configuration options."""
+
+
+@config.command("keys")
+def config_keys() -> None:
+    """List every configuration key with its type and default."""
+    from emrflow.config import OPTIONS
+    for key in sorted(OPTIONS):
+        o = OPTIONS[key]
+        click.echo(f"{key}\t{o.type}\t{o.default!r}")
+
+
+@config.command("show")
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE")
+@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None)
+def config_show(dynamic, conf_file) -> None:
+    """Print the effective configuration (file and -D applied) as YAML."""
+    import yaml
+    try:
+        cfg = _load_config(conf_file, dynamic, {})
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""A bounded source over an in-memory collection (Flink's ``fromCollection``)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from emrflow.connectors.base import Source, SourceReader, SubtaskContext
+
+
+class _CollectionReader(SourceReader):
+    def __init__(self, records: list, batch_size: int):
+        self._records = records
+        self._batch_size = batch_size
+
+    def read_batches(self) -> Iterator[list]:
+        n = self._batch_size
+        for i in range(0, len(self._records), n):
+            yield self._records[i:i + n]
+
+
+class CollectionSource(Source):
+    """Emits the elements of a collection, in order, from a single subtask.
+
+    As in Flink, a collection source is not parallel (``max_parallelism`` 1): use
+    ``rebalance()`` after it to spread records over a parallel operator.
+
+    Args:
+        collection: any finite iterable; it is copied into a list when the job is
+            built and shipped with the job (keep it small, read files instead).
+    """
+
+    default_name = "Collection Source"
+    max_parallelism = 1
+
+    def __init__(self, collection: Iterable[Any]):
+        self.records = list(collection)
+
+    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
+        batch = int(ctx.config.get("taskmanager.network.batch-size", 1024) or 1024)
+        return _CollectionReader(self.records, batch)

@@ -1,0 +1,161 @@
+"""The ``local`` target: an embedded cluster of real processes, started for one job.
+
+:class:`LocalCluster` starts a JobManager and ``local.number-taskmanager``
+TaskManagers (each with its slot processes) as children of the client, and
+stops them again; the children die with the client even if it is killed
+(Linux ``PR_SET_PDEATHSIG``), and :meth:`LocalCluster.stop` kills whatever is
+left of the process tree. Mirrors Flink's ``MiniCluster``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import socket
+import subprocess
+import time
+
+import psutil
+
+from emrflow.config import Configuration
+from emrflow.deploy.client import ClusterClient, wait_until
+from emrflow.errors import ClusterError
+from emrflow.runtime.process import spawn
+
+
+class LocalCluster:
+    """A JobManager and TaskManagers on this host, as child processes.
+
+    Args:
+        num_taskmanagers: TaskManager processes to start.
+        slots_per_taskmanager: task slots (slot processes) per TaskManager.
+        config: configuration (``heartbeat.*``, ``python.executable``); default: defaults.
+        startup_timeout_s: how long to wait for every slot to register, in seconds.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, num_taskmanagers: int = 1, slots_per_taskmanager: int = 1,
+                 config: Configuration | None = None, startup_timeout_s: float = 60.0):
+        if num_taskmanagers < 1 or slots_per_taskmanager < 1:
+            raise ValueError("a local cluster needs at least one TaskManager with one slot")
+        self.num_taskmanagers = num_taskmanagers
+        self.slots_per_taskmanager = slots_per_taskmanager
+        self.config = config or Configuration.load()
+        self.startup_timeout_s = startup_timeout_s
+        self.secret = secrets.token_hex(16)
+        self.address: tuple[str, int] | None = None
+        self.processes: list[subprocess.Popen] = []
+        self._client: ClusterClient | None = None
+
+    @classmethod
+    def for_parallelism(cls, config: Configuration, parallelism: int) -> "LocalCluster":
+        """Return a cluster with enough slots for a job of ``parallelism`` (at least the configured slots)."""
+        n_tm = int(config.get("local.number-taskmanager"))
+        slots = max(int(config.get("taskmanager.numberOfTaskSlots")), math.ceil(parallelism / n_tm))
+        return cls(n_tm, slots, config)
+
+    def start(self) -> "LocalCluster":
+        """Start the processes and wait until every slot has registered.
+
+        Raises:
+            ClusterError: a process died or the slots did not register in time.
+        """
+        python = self.config.get("python.executable")
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.address = ("127.0.0.1", listener.getsockname()[1])
+        jm_address = f"{self.address[0]}:{self.address[1]}"
+        try:
+            self.processes.append(spawn(
+                "emrflow.runtime.jobmanager",
+                ["--listen-fd", str(listener.fileno()), "--die-with-parent",
+                 "--heartbeat-timeout-ms", str(self.config.get("heartbeat.timeout"))],
+                self.secret, python, new_session=True, pass_fds=(listener.fileno(),)))
+            for i in range(self.num_taskmanagers):
+                self.processes.append(spawn(
+                    "emrflow.runtime.taskmanager",
+                    ["--jobmanager", jm_address, "--slots", str(self.slots_per_taskmanager),
+                     "--id", f"tm-{i}", "--die-with-parent",
+                     "--heartbeat-interval-ms", str(self.config.get("heartbeat.interval"))],
+                    self.secret, python, new_session=True))
+        finally:
+            listener.close()
+        try:
+            self._client = ClusterClient(self.address, self.secret)
+            total = self.num_taskmanagers * self.slots_per_taskmanager
+
+            def ready() -> bool:
+                dead = [p for p in self.processes if p.poll() is not None]
+                if dead:
+                    raise ClusterError(f"a cluster process exited during start-up "
+                                       f"(pid {dead[0].pid}, exit status {dead[0].returncode}); "
+                                       "see its messages above")
+                return self._client.cluster_status()["slots_total"] >= total
+            wait_until(ready, self.startup_timeout_s, f"{total} task slots to register", poll_s=0.01)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def client(self) -> ClusterClient:
+        """Return the client connection of this cluster."""
+        if self._client is None:
+            raise ClusterError("the local cluster is not running")
+        return self._client
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every process of the cluster; kill what does not stop within ``timeout_s``."""
+        tree: list[psutil.Process] = []
+        for p in self.processes:
+            try:
+                proc = psutil.Process(p.pid)
+                tree.append(proc)
+                tree.extend(proc.children(recursive=True))
+            except psutil.Error:
+                pass
+        if self._client is not None:
+            try:
+                self._client.conn.request("shutdown")
+            except ClusterError:
+                pass
+            self._client.close()
+            self._client = None
+        deadline = time.monotonic() + timeout_s
+        for p in self.processes:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=max(0.0, deadline - time.monotonic()))
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=2)
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def execute(job_graph, config: Configuration, context=None):
+    """Run ``job_graph`` on a fresh local cluster sized for it, then stop the cluster.
+
+    Raises:
+        ConfigError: detached execution was asked for (nothing would keep the cluster).
+    """
+    if not bool(config.get("execution.attached")):
+        from emrflow.errors import ConfigError
+        raise ConfigError("detached execution (-d) needs a cluster that outlives the client; "
+                          "the local target stops its cluster when the job ends",
+                          key="execution.attached")
+    with LocalCluster.for_parallelism(config, job_graph.max_vertex_parallelism) as cluster:
+        return cluster.client().run_job(job_graph, context)

@@ -1,0 +1,510 @@
+"""The JobManager process: dispatcher, scheduler and job coordinator of one cluster.
+
+* TaskManagers register and send heartbeats; one that is silent for longer than
+  ``heartbeat.timeout`` (or whose connection drops) is lost, and so are the jobs
+  running in its slots.
+* Slot processes register the slots they offer.
+* Clients submit jobs (a topology plus the cloudpickled JobGraph, which the
+  JobManager forwards unopened), ask for their status, cancel them.
+* Scheduling uses slot sharing: a job needs as many slots as its largest
+  parallelism; slot ``i`` runs subtask ``i`` of every vertex.
+* When every subtask has finished, the sinks' commits run (phase two of the
+  two-phase commit); when one fails or the job is cancelled, the others are
+  cancelled and the sinks abort, so no partial output looks complete.
+
+The job state machine (:class:`JobState`) mirrors Flink's ``JobStatus``:
+CREATED -> RUNNING -> FINISHED | FAILING -> FAILED | CANCELLING -> CANCELED.
+Messages are dispatched through one table per peer role (``handlers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from emrflow.runtime import rpc
+from emrflow.runtime.process import die_with_parent, setup_logging
+
+log = logging.getLogger("emrflow.jobmanager")
+
+TERMINAL = ("FINISHED", "FAILED", "CANCELED")
+
+
+@dataclass
+class SlotInfo:
+    """A registered task slot."""
+
+    taskmanager_id: str
+    index: int
+    data_address: tuple[str, int]
+    conn: rpc.Connection
+    job_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.taskmanager_id}/{self.index}"
+
+
+@dataclass
+class TaskManagerInfo:
+    """A registered TaskManager."""
+
+    id: str
+    slots: int
+    host: str
+    conn: rpc.Connection
+    pid: int
+    registered: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    rss_bytes: int = 0
+    cpu_percent: float = 0.0
+
+
+@dataclass
+class JobState:
+    """What the JobManager knows of one job."""
+
+    id: str
+    name: str
+    topology: dict
+    job_bytes: bytes
+    state: str = "CREATED"
+    submitted: float = field(default_factory=time.time)
+    start: float | None = None
+    end: float | None = None
+    slots: list[SlotInfo] = field(default_factory=list)
+    tasks: dict[tuple[int, int], str] = field(default_factory=dict)
+    metrics: dict[tuple[int, int], dict] = field(default_factory=dict)
+    failure: dict | None = None
+    pending_acks: set[str] = field(default_factory=set)
+    finish_errors: list[str] = field(default_factory=list)
+
+
+class JobManager:
+    """Coordinates one cluster; all state is guarded by one condition variable.
+
+    Args:
+        listener: a bound, listening TCP socket for RPC.
+        secret: the cluster secret every peer must present.
+        heartbeat_timeout_ms: a TaskManager silent for longer is lost.
+        slot_request_timeout_ms: how long a job waits for enough free slots.
+    """
+
+    def __init__(self, listener: socket.socket, secret: str, heartbeat_timeout_ms: int = 50_000,
+                 slot_request_timeout_ms: int = 30_000):
+        self.listener = listener
+        self.secret = secret
+        self.heartbeat_timeout_s = heartbeat_timeout_ms / 1000.0
+        self.slot_request_timeout_s = slot_request_timeout_ms / 1000.0
+        self.cond = threading.Condition()
+        self.taskmanagers: dict[str, TaskManagerInfo] = {}
+        self.slots: dict[str, SlotInfo] = {}
+        self.jobs: dict[str, JobState] = {}
+        self.stopping = threading.Event()
+        self.client_handlers = {
+            "submit": self.submit,
+            "job_status": self.job_status,
+            "list_jobs": self.list_jobs,
+            "cancel": self.cancel,
+            "cluster_status": self.cluster_status,
+            "shutdown": self.shutdown,
+        }
+        self.slot_handlers = {
+            "task_state": self._on_task_state,
+            "metrics": self._on_metrics,
+            "finished_ack": self._on_finished_ack,
+        }
+
+    # -- network shell -------------------------------------------------------------
+    def serve(self) -> None:
+        """Accept connections until :meth:`shutdown`."""
+        threading.Thread(target=self._watch_heartbeats, daemon=True, name="heartbeats").start()
+        self.listener.settimeout(0.5)
+        while not self.stopping.is_set():
+            try:
+                sock, addr = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            sock.settimeout(None)
+            threading.Thread(target=self._serve_peer, args=(sock, addr), daemon=True,
+                             name=f"peer-{addr[0]}:{addr[1]}").start()
+        self.listener.close()
+
+    def _serve_peer(self, sock: socket.socket, addr) -> None:
+        conn = rpc.Connection(sock, f"{addr[0]}:{addr[1]}")
+        hello = rpc.check_hello(conn, self.secret)
+        if hello is None:
+            log.warning("rejected a connection from %s:%s (bad or missing hello)", *addr[:2])
+            return
+        role = hello.get("role")
+        try:
+            if role == "taskmanager":
+                self._serve_taskmanager(conn, hello)
+            elif role == "slot":
+                self._serve_slot(conn, hello)
+            elif role == "client":
+                self._serve_client(conn)
+            else:
+                conn.close()
+        except rpc.ConnectionClosed:
+            pass
+        finally:
+            conn.close()
+
+    def _serve_taskmanager(self, conn: rpc.Connection, hello: dict) -> None:
+        tm = TaskManagerInfo(id=str(hello["taskmanager_id"]), slots=int(hello["slots"]),
+                             host=str(hello.get("host", "?")), conn=conn, pid=int(hello.get("pid", 0)))
+        with self.cond:
+            self.taskmanagers[tm.id] = tm
+            self.cond.notify_all()
+        log.info("TaskManager %s registered with %d slots", tm.id, tm.slots)
+        try:
+            while True:
+                msg_type, body = conn.recv()
+                if msg_type == "heartbeat":
+                    with self.cond:
+                        tm.last_heartbeat = time.monotonic()
+                        tm.rss_bytes = int(body.get("rss_bytes", 0))
+                        tm.cpu_percent = float(body.get("cpu_percent", 0.0))
+        finally:
+            self._taskmanager_lost(tm.id, "its connection closed")
+
+    def _serve_slot(self, conn: rpc.Connection, hello: dict) -> None:
+        slot = SlotInfo(taskmanager_id=str(hello["taskmanager_id"]), index=int(hello["slot_index"]),
+                        data_address=tuple(hello["data_address"]), conn=conn)
+        with self.cond:
+            self.slots[slot.id] = slot
+            self.cond.notify_all()
+        try:
+            while True:
+                msg_type, body = conn.recv()
+                handler = self.slot_handlers.get(msg_type)
+                if handler is not None:
+                    handler(slot, **body)
+        finally:
+            self._slot_lost(slot.id, f"slot {slot.id} disconnected")
+
+    def _serve_client(self, conn: rpc.Connection) -> None:
+        while True:
+            msg_type, body = conn.recv()
+            handler = self.client_handlers.get(msg_type)
+            if handler is None:
+                conn.send("error", message=f"unknown request {msg_type!r}")
+                continue
+            try:
+                reply = handler(**body)
+            except (TypeError, KeyError, ValueError) as exc:
+                conn.send("error", message=f"bad {msg_type} request: {exc}")
+                continue
+            if isinstance(reply, str):
+                conn.send("error", message=reply)
+            else:
+                conn.send("ok", **reply)
+
+    def _watch_heartbeats(self) -> None:
+        while not self.stopping.wait(1.0):
+            now = time.monotonic()
+            with self.cond:
+                silent = [tm for tm in self.taskmanagers.values()
+                          if now - tm.last_heartbeat > self.heartbeat_timeout_s]
+            for tm in silent:
+                self._taskmanager_lost(
+                    tm.id, f"no heartbeat for {int((now - tm.last_heartbeat) * 1000)} ms "
+                           f"(heartbeat.timeout {int(self.heartbeat_timeout_s * 1000)} ms)")
+                tm.conn.close()
+
+    # -- client requests -------------------------------------------------------
+    def submit(self, topology: dict, job_bytes: bytes) -> dict | str:
+        """Accept a job, wait for enough free slots, deploy it; returns ``{"job_id"}``."""
+        job = JobState(id=topology["job_id"], name=topology["name"], topology=topology,
+                       job_bytes=job_bytes)
+        need = max(v["parallelism"] for v in topology["vertices"])
+        deadline = time.monotonic() + self.slot_request_timeout_s
+        with self.cond:
+            if job.id in self.jobs:
+                return f"job {job.id} was already submitted"
+            self.jobs[job.id] = job
+            while True:
+                free = [s for s in self.slots.values() if s.job_id is None]
+                if len(free) >= need:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    total = len(self.slots)
+                    self._set_terminal(job, "FAILED", failure={
+                        "message": f"not enough task slots: the job needs {need} (its largest "
+                                   f"parallelism), the cluster has {len(free)} free of {total}; "
+                                   "add TaskManagers or lower the parallelism",
+                        "operator": None, "subtask_index": None, "parallelism": None,
+                        "traceback": ""})
+                    return {"job_id": job.id}
+                self.cond.wait(min(left, 0.5))
+            free.sort(key=lambda s: (s.taskmanager_id, s.index))
+            job.slots = free[:need]
+            for s in job.slots:
+                s.job_id = job.id
+            for v in topology["vertices"]:
+                for i in range(v["parallelism"]):
+                    job.tasks[(v["id"], i)] = "DEPLOYING"
+            job.state = "RUNNING"
+            job.start = time.time()
+            self.cond.notify_all()
+        addresses = {i: list(s.data_address) for i, s in enumerate(job.slots)}
+        for i, s in enumerate(job.slots):
+            subtasks = [(v["id"], i) for v in topology["vertices"] if v["parallelism"] > i]
+            try:
+                s.conn.send("deploy", job_id=job.id, job_bytes=job_bytes, subtasks=subtasks,
+                            attempt=0, slot_addresses=addresses)
+            except rpc.ConnectionClosed:
+                self._slot_lost(s.id, f"slot {s.id} disconnected during deployment")
+        return {"job_id": job.id}
+
+    def job_status(self, job_id: str, wait_s: float = 0.0) -> dict | str:
+        """Return a job's status; with ``wait_s`` > 0 return early only if it ends."""
+        deadline = time.monotonic() + min(float(wait_s), 30.0)
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return f"no job with id {job_id}"
+            while job.state not in TERMINAL:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return self._describe(job)
+
+    def list_jobs(self) -> dict:
+        """Return ``{"jobs": [status...]}`` for every job, newest first."""
+        with self.cond:
+            jobs = sorted(self.jobs.values(), key=lambda j: j.submitted, reverse=True)
+            return {"jobs": [self._describe(j, details=False) for j in jobs]}
+
+    def cancel(self, job_id: str) -> dict | str:
+        """Cancel a running job (its sinks abort)."""
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return f"no job with id {job_id}"
+            if job.state in TERMINAL:
+                return {"state": job.state}
+            if job.state == "RUNNING":
+                job.state = "CANCELLING"
+                self._cancel_tasks(job)
+            return {"state": job.state}
+
+    def cluster_status(self) -> dict:
+        """Return TaskManagers and slot counts."""
+        with self.cond:
+            return {
+                "taskmanagers": [{"id": tm.id, "slots": tm.slots, "host": tm.host, "pid": tm.pid,
+                                  "rss_bytes": tm.rss_bytes, "cpu_percent": tm.cpu_percent}
+                                 for tm in self.taskmanagers.values()],
+                "slots_total": len(self.slots),
+                "slots_free": sum(1 for s in self.slots.values() if s.job_id is None),
+                "jobs_running": sum(1 for j in self.jobs.values() if j.state not in TERMINAL),
+            }
+
+    def shutdown(self) -> dict:
+        """Stop TaskManagers and slots, then this process."""
+        self.stopping.set()
+        with self.cond:
+            peers = [tm.conn for tm in self.taskmanagers.values()] + [s.conn for s in self.slots.values()]
+        for c in peers:
+            try:
+                c.send("shutdown")
+            except rpc.ConnectionClosed:
+                pass
+        return {"stopping": True}
+
+    # -- slot messages -------------------------------------------------------------
+    def _on_task_state(self, slot: SlotInfo, job_id: str, vertex: int, subtask: int, state: str,
+                       metrics: dict, failure: dict | None = None) -> None:
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None or job.state in TERMINAL:
+                return
+            job.tasks[(vertex, subtask)] = state
+            if metrics:
+                job.metrics[(vertex, subtask)] = metrics
+            if state == "FAILED":
+                self._fail(job, failure or {"message": "a subtask failed", "traceback": ""})
+            self._progress(job)
+            self.cond.notify_all()
+
+    def _on_metrics(self, slot: SlotInfo, job_id: str, tasks: dict) -> None:
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return
+            for key, m in tasks.items():
+                v, i = key.split(".")
+                k = (int(v), int(i))
+                if job.tasks.get(k) in ("DEPLOYING", "RUNNING"):
+                    job.tasks[k] = "RUNNING"
+                    job.metrics[k] = m
+
+    def _on_finished_ack(self, slot: SlotInfo, job_id: str, commit: bool, error: str | None) -> None:
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return
+            job.pending_acks.discard(slot.id)
+            if error:
+                job.finish_errors.append(error)
+            if not job.pending_acks:
+                self._complete(job)
+            self.cond.notify_all()
+
+    # -- state machine (called with self.cond held) ----------------------------------
+    def _fail(self, job: JobState, failure: dict) -> None:
+        if job.failure is None:
+            job.failure = failure
+        if job.state in ("RUNNING", "CANCELLING"):
+            job.state = "FAILING"
+            self._cancel_tasks(job)
+
+    def _cancel_tasks(self, job: JobState) -> None:
+        for s in job.slots:
+            try:
+                s.conn.send("cancel", job_id=job.id)
+            except rpc.ConnectionClosed:
+                pass
+
+    def _progress(self, job: JobState) -> None:
+        states = job.tasks.values()
+        if job.state == "RUNNING" and all(s == "FINISHED" for s in states):
+            job.state = "COMMITTING"
+            self._finish_on_slots(job, "commit")
+        elif job.state in ("FAILING", "CANCELLING") and all(
+                s in ("FINISHED", "FAILED", "CANCELED") for s in states):
+            self._finish_on_slots(job, "abort")
+
+    def _finish_on_slots(self, job: JobState, what: str) -> None:
+        job.pending_acks = {s.id for s in job.slots if s.id in self.slots}
+        if what == "abort":
+            job.state = "FAILED_ABORTING" if job.state == "FAILING" else "CANCELED_ABORTING"
+        for s in job.slots:
+            if s.id in job.pending_acks:
+                try:
+                    s.conn.send(what, job_id=job.id)
+                except rpc.ConnectionClosed:
+                    job.pending_acks.discard(s.id)
+        if not job.pending_acks:
+            self._complete(job)
+
+    def _complete(self, job: JobState) -> None:
+        if job.state == "COMMITTING":
+            if job.finish_errors:
+                self._set_terminal(job, "FAILED", {"message": "; ".join(job.finish_errors),
+                                                   "traceback": ""})
+            else:
+                self._set_terminal(job, "FINISHED")
+        elif job.state == "FAILED_ABORTING":
+            self._set_terminal(job, "FAILED")
+        elif job.state == "CANCELED_ABORTING":
+            self._set_terminal(job, "CANCELED")
+
+    def _set_terminal(self, job: JobState, state: str, failure: dict | None = None) -> None:
+        job.state = state
+        if failure is not None and job.failure is None:
+            job.failure = failure
+        job.end = time.time()
+        for s in job.slots:
+            if s.job_id == job.id:
+                s.job_id = None
+        self.cond.notify_all()
+
+    def _slot_lost(self, slot_id: str, reason: str) -> None:
+        with self.cond:
+            slot = self.slots.pop(slot_id, None)
+            if slot is None or self.stopping.is_set():
+                return
+            job = self.jobs.get(slot.job_id) if slot.job_id else None
+            if job is not None and job.state not in TERMINAL:
+                index = job.slots.index(slot)
+                for key, st in job.tasks.items():
+                    if key[1] == index and st not in ("FINISHED", "FAILED", "CANCELED"):
+                        job.tasks[key] = "FAILED"
+                self._fail(job, {"message": reason, "operator": None, "subtask_index": index,
+                                 "parallelism": None, "traceback": ""})
+                job.pending_acks.discard(slot_id)
+                self._progress(job)
+                if job.state.endswith("ABORTING") and not job.pending_acks:
+                    self._complete(job)
+            self.cond.notify_all()
+
+    def _taskmanager_lost(self, tm_id: str, why: str) -> None:
+        with self.cond:
+            tm = self.taskmanagers.pop(tm_id, None)
+            if tm is None:
+                return
+            slot_ids = [s.id for s in self.slots.values() if s.taskmanager_id == tm_id]
+        for sid in slot_ids:
+            self._slot_lost(sid, f"TaskManager {tm_id} lost: {why}")
+
+    # -- reporting -----------------------------------------------------------------
+    def _describe(self, job: JobState, details: bool = True) -> dict:
+        now = time.time()
+        duration = ((job.end or now) - (job.start or job.submitted)) * 1000
+        out: dict[str, Any] = {"job_id": job.id, "name": job.name, "state": job.state,
+                               "start_time": job.start, "end_time": job.end,
+                               "duration_ms": int(duration), "failure": job.failure}
+        if not details:
+            return out
+        ops: dict[int, list[int]] = {}
+        bad, samples = 0, []
+        busy: dict[int, float] = {}
+        for (v, _i), m in job.metrics.items():
+            for op_id, (rin, rout) in m.get("operators", {}).items():
+                acc = ops.setdefault(int(op_id), [0, 0])
+                acc[0] += rin
+                acc[1] += rout
+            bad += m.get("bad_records", 0)
+            samples.extend(m.get("bad_record_samples", []))
+            busy[v] = busy.get(v, 0.0) + m.get("busy_s", 0.0)
+        vertices = []
+        for v in job.topology["vertices"]:
+            states = [job.tasks.get((v["id"], i), "CREATED") for i in range(v["parallelism"])]
+            operators = [{"id": o["id"], "name": o["name"], "uid": o["uid"],
+                          "records_in": ops.get(o["id"], [0, 0])[0],
+                          "records_out": ops.get(o["id"], [0, 0])[1]} for o in v["operators"]]
+            vertices.append({"id": v["id"], "name": v["name"], "parallelism": v["parallelism"],
+                             "subtask_states": states, "operators": operators,
+                             "busy_s": busy.get(v["id"], 0.0)})
+        out.update(vertices=vertices, bad_records=bad, bad_record_samples=samples)
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a JobManager process."""
+    parser = argparse.ArgumentParser(prog="python -m emrflow.runtime.jobmanager")
+    parser.add_argument("--listen-fd", type=int, default=None,
+                        help="an inherited listening socket (local clusters)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT to listen on")
+    parser.add_argument("--heartbeat-timeout-ms", type=int, default=50_000)
+    parser.add_argument("--slot-request-timeout-ms", type=int, default=30_000)
+    parser.add_argument("--die-with-parent", action="store_true")
+    args = parser.parse_args(argv)
+    if args.die_with_parent:
+        die_with_parent()
+    setup_logging("jobmanager")
+    if args.listen_fd is not None:
+        listener = socket.socket(fileno=args.listen_fd)
+    else:
+        host, _, port = args.bind.rpartition(":")
+        listener = socket.create_server((host, int(port)))
+        print(f"JobManager listening on {host}:{listener.getsockname()[1]}", flush=True)
+    JobManager(listener, os.environ.get("EMRFLOW_CLUSTER_SECRET", ""), args.heartbeat_timeout_ms,
+               args.slot_request_timeout_ms).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Helpers shared by the JobManager, TaskManager and slot processes."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send SIGKILL to this process when its parent dies.
+
+    So a client, JobManager or TaskManager killed with SIGKILL leaves no orphaned
+    child behind. On other platforms this does nothing. SIGINT is ignored: a
+    Ctrl-C in the terminal reaches the client, which stops the cluster in order.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            return
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def setup_logging(role: str) -> None:
+    """Log to stderr at ``$EMRFLOW_LOG_LEVEL`` (default WARNING) with the process role."""
+    level = os.environ.get("EMRFLOW_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s")
+
+
+def spawn(module: str, args: list[str], secret: str, python: str | None = None,
+          new_session: bool = False, pass_fds: tuple[int, ...] = (),
+          stdout=None, stderr=None) -> subprocess.Popen:
+    """Start ``python -m module args...`` with the cluster secret in its environment.
+
+    Args:
+        module: module to run (``emrflow.runtime.jobmanager``...).
+        args: its arguments (never the secret).
+        secret: the cluster secret, passed as ``EMRFLOW_CLUSTER_SECRET``.
+        python: interpreter (``python.executable``); default: this one.
+        new_session: start in a new session so terminal signals skip it.
+        pass_fds: file descriptors to inherit (a listening socket).
+        stdout, stderr: as for :class:`subprocess.Popen` (default: inherit).
+    """
+    env = dict(os.environ)
+    env["EMRFLOW_CLUSTER_SECRET"] = secret
+    # the job's modules are shipped by value; the interpreter finds emrflow itself
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [pkg_root, env.get("PYTHONPATH", "")] if p)
+    return subprocess.Popen([python or sys.executable, "-m", module, *args], env=env,
+                            start_new_session=new_session, pass_fds=pass_fds,
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)

@@ -1,0 +1,232 @@
+"""The process behind one task slot of a TaskManager.
+
+Python threads cannot run Python code in parallel, so every task slot is its own
+OS process. It registers with the JobManager, receives deployments (the
+cloudpickled JobGraph and the subtasks that go into this slot: with slot
+sharing, subtask ``i`` of every vertex), runs each subtask in a thread, reports
+metrics every ``metrics.report-interval`` and the subtasks' outcomes, and
+commits or aborts its sinks when the JobManager says so.
+
+Run as ``python -m emrflow.runtime.slot``; the cluster secret comes from the
+``EMRFLOW_CLUSTER_SECRET`` environment variable, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from emrflow.graph.jobgraph import JobGraph
+from emrflow.runtime import rpc
+from emrflow.runtime.network.channels import (
+    Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel)
+from emrflow.runtime.network.writers import make_writer
+from emrflow.runtime.operators import make_aggregator
+from emrflow.runtime.process import die_with_parent, setup_logging
+from emrflow.runtime.task import StreamTask, TaskFailure, describe_failure
+
+log = logging.getLogger("emrflow.slot")
+
+
+@dataclass
+class _Deployment:
+    job: JobGraph
+    attempt: int
+    slot_addresses: dict[int, tuple[str, int]]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    tasks: dict[tuple[int, int], StreamTask] = field(default_factory=dict)
+    gates: dict[tuple[int, int], InputGate] = field(default_factory=dict)
+
+
+class SlotProcess:
+    """Executes the subtasks deployed to one task slot.
+
+    Args:
+        jobmanager: ``(host, port)`` of the JobManager's RPC endpoint.
+        secret: the cluster secret.
+        taskmanager_id: id of the owning TaskManager.
+        slot_index: index of this slot within the TaskManager.
+        host: address other slots use to reach this slot's data server.
+    """
+
+    def __init__(self, jobmanager: tuple[str, int], secret: str, taskmanager_id: str,
+                 slot_index: int, host: str):
+        self.secret = secret
+        self.server = DataServer(host, secret)
+        self.conn = rpc.connect(jobmanager, secret, role="slot", taskmanager_id=taskmanager_id,
+                                slot_index=slot_index, data_address=list(self.server.address),
+                                pid=os.getpid())
+        self.slot_id = f"{taskmanager_id}/{slot_index}"
+        self.deployments: dict[str, _Deployment] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.handlers = {
+            "deploy": self._on_deploy,
+            "cancel": self._on_cancel,
+            "commit": self._on_commit,
+            "abort": self._on_abort,
+            "shutdown": self._on_shutdown,
+        }
+
+    def serve(self) -> None:
+        """Handle JobManager messages until shutdown or until the JobManager goes away."""
+        threading.Thread(target=self._report_metrics, daemon=True, name="metrics").start()
+        try:
+            while not self._stop.is_set():
+                msg_type, body = self.conn.recv()
+                handler = self.handlers.get(msg_type)
+                if handler is None:
+                    log.warning("ignoring unknown message %r from the JobManager", msg_type)
+                    continue
+                handler(**body)
+        except rpc.ConnectionClosed:
+            if not self._stop.is_set():
+                log.info("JobManager connection closed; slot %s exits", self.slot_id)
+        finally:
+            for d in self.deployments.values():
+                d.cancel.set()
+            self.server.close()
+
+    # -- handlers -----------------------------------------------------------------
+    def _on_deploy(self, job_id: str, job_bytes: bytes, subtasks: list, attempt: int,
+                   slot_addresses: dict) -> None:
+        try:
+            job: JobGraph = cloudpickle.loads(job_bytes)
+        except Exception as exc:  # noqa: BLE001 - report any unpickling problem to the user
+            from emrflow.runtime.task import format_user_traceback
+            for vertex_id, index in subtasks:
+                self.conn.send("task_state", job_id=job_id, vertex=vertex_id, subtask=index,
+                               state="FAILED", metrics={}, failure={
+                                   "operator": "(deployment)", "subtask_index": index,
+                                   "parallelism": None, "task": "deployment",
+                                   "message": f"cannot load the job in slot {self.slot_id}: {exc}",
+                                   "traceback": format_user_traceback(exc)})
+            return
+        dep = _Deployment(job=job, attempt=attempt,
+                          slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()})
+        with self._lock:
+            self.deployments[job_id] = dep
+        # gates first, so producers anywhere can connect as soon as they start
+        for vertex_id, index in subtasks:
+            v = job.vertices[vertex_id]
+            if not v.is_source:
+                gate = InputGate(job.num_input_channels(vertex_id), dep.cancel)
+                dep.gates[(vertex_id, index)] = gate
+                self.server.register(job_id, vertex_id, index, gate)
+        for vertex_id, index in subtasks:
+            v = job.vertices[vertex_id]
+            task = StreamTask(job, v, index, attempt, dep.gates.get((vertex_id, index)),
+                              lambda v=v, index=index: self._make_writers(dep, v, index), dep.cancel)
+            dep.tasks[(vertex_id, index)] = task
+        for (vertex_id, index), task in dep.tasks.items():
+            threading.Thread(target=self._run_task, args=(dep, task), daemon=True,
+                             name=f"task-{task.label}").start()
+
+    def _make_writers(self, dep: _Deployment, vertex, index: int) -> dict:
+        job = dep.job
+        credits = int(job.config.get("taskmanager.network.memory.buffers-per-channel", 2))
+        batch = int(job.config.get("taskmanager.network.batch-size", 1024))
+        writers = {}
+        for e_idx in vertex.output_edges:
+            edge = job.edges[e_idx]
+            target = job.vertices[edge.target_vertex]
+            consumers = [index] if edge.partitioner == "forward" else range(target.parallelism)
+            ch_index = job.channel_index(e_idx, index)
+            channels = []
+            for c in consumers:
+                local_gate = dep.gates.get((target.id, c))
+                if local_gate is not None:
+                    channels.append(LocalChannel(local_gate, ch_index, credits, dep.cancel))
+                else:
+                    channels.append(RemoteChannel(dep.slot_addresses[c], self.secret, job.job_id,
+                                                  target.id, c, ch_index, credits, dep.cancel))
+            writers[e_idx] = make_writer(edge, channels, batch, index, target.max_parallelism,
+                                         make_aggregator)
+        return writers
+
+    def _run_task(self, dep: _Deployment, task: StreamTask) -> None:
+        job_id = dep.job.job_id
+        failure = None
+        try:
+            task.run()
+        except Cancelled:
+            pass
+        except TaskFailure as exc:
+            failure = describe_failure(task, exc)
+        except BaseException as exc:  # noqa: BLE001 - never let a task thread die silently
+            failure = describe_failure(task, TaskFailure(task.vertex.name, repr(exc), repr(exc)))
+        try:
+            self.conn.send("task_state", job_id=job_id, vertex=task.vertex.id,
+                           subtask=task.subtask_index, state=task.state, metrics=task.metrics(),
+                           failure=failure)
+        except rpc.ConnectionClosed:
+            pass  # the JobManager is gone; serve() ends the process
+
+    def _on_cancel(self, job_id: str) -> None:
+        dep = self.deployments.get(job_id)
+        if dep is not None:
+            dep.cancel.set()
+
+    def _finish(self, job_id: str, commit: bool) -> None:
+        dep = self.deployments.pop(job_id, None)
+        error = None
+        if dep is not None:
+            self.server.unregister_job(job_id)
+            for task in dep.tasks.values():
+                for w in task.sink_writers:
+                    try:
+                        w.commit() if commit else w.abort()
+                    except Exception as exc:  # noqa: BLE001 - reported to the JobManager
+                        error = f"{'commit' if commit else 'abort'} of {task.label} failed: {exc!r}"
+        self.conn.send("finished_ack", job_id=job_id, commit=commit, error=error)
+
+    def _on_commit(self, job_id: str) -> None:
+        self._finish(job_id, True)
+
+    def _on_abort(self, job_id: str) -> None:
+        self._finish(job_id, False)
+
+    def _on_shutdown(self) -> None:
+        self._stop.set()
+
+    def _report_metrics(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                deps = list(self.deployments.items())
+            for job_id, dep in deps:
+                running = {f"{v}.{i}": t.metrics() for (v, i), t in list(dep.tasks.items())
+                           if t.state == "RUNNING"}
+                if running:
+                    try:
+                        self.conn.send("metrics", job_id=job_id, tasks=running)
+                    except rpc.ConnectionClosed:
+                        return
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a slot process."""
+    parser = argparse.ArgumentParser(prog="python -m emrflow.runtime.slot")
+    parser.add_argument("--jobmanager", required=True, help="HOST:PORT of the JobManager")
+    parser.add_argument("--taskmanager-id", required=True)
+    parser.add_argument("--slot-index", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address for data connections")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    setup_logging(f"slot {args.taskmanager_id}/{args.slot_index}")
+    secret = os.environ.get("EMRFLOW_CLUSTER_SECRET", "")
+    host, _, port = args.jobmanager.rpartition(":")
+    slot = SlotProcess((host, int(port)), secret, args.taskmanager_id, args.slot_index, args.host)
+    slot.serve()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
