@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from emrflow.api import transformations as T
 from emrflow.api.functions import (
-    FilterFunction, FlatMapFunction, KeyedProcessFunction, KeySelector, MapFunction,
+    FilterFunction, FlatMapFunction, Function, KeyedProcessFunction, KeySelector, MapFunction,
     ProcessFunction, ReduceFunction, SinkFunction, name_of)
 from emrflow.api.transformations import AggregationSpec, Transformation
 from emrflow.errors import JobGraphError
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 
 def _check_function(fn: Any, cls: type, method: str, what: str) -> Any:
-    if isinstance(fn, cls) or (callable(fn) and not isinstance(fn, type)):
+    if isinstance(fn, type) and issubclass(fn, Function):
+        raise TypeError(f"{what} expects an instance: pass {fn.__name__}(), not the class")
+    if isinstance(fn, cls) or callable(fn):
         return fn
     raise TypeError(f"{what} expects a {cls.__name__} or a callable, got {fn!r}")
 
