@@ -176,6 +176,13 @@ def config_keys() -> None:
         click.echo(f"{key}\t{o.type}\t{o.default!r}")
 
 
+@config.command("docs")
+def config_docs() -> None:
+    """Print docs/configuration.md (every key's type, default and meaning) as Markdown."""
+    from emrflow.config import options_markdown
+    click.echo(options_markdown(), nl=False)
+
+
 @config.command("show")
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE")
 @click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None)

@@ -34,17 +34,19 @@ HEADER = ["movieId", "userId", "rating", "timestamp"]
 
 
 def later(a: tuple, b: tuple) -> tuple:
-    """Of two (movie, user, rating, timestamp) records, the later one (then the higher rating)."""
-    return b if (b[3], b[2]) > (a[3], a[2]) else a
+    """Of two records (rating at index 2, timestamp at 3), the later one, then the higher rating."""
+    if b[3] > a[3] or (b[3] == a[3] and b[2] > a[2]):
+        return b
+    return a
 
 
-def movielens_to_record(r: tuple) -> tuple:
-    """(userId, movieId, rating, timestamp) -> (movieId, userId, rating, timestamp)."""
-    return (r[1], r[0], r[2], r[3])
+def movielens_output(r: tuple) -> tuple:
+    """(userId, movieId, rating, timestamp) -> (movieId, userId, rating text, timestamp)."""
+    return (r[1], r[0], format(r[2], "g"), r[3])
 
 
-def format_record(r: tuple) -> tuple:
-    """Render the rating as MovieLens writes it (3.0 -> "3", 3.5 -> "3.5")."""
+def seed_output(r: tuple) -> tuple:
+    """(movieId, userId, rating, timestamp) with the rating as MovieLens writes it (3.0 -> "3")."""
     return (r[0], r[1], format(r[2], "g"), r[3])
 
 
@@ -55,16 +57,16 @@ def build(env: StreamExecutionEnvironment, input_path: str, output: str, fmt: st
         source = CsvSource(input_path, delimiter=",", header=True,
                            names=["userId", "movieId", "rating", "timestamp"],
                            types=[int, int, float, int], fail_on_bad_records=fail_on_bad_records or None)
-        ratings = env.from_source(source, source_name="Source: ratings").map(movielens_to_record)
+        key, to_output = (1, 0), movielens_output   # records stay (user, movie, ...) until the end
     else:
         source = CsvSource(input_path, delimiter="^", header=False,
                            names=["movieId", "userId", "rating", "timestamp"],
                            types=[int, int, float, int], fail_on_bad_records=fail_on_bad_records or None)
-        ratings = env.from_source(source, source_name="Source: ratings")
-    (ratings
-        .key_by((0, 1))
+        key, to_output = (0, 1), seed_output
+    (env.from_source(source, source_name="Source: ratings")
+        .key_by(key)
         .reduce(later).name("latest per (movie, user)")
-        .map(format_record)
+        .map(to_output)
         .sink_to(CsvFileSink(output, header=HEADER,
                              write_mode=WriteMode.OVERWRITE if overwrite else WriteMode.NO_OVERWRITE))
         .name("Sink: latest ratings CSV"))

@@ -27,13 +27,9 @@ DEFAULT_INPUT = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"
 _WORD = re.compile(r"[a-z]+")
 
 
-def tokenize(line: str) -> list[str]:
-    """The words of a line: runs of a-z after lower-casing."""
-    return _WORD.findall(line.lower())
-
-
-def with_one(word: str) -> tuple[str, int]:
-    return (word, 1)
+def tokenize(line: str) -> list[tuple[str, int]]:
+    """``(word, 1)`` for every word of a line: runs of a-z after lower-casing."""
+    return [(w, 1) for w in _WORD.findall(line.lower())]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
                          else RuntimeExecutionMode.BATCH)
     (env.read_text_file(args.input)
         .flat_map(tokenize).name("tokenize")
-        .map(with_one)
         .key_by(0)
         .sum(1)
         .sink_to(CsvFileSink(args.output, header=["word", "count"],

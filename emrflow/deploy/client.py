@@ -22,33 +22,34 @@ _EMRFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def ship_user_modules_by_value() -> list[str]:
     """Make cloudpickle ship the job's own modules by value.
 
-    The job script (``__main__``) is always pickled by value; modules imported
-    from the script's directory (not installed packages, not emrflow) would be
-    pickled by reference and fail to import on a TaskManager elsewhere, so
-    they are registered to travel by value too.
+    The job script (``__main__``) is always pickled by value. Functions from other
+    modules are pickled by reference, which works on a TaskManager only if the
+    module is installed there. So every imported top-level module that is *not*
+    installed (not under the interpreter's prefix or site-packages, and not
+    emrflow itself), such as a helper module next to the job script, is
+    registered to travel by value.
 
     Returns:
         The names of the modules registered.
     """
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if not main_file:
-        return []
-    base = os.path.dirname(os.path.realpath(main_file))
     names = []
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None)
-        if not f or name == "__main__" or "." in name:
+        if not f or name == "__main__" or "." in name or name in _REGISTERED:
             continue
         real = os.path.realpath(f)
-        if (real.startswith(base + os.sep) and not real.startswith(_EMRFLOW_DIR + os.sep)
-                and not real.startswith(_SKIP_PREFIXES)):
-            try:
-                cloudpickle.register_pickle_by_value(mod)
-                names.append(name)
-            except (ValueError, TypeError):
-                continue
+        if real.startswith(_EMRFLOW_DIR + os.sep) or real.startswith(_SKIP_PREFIXES):
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(mod)
+        except (ValueError, TypeError):
+            continue
+        _REGISTERED.add(name)
+        names.append(name)
     return names
+
+
+_REGISTERED: set[str] = set()
 
 
 class ClusterClient:

@@ -14,6 +14,8 @@ through an :class:`Aggregator`.
 
 from __future__ import annotations
 
+import operator
+from collections import _count_elements, deque  # type: ignore[attr-defined]
 from typing import Any, Callable
 
 from emrflow.api import transformations as T
@@ -238,17 +240,24 @@ class KeyedProcessOperator(Operator):
 # -- keyed aggregations ---------------------------------------------------------
 
 def _field_access(field: int | str | None) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
-    """Return ``(get, replace)`` for a record field: ``replace(record, value)`` makes a new record."""
+    """Return ``(get, replace)`` for a record field: ``replace(record, value)`` makes a new record.
+
+    ``get`` is a C-level ``itemgetter`` for positions (tuples, lists) and names of
+    dict records, with a fallback to attributes (namedtuples, objects).
+    """
     if field is None:
         return (lambda r: r), (lambda r, v: v)
+    fast = operator.itemgetter(field)
 
-    def get(r: Any, _f=field) -> Any:
-        if isinstance(r, (tuple, list, dict)):
-            return r[_f]
-        if isinstance(_f, str):
-            return getattr(r, _f)
-        raise TypeError(f"cannot take field {_f!r} of a {type(r).__name__} record; "
-                        "use sum()/min()/max() without a field for scalar records")
+    def get(r: Any, _f=field, _fast=fast) -> Any:
+        try:
+            return _fast(r)
+        except (TypeError, KeyError, IndexError):
+            if isinstance(_f, str) and hasattr(r, _f):
+                return getattr(r, _f)
+            raise TypeError(f"cannot take field {_f!r} of the record {r!r}; use a field position "
+                            "for tuple records, a name for dict records, or no field for "
+                            "scalar records") from None
 
     def replace(r: Any, v: Any, _f=field) -> Any:
         if type(r) is tuple:
@@ -265,25 +274,32 @@ def _field_access(field: int | str | None) -> tuple[Callable[[Any], Any], Callab
             return r._replace(**{r._fields[_f] if isinstance(_f, int) else _f: v})
         raise TypeError(f"cannot set field {_f!r} of a {type(r).__name__} record")
 
-    if isinstance(field, int):
-        import operator
-        fast = operator.itemgetter(field)
-
-        def get_fast(r: Any, _fast=fast, _slow=get) -> Any:
-            try:
-                return _fast(r)
-            except TypeError:
-                return _slow(r)
-        return get_fast, replace
+    get.fast = fast  # type: ignore[attr-defined]
     return get, replace
+
+
+def _values(get: Callable[[Any], Any], records: list) -> list:
+    """``list(map(get, records))`` at C speed, with ``get``'s clear error for odd records."""
+    fast = getattr(get, "fast", None)
+    if fast is not None:
+        try:
+            return list(map(fast, records))
+        except (TypeError, KeyError, IndexError):
+            pass
+    return list(map(get, records))
 
 
 class Aggregator:
     """An associative per-key aggregation over a table ``{key: accumulated record}``.
 
     Used by the keyed aggregation operator and, in BATCH mode, by the combiner in
-    front of the exchange. Subclasses implement three batch loops.
+    front of the exchange. Subclasses implement three batch loops over a table
+    made by :meth:`new_table` (its ``len`` is the number of keys).
     """
+
+    def new_table(self) -> Any:
+        """Return an empty table."""
+        return {}
 
     def fold(self, table: dict, keys: list, records: list) -> None:
         """Fold records into the table (no output)."""
@@ -322,40 +338,54 @@ class ReduceAggregator(Aggregator):
         return out
 
 
-class SumAggregator(Aggregator):
-    """``sum(field)``: the key's first record with ``field`` replaced by the running sum.
+class _SumTable:
+    """Running sums per key, and the key's first record (whose other fields the output keeps)."""
 
-    The table maps key -> ``[first record, sum]``.
-    """
+    __slots__ = ("sums", "firsts")
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.firsts: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+
+class SumAggregator(Aggregator):
+    """``sum(field)``: the key's first record with ``field`` replaced by the running sum."""
 
     def __init__(self, field: int | str | None):
+        self.field = field
         self.get, self.replace = _field_access(field)
 
-    def fold(self, table: dict, keys: list, records: list) -> None:
-        get = table.get
-        for k, r, v in zip(keys, records, map(self.get, records)):
-            acc = get(k)
-            if acc is None:
-                table[k] = [r, v]
-            else:
-                acc[1] += v
+    def new_table(self) -> _SumTable:
+        return _SumTable()
 
-    def fold_emit(self, table: dict, keys: list, records: list) -> list:
-        get, replace = table.get, self.replace
+    def fold(self, table: _SumTable, keys: list, records: list) -> None:
+        vals = records if self.field is None else _values(self.get, records)
+        sums = table.sums
+        if vals and vals.count(1) == len(vals) and all(map(int.__instancecheck__, vals)):
+            _count_elements(sums, keys)  # counting: the C loop of collections.Counter
+        else:
+            get = sums.get
+            for k, v in zip(keys, vals):
+                sums[k] = get(k, 0) + v
+        deque(map(table.firsts.setdefault, keys, records), maxlen=0)
+
+    def fold_emit(self, table: _SumTable, keys: list, records: list) -> list:
+        vals = records if self.field is None else _values(self.get, records)
+        sums, firsts, replace = table.sums, table.firsts, self.replace
+        get, setdefault = sums.get, firsts.setdefault
         out = []
         append = out.append
-        for k, r, v in zip(keys, records, map(self.get, records)):
-            acc = get(k)
-            if acc is None:
-                table[k] = acc = [r, v]
-            else:
-                acc[1] += v
-            append(replace(acc[0], acc[1]))
+        for k, r, v in zip(keys, records, vals):
+            total = sums[k] = get(k, 0) + v
+            append(replace(setdefault(k, r), total))
         return out
 
-    def results(self, table: dict) -> list:
-        replace = self.replace
-        return [replace(first, total) for first, total in table.values()]
+    def results(self, table: _SumTable) -> list:
+        replace, firsts = self.replace, table.firsts
+        return [replace(firsts[k], total) for k, total in table.sums.items()]
 
 
 class CompareAggregator(Aggregator):
@@ -412,7 +442,7 @@ class KeyedAggregateOperator(Operator):
         self.key_selector = key_selector
         self.batch = batch
         self.aggregator = make_aggregator(kind, function)
-        self.table: dict = {}
+        self.table = self.aggregator.new_table()
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
@@ -424,7 +454,7 @@ class KeyedAggregateOperator(Operator):
 
     def end_input(self) -> None:
         if self.batch:
-            table, self.table = self.table, {}
+            table, self.table = self.table, self.aggregator.new_table()
             self.output.emit(self.aggregator.results(table))
         super().end_input()
 

@@ -183,6 +183,7 @@ class StreamTask:
             raise TaskFailure(op_name, format_user_traceback(exc),
                               f"{type(exc).__name__}: {exc}") from exc
 
+
     def _failing_operator(self, exc: BaseException) -> str | None:
         """Find the operator whose user function raised, from the traceback's frames."""
         tb = exc.__traceback__

@@ -53,6 +53,7 @@ def peak_tree_rss(cmd: list[str], env: dict) -> tuple[int, int]:
         peak = max(peak, total)
         time.sleep(0.02)
     err = proc.stderr.read().decode()
+    proc.stderr.close()
     assert proc.wait() == 0, err
     return peak, proc.returncode
 
@@ -65,10 +66,12 @@ def test_slow_consumer_bounds_memory(tmp_path):
     env = dict(os.environ)
     bounded, _ = peak_tree_rss(base + ["-D", "taskmanager.network.memory.buffers-per-channel=2",
                                        str(job)], env)
+    print(f"bounded peak RSS {bounded / 2**20:.0f} MiB")
     # control: practically unlimited credits, so the producers run ahead of the sink
     unbounded, _ = peak_tree_rss(base + ["-D", "taskmanager.network.memory.buffers-per-channel=100000",
                                          str(job)], env)
     mib = 2 ** 20
+    print(f"unbounded peak RSS {unbounded / mib:.0f} MiB")
     # 240 MB of records flow through the job; with credits only a few buffers are in flight
     assert bounded < 250 * mib, f"peak RSS {bounded / mib:.0f} MiB with 2 credits per channel"
     assert unbounded > bounded + 100 * mib, (

@@ -286,6 +286,7 @@ def test_ctrl_c_stops_job_and_cluster(tmp_path):
     assert len(processes_with_token(token)) >= 4  # client, JobManager, TaskManager, slots
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
+    proc.stderr.close()
     assert proc.wait(timeout=30) == 130, rest
     assert "Interrupted" in rest
     assert_nothing_left(token)

@@ -75,12 +75,11 @@ class InputGate:
             Cancelled: the subtask was cancelled.
         """
         try:
-            item = self.queue.get(timeout=timeout_s)
+            return self.queue.get(timeout=timeout_s)
         except queue.Empty:
             if self._cancel.is_set():
                 raise Cancelled() from None
             return None
-        return item
 
     def ack(self, channel_index: int) -> None:
         """Return one credit to the producer of ``channel_index`` (a buffer was processed)."""

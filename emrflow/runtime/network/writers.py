@@ -165,7 +165,7 @@ class CombiningWriter(HashWriter):
                  max_key_ratio: float = 0.5):
         super().__init__(channels, batch_size, key_selector, max_parallelism)
         self._agg = aggregator
-        self._table: dict = {}
+        self._table = aggregator.new_table()
         self._max_keys = max_keys
         self._probe = probe
         self._ratio = max_key_ratio
@@ -185,8 +185,8 @@ class CombiningWriter(HashWriter):
             self._drain()
 
     def _drain(self) -> None:
-        table, self._table = self._table, {}
-        if table:
+        table, self._table = self._table, self._agg.new_table()
+        if len(table):
             HashWriter.write_batch(self, self._agg.results(table))
 
     def end_input(self) -> None:
@@ -213,7 +213,7 @@ def make_writer(edge, channels: list, batch_size: int, producer_index: int,
     if p == "broadcast":
         return BroadcastWriter(channels, batch_size)
     if p == "hash":
-        if edge.combine is not None and aggregator_factory is not None and len(channels) > 1:
+        if edge.combine is not None and aggregator_factory is not None:
             return CombiningWriter(channels, batch_size, edge.key_selector, max_parallelism,
                                    aggregator_factory(*edge.combine))
         return HashWriter(channels, batch_size, edge.key_selector, max_parallelism)
