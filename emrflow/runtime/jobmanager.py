@@ -322,6 +322,10 @@ class JobManager:
                 c.send("shutdown")
             except rpc.ConnectionClosed:
                 pass
+        try:  # wake the accept loop now rather than at its next timeout
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         return {"stopping": True}
 
     # -- slot messages -------------------------------------------------------------

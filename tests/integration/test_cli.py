@@ -308,3 +308,30 @@ def test_word_count_on_shakespeare(tmp_path):
             for w in re.findall(r"[a-z]+", line.lower()):
                 expected[w] = expected.get(w, 0) + 1
     assert got == expected
+
+
+PROGRESS_JOB = '''
+import time
+from emrflow import StreamExecutionEnvironment
+from emrflow.testing import GeneratedSource
+
+def slow(v):
+    if v % 100 == 0:
+        time.sleep(0.01)
+    return v
+
+env = StreamExecutionEnvironment.get_execution_environment()
+env.from_source(GeneratedSource(30_000, batch_size=100)).map(slow).add_sink(lambda v: None)
+env.execute("progressing")
+'''
+
+
+def test_progress_lines_when_not_on_a_terminal(tmp_path):
+    job = tmp_path / "progress_job.py"
+    job.write_text(PROGRESS_JOB)
+    proc, _ = emrflow("run", "-p", "2", "-D", "client.progress.delay=0 ms", str(job))
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("RUNNING")]
+    assert lines, proc.stderr
+    assert re.search(r"source records [\d,]+", lines[0])
+    assert "Map (parallelism 2): records in 30,000, out 30,000" in proc.stderr
