@@ -101,14 +101,16 @@ def main() -> None:
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
               help="Set a configuration option; repeatable.")
 @click.option("-t", "--target", default=None,
-              help="Where to run: local (default).")
+              help="Where to run: local (default) or remote.")
+@click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
+              help="REST address of a running cluster; implies -t remote.")
 @click.option("-d", "--detached", is_flag=True, help="Submit and return without waiting.")
 @click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
               help="Configuration file (default: $EMRFLOW_CONF_DIR/emrflow-conf.yaml).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def run(parallelism, dynamic, target, detached, conf_file, quiet, job, job_args) -> None:
+def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, job, job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
     Options go before JOB; everything after JOB belongs to the job.
@@ -125,6 +127,13 @@ def run(parallelism, dynamic, target, detached, conf_file, quiet, job, job_args)
             raise click.BadParameter(f"unknown target {target!r}; known targets: "
                                      f"{', '.join(known_targets())}", param_hint="-t/--target")
         extra["execution.target"] = target
+    if jobmanager is not None:
+        extra.update(_rest_address_options(jobmanager))
+        extra.setdefault("execution.target", "remote")
+    elif target == "remote":
+        from emrflow.deploy.standalone import ClusterInfo, default_workdir
+        if os.path.exists(os.path.join(default_workdir(), "cluster.json")):
+            extra.update(_rest_address_options(ClusterInfo.load(default_workdir()).rest))
     if detached:
         extra["execution.attached"] = False
     try:
@@ -157,9 +166,140 @@ def run(parallelism, dynamic, target, detached, conf_file, quiet, job, job_args)
         progress.close()
         sys.argv, sys.path[:] = old_argv, old_path
         reset_execution_context(token)
-    if not quiet:
-        for r in ctx.results:
+    for r in ctx.results:
+        if detached:
+            click.echo(f"Job has been submitted with JobID {r.job_id}")
+        elif not quiet:
             _print_result(r)
+
+
+def _rest_address_options(address: str) -> dict:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {address!r}", param_hint="-m/--jobmanager")
+    return {"rest.address": host, "rest.port": int(port)}
+
+
+def _rest_client(jobmanager: str | None, workdir: str | None, conf_file=None, dynamic=()):
+    """A REST client for -m, else for the standalone cluster recorded in the workdir."""
+    from emrflow.deploy.rest_client import RestClient
+    from emrflow.deploy.standalone import ClusterInfo, default_workdir
+    try:
+        config = _load_config(conf_file, dynamic, {})
+        token = config.get("rest.auth.token")
+        if jobmanager is not None:
+            _rest_address_options(jobmanager)
+            return RestClient(jobmanager, token)
+        wd = workdir or default_workdir()
+        if os.path.exists(os.path.join(wd, "cluster.json")):
+            return RestClient(ClusterInfo.load(wd).rest, token)
+        return RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}", token)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+_jobmanager_option = click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
+                                  help="REST address (default: the cluster in --workdir).")
+_workdir_option = click.option("--workdir", default=None, type=click.Path(file_okay=False),
+                               help="Cluster working directory (default $EMRFLOW_CLUSTER_DIR "
+                                    "or ~/.emrflow/cluster).")
+
+
+@main.command("list")
+@_jobmanager_option
+@_workdir_option
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also list ended jobs.")
+def list_jobs(jobmanager, workdir, show_all) -> None:
+    """List the jobs of a cluster (running ones unless --all)."""
+    try:
+        jobs = _rest_client(jobmanager, workdir).list_jobs()
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    shown = [j for j in jobs if show_all or j["state"] not in ("FINISHED", "FAILED", "CANCELED")]
+    if not shown:
+        click.echo("No jobs." if show_all else "No running jobs.", err=True)
+    for j in shown:
+        start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start-time"] / 1000))
+        click.echo(f"{start} : {j['jid']} : {j['name']} ({j['state']})")
+
+
+@main.command()
+@click.argument("job_id")
+@_jobmanager_option
+@_workdir_option
+def cancel(job_id, jobmanager, workdir) -> None:
+    """Cancel the job JOB_ID (its sinks abort; no partial output stays visible)."""
+    try:
+        _rest_client(jobmanager, workdir).cancel(job_id)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Cancelled job {job_id}.")
+
+
+@main.group()
+def cluster() -> None:
+    """Start and stop a standalone cluster on this host."""
+
+
+@cluster.command("start")
+@click.option("--taskmanagers", type=click.IntRange(min=1), default=1, help="TaskManager processes.")
+@click.option("--slots", type=click.IntRange(min=1), default=None,
+              help="Task slots per TaskManager (taskmanager.numberOfTaskSlots).")
+@click.option("--rest-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="REST and dashboard port (rest.port; 0 = any free port).")
+@_workdir_option
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="Configuration option.")
+@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None)
+def cluster_start(taskmanagers, slots, rest_port, workdir, dynamic, conf_file) -> None:
+    """Start a JobManager and TaskManagers in the background; print the REST address."""
+    from emrflow.deploy.standalone import start_cluster
+    try:
+        info = start_cluster(_load_config(conf_file, dynamic, {}), workdir, taskmanagers, slots, rest_port)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Cluster started: REST API and dashboard at http://{info.rest}/ , "
+               f"JobManager RPC at {info.rpc}, working directory {info.workdir}")
+
+
+@cluster.command("stop")
+@_workdir_option
+def cluster_stop(workdir) -> None:
+    """Stop the cluster started from the working directory; leave no process behind."""
+    from emrflow.deploy.standalone import stop_cluster
+    try:
+        pids = stop_cluster(workdir)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Cluster stopped ({len(pids)} processes).")
+
+
+@main.group()
+def taskmanager() -> None:
+    """Add TaskManagers to a running cluster."""
+
+
+@taskmanager.command("start")
+@click.option("--jobmanager", required=True, metavar="HOST:PORT", help="The JobManager's RPC address.")
+@click.option("--slots", type=click.IntRange(min=1), default=None, help="Task slots.")
+@_workdir_option
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="Configuration option.")
+def taskmanager_start(jobmanager, slots, workdir, dynamic) -> None:
+    """Start a TaskManager in the background that registers with --jobmanager.
+
+    The cluster secret comes from $EMRFLOW_CLUSTER_SECRET, or from the working
+    directory's cluster.json when run on the JobManager's host.
+    """
+    from emrflow.deploy.standalone import ClusterInfo, default_workdir, start_taskmanager
+    try:
+        config = _load_config(None, dynamic, {})
+        secret = os.environ.get("EMRFLOW_CLUSTER_SECRET")
+        if not secret:
+            secret = ClusterInfo.load(workdir or default_workdir()).secret
+        pid = start_taskmanager(config, jobmanager, secret,
+                                slots or int(config.get("taskmanager.numberOfTaskSlots")), workdir)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"TaskManager started (pid {pid}).")
 
 
 @main.group()

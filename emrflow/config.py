@@ -64,8 +64,8 @@ _DECLARED = [
        "input; AUTOMATIC picks BATCH for bounded sources (Flink option).",
        choices=("STREAMING", "BATCH", "AUTOMATIC")),
     _o("execution.target", "str", "local",
-       "Where jobs run: `local` (embedded cluster, default); later targets add remote and YARN "
-       "(Flink option; `-t`)."),
+       "Where jobs run: `local` (embedded cluster, default) or `remote` (a running cluster at "
+       "`rest.address:rest.port`, `-m`) (Flink option; `-t`)."),
     _o("execution.attached", "bool", True, "Wait for the job to end (Flink option; `-d` sets false)."),
     _o("execution.buffer-timeout", "duration", 100,
        "Longest time a partly filled network buffer waits before it is sent, in STREAMING mode "
@@ -88,6 +88,11 @@ _DECLARED = [
     _o("rest.address", "str", "localhost", "Host clients use for the REST API (Flink option)."),
     _o("rest.port", "int", 8081, "Port of the REST API and dashboard (Flink option).", min=0, max=65535),
     _o("rest.bind-address", "str", "127.0.0.1", "Interface the REST server listens on (Flink option)."),
+    _o("rest.auth.token", "str", None,
+       "Bearer token every REST request must carry; required to bind a non-loopback address "
+       "(emrflow-specific)."),
+    _o("metrics.reporter.prom.port", "int", None,
+       "Port of the JobManager's Prometheus endpoint; unset = none (Flink option).", min=0, max=65535),
     _o("heartbeat.interval", "duration", 10_000, "Time between TaskManager heartbeats (Flink option)."),
     _o("heartbeat.timeout", "duration", 50_000,
        "A TaskManager silent for longer is declared lost (Flink option)."),

@@ -13,6 +13,7 @@ from emrflow.errors import ConfigError
 #: target name -> "module:function" executing a JobGraph there
 TARGETS = {
     "local": "emrflow.deploy.local:execute",
+    "remote": "emrflow.deploy.rest_client:execute",
 }
 
 

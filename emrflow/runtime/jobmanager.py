@@ -64,6 +64,7 @@ class TaskManagerInfo:
     last_heartbeat: float = field(default_factory=time.monotonic)
     rss_bytes: int = 0
     cpu_percent: float = 0.0
+    data_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -82,6 +83,9 @@ class JobState:
     tasks: dict[tuple[int, int], str] = field(default_factory=dict)
     metrics: dict[tuple[int, int], dict] = field(default_factory=dict)
     failure: dict | None = None
+    failure_time: float | None = None
+    rates: dict[tuple[int, int], dict] = field(default_factory=dict)
+    metric_times: dict[tuple[int, int], float] = field(default_factory=dict)
     pending_acks: set[str] = field(default_factory=set)
     finish_errors: list[str] = field(default_factory=list)
 
@@ -161,7 +165,8 @@ class JobManager:
 
     def _serve_taskmanager(self, conn: rpc.Connection, hello: dict) -> None:
         tm = TaskManagerInfo(id=str(hello["taskmanager_id"]), slots=int(hello["slots"]),
-                             host=str(hello.get("host", "?")), conn=conn, pid=int(hello.get("pid", 0)))
+                             host=str(hello.get("host", "?")), conn=conn, pid=int(hello.get("pid", 0)),
+                             data_host=str(hello.get("data_host", "127.0.0.1")))
         with self.cond:
             self.taskmanagers[tm.id] = tm
             self.cond.notify_all()
@@ -348,11 +353,13 @@ class JobManager:
             job = self.jobs.get(job_id)
             if job is None:
                 return
+            now = time.monotonic()
             for key, m in tasks.items():
                 v, i = key.split(".")
                 k = (int(v), int(i))
                 if job.tasks.get(k) in ("DEPLOYING", "RUNNING"):
                     job.tasks[k] = "RUNNING"
+                    self._update_rates(job, k, m, now)
                     job.metrics[k] = m
 
     def _on_finished_ack(self, slot: SlotInfo, job_id: str, commit: bool, error: str | None) -> None:
@@ -367,10 +374,30 @@ class JobManager:
                 self._complete(job)
             self.cond.notify_all()
 
+    @staticmethod
+    def _update_rates(job: JobState, k: tuple[int, int], m: dict, now: float) -> None:
+        """Derive per-second rates (records, busy and back-pressured ms) from two reports."""
+        prev, t_prev = job.metrics.get(k), job.metric_times.get(k)
+        job.metric_times[k] = now
+        if prev is None or t_prev is None or now <= t_prev:
+            return
+        dt = now - t_prev
+        ops = {}
+        for op_id, (rin, rout) in m.get("operators", {}).items():
+            pin, pout = prev.get("operators", {}).get(op_id, (0, 0))
+            ops[op_id] = ((rin - pin) / dt, (rout - pout) / dt)
+        job.rates[k] = {
+            "operators": ops,
+            "busy_ms_per_s": min(1000.0, (m.get("busy_s", 0) - prev.get("busy_s", 0)) * 1000 / dt),
+            "backpressured_ms_per_s": min(1000.0, (m.get("backpressured_s", 0)
+                                                   - prev.get("backpressured_s", 0)) * 1000 / dt),
+        }
+
     # -- state machine (called with self.cond held) ----------------------------------
     def _fail(self, job: JobState, failure: dict) -> None:
         if job.failure is None:
             job.failure = failure
+            job.failure_time = time.time()
         if job.state in ("RUNNING", "CANCELLING"):
             job.state = "FAILING"
             self._cancel_tasks(job)
@@ -420,6 +447,7 @@ class JobManager:
         job.state = state
         if failure is not None and job.failure is None:
             job.failure = failure
+            job.failure_time = time.time()
         job.end = time.time()
         for s in job.slots:
             if s.job_id == job.id:
@@ -496,6 +524,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat-timeout-ms", type=int, default=50_000)
     parser.add_argument("--slot-request-timeout-ms", type=int, default=30_000)
     parser.add_argument("--die-with-parent", action="store_true")
+    parser.add_argument("--rest-bind", default=None,
+                        help="HOST:PORT for the REST API and dashboard (none: no REST server)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of the Prometheus endpoint (metrics.reporter.prom.port)")
+    parser.add_argument("--info-file", default=None,
+                        help="write the bound addresses here as JSON once listening")
     args = parser.parse_args(argv)
     if args.die_with_parent:
         die_with_parent()
@@ -505,9 +539,24 @@ def main(argv: list[str] | None = None) -> None:
     else:
         host, _, port = args.bind.rpartition(":")
         listener = socket.create_server((host, int(port)))
-        print(f"JobManager listening on {host}:{listener.getsockname()[1]}", flush=True)
-    JobManager(listener, os.environ.get("EMRFLOW_CLUSTER_SECRET", ""), args.heartbeat_timeout_ms,
-               args.slot_request_timeout_ms).serve()
+    jm = JobManager(listener, os.environ.get("EMRFLOW_CLUSTER_SECRET", ""), args.heartbeat_timeout_ms,
+                    args.slot_request_timeout_ms)
+    info = {"rpc_address": list(listener.getsockname()[:2]), "pid": os.getpid()}
+    if args.rest_bind is not None:
+        from emrflow.runtime.rest import start_rest_server
+        rest_host, _, rest_port = args.rest_bind.rpartition(":")
+        info["rest_address"] = list(start_rest_server(
+            jm, rest_host, int(rest_port), os.environ.get("EMRFLOW_REST_TOKEN") or None))
+    if args.metrics_port is not None:
+        from emrflow.runtime.metrics import start_prometheus_endpoint
+        info["metrics_port"] = start_prometheus_endpoint(jm, args.metrics_port)
+    if args.info_file:
+        import json
+        tmp = args.info_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, args.info_file)
+    jm.serve()
 
 
 if __name__ == "__main__":

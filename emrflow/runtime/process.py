@@ -39,7 +39,7 @@ def setup_logging(role: str) -> None:
 
 def spawn(module: str, args: list[str], secret: str, python: str | None = None,
           new_session: bool = False, pass_fds: tuple[int, ...] = (),
-          stdout=None, stderr=None) -> subprocess.Popen:
+          stdout=None, stderr=None, extra_env: dict | None = None) -> subprocess.Popen:
     """Start ``python -m module args...`` with the cluster secret in its environment.
 
     Args:
@@ -50,8 +50,9 @@ def spawn(module: str, args: list[str], secret: str, python: str | None = None,
         new_session: start in a new session so terminal signals skip it.
         pass_fds: file descriptors to inherit (a listening socket).
         stdout, stderr: as for :class:`subprocess.Popen` (default: inherit).
+        extra_env: further environment variables (tokens).
     """
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["EMRFLOW_CLUSTER_SECRET"] = secret
     # the job's modules are shipped by value; the interpreter finds emrflow itself
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,141 @@
+"""A client of the JobManager's REST API (submit, follow, list, cancel, shut down)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+import cloudpickle
+
+from emrflow.deploy.client import result_from_status, ship_user_modules_by_value
+from emrflow.errors import ClusterError
+
+TERMINAL = ("FINISHED", "FAILED", "CANCELED")
+
+
+class RestClient:
+    """Talks to a JobManager's REST endpoint.
+
+    Args:
+        address: ``"host:port"`` of the REST API.
+        token: bearer token (``rest.auth.token``), or ``None``.
+        timeout_s: per-request timeout in seconds.
+    """
+
+    def __init__(self, address: str, token: str | None = None, timeout_s: float = 60.0):
+        if "://" not in address:
+            address = "http://" + address
+        self.base = address.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None, timeout_s: float | None = None) -> Any:
+        """Send a request and return the decoded JSON reply.
+
+        Raises:
+            ClusterError: the JobManager cannot be reached or answers with an error.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = "; ".join(json.loads(exc.read()).get("errors", []))
+            except ValueError:
+                detail = exc.reason
+            raise ClusterError(f"{method} {path} on {self.base} failed ({exc.code}): {detail}") from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise ClusterError(f"cannot reach the JobManager's REST API at {self.base}: "
+                               f"{getattr(exc, 'reason', exc)}") from exc
+        return json.loads(raw) if raw else {}
+
+    def overview(self) -> dict:
+        """``GET /overview``: TaskManagers, slots, job counts."""
+        return self.request("GET", "/overview")
+
+    def submit(self, job_graph) -> str:
+        """Submit a JobGraph (``POST /jobs``); returns the job id."""
+        ship_user_modules_by_value()
+        payload = base64.b64encode(cloudpickle.dumps(job_graph, protocol=5)).decode()
+        return self.request("POST", "/jobs", {"topology": job_graph.topology(), "jobgraph": payload})["jobid"]
+
+    def status(self, job_id: str, wait_s: float = 0.0) -> dict:
+        """Return the job's status, waiting up to ``wait_s`` seconds for it to end."""
+        reply = self.request("GET", f"/jobs/{job_id}/execution-result?wait={wait_s}",
+                             timeout_s=self.timeout_s + wait_s)
+        return reply["emrflow-status"]
+
+    def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None,
+             interval_s: float = 1.0) -> dict:
+        """Follow the job until it ends; returns its final status."""
+        while True:
+            st = self.status(job_id, wait_s=interval_s)
+            if st["state"] in TERMINAL:
+                return st
+            if on_progress is not None:
+                on_progress(st)
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job (``PATCH /jobs/{id}?mode=cancel``)."""
+        self.request("PATCH", f"/jobs/{job_id}?mode=cancel")
+
+    def list_jobs(self) -> list[dict]:
+        """``GET /jobs/overview``: every job, newest first."""
+        return self.request("GET", "/jobs/overview")["jobs"]
+
+    def shutdown(self) -> None:
+        """``DELETE /cluster``: stop the JobManager and its TaskManagers."""
+        self.request("DELETE", "/cluster")
+
+    def wait_for_slots(self, slots: int, timeout_s: float) -> dict:
+        """Poll ``/overview`` until ``slots`` task slots are registered."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ov = self.overview()
+                if ov["slots-total"] >= slots:
+                    return ov
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise ClusterError(f"only {ov['slots-total']} of {slots} task slots registered "
+                                   f"after {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+
+def execute(job_graph, config, context=None):
+    """The ``remote`` target: run ``job_graph`` on the cluster at ``rest.address:rest.port``.
+
+    Attached (default): follows the job and returns its result. Detached
+    (``execution.attached`` false, ``-d``): returns once the job is accepted, with
+    ``net_runtime_ms`` 0.
+    """
+    from emrflow.api.environment import JobExecutionResult
+    client = RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}",
+                        config.get("rest.auth.token"))
+    job_id = client.submit(job_graph)
+    if context is not None and context.on_submitted is not None:
+        context.on_submitted(job_id, job_graph.name)
+    if not bool(config.get("execution.attached")):
+        return JobExecutionResult(job_id=job_id, job_name=job_graph.name, net_runtime_ms=0)
+    try:
+        status = client.wait(job_id, context.on_progress if context is not None else None)
+    except KeyboardInterrupt:
+        try:
+            client.cancel(job_id)
+        except ClusterError:
+            pass
+        raise
+    return result_from_status(status, job_graph)

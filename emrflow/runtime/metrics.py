@@ -1,0 +1,87 @@
+"""A Prometheus endpoint for the JobManager, with Flink's metric names.
+
+Started when ``metrics.reporter.prom.port`` is set. Metrics are read from the
+JobManager's state at scrape time (a custom collector), named as Flink's
+Prometheus reporter names them:
+
+* ``flink_taskmanager_job_task_operator_numRecordsIn`` / ``..._numRecordsOut``
+  (counters per job, task, operator and subtask) and ``..._numRecordsInPerSecond`` /
+  ``..._numRecordsOutPerSecond``;
+* ``flink_taskmanager_job_task_busyTimeMsPerSecond`` and
+  ``flink_taskmanager_job_task_backPressuredTimeMsPerSecond``;
+* ``flink_jobmanager_numRegisteredTaskManagers``, ``flink_jobmanager_taskSlotsTotal``,
+  ``flink_jobmanager_taskSlotsAvailable``, ``flink_jobmanager_numRunningJobs``;
+* ``flink_taskmanager_Status_ProcessTree_RssBytes`` and ``..._CpuPercent`` per TaskManager.
+"""
+
+from __future__ import annotations
+
+
+def _collector(jm):
+    from prometheus_client.core import GaugeMetricFamily
+
+    class JobManagerCollector:
+        def collect(self):
+            op_labels = ["job_id", "job_name", "task_name", "operator_name", "subtask_index"]
+            rin = GaugeMetricFamily("flink_taskmanager_job_task_operator_numRecordsIn",
+                                    "Records an operator subtask received", labels=op_labels)
+            rout = GaugeMetricFamily("flink_taskmanager_job_task_operator_numRecordsOut",
+                                     "Records an operator subtask emitted", labels=op_labels)
+            rin_s = GaugeMetricFamily("flink_taskmanager_job_task_operator_numRecordsInPerSecond",
+                                      "Records received per second", labels=op_labels)
+            rout_s = GaugeMetricFamily("flink_taskmanager_job_task_operator_numRecordsOutPerSecond",
+                                       "Records emitted per second", labels=op_labels)
+            task_labels = ["job_id", "job_name", "task_name", "subtask_index"]
+            busy = GaugeMetricFamily("flink_taskmanager_job_task_busyTimeMsPerSecond",
+                                     "Milliseconds per second a subtask was busy", labels=task_labels)
+            bp = GaugeMetricFamily("flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
+                                   "Milliseconds per second a subtask waited for credit",
+                                   labels=task_labels)
+            with jm.cond:
+                for job in jm.jobs.values():
+                    for v in job.topology["vertices"]:
+                        for i in range(v["parallelism"]):
+                            m = job.metrics.get((v["id"], i), {})
+                            r = job.rates.get((v["id"], i), {})
+                            for o in v["operators"]:
+                                labels = [job.id, job.name, v["name"], o["name"], str(i)]
+                                a, b = m.get("operators", {}).get(o["id"], (0, 0))
+                                ra, rb = r.get("operators", {}).get(o["id"], (0.0, 0.0))
+                                rin.add_metric(labels, a)
+                                rout.add_metric(labels, b)
+                                rin_s.add_metric(labels, ra)
+                                rout_s.add_metric(labels, rb)
+                            tl = [job.id, job.name, v["name"], str(i)]
+                            busy.add_metric(tl, r.get("busy_ms_per_s", 0.0))
+                            bp.add_metric(tl, r.get("backpressured_ms_per_s", 0.0))
+                tms = GaugeMetricFamily("flink_jobmanager_numRegisteredTaskManagers",
+                                        "Registered TaskManagers", value=len(jm.taskmanagers))
+                total = GaugeMetricFamily("flink_jobmanager_taskSlotsTotal", "Task slots",
+                                          value=len(jm.slots))
+                free = GaugeMetricFamily("flink_jobmanager_taskSlotsAvailable", "Free task slots",
+                                         value=sum(1 for s in jm.slots.values() if s.job_id is None))
+                running = GaugeMetricFamily(
+                    "flink_jobmanager_numRunningJobs", "Jobs not yet ended",
+                    value=sum(1 for j in jm.jobs.values() if j.state not in ("FINISHED", "FAILED", "CANCELED")))
+                rss = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_RssBytes",
+                                        "Resident memory of a TaskManager and its slot processes",
+                                        labels=["tm_id"])
+                cpu = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_CpuPercent",
+                                        "CPU use of a TaskManager and its slot processes",
+                                        labels=["tm_id"])
+                for tm in jm.taskmanagers.values():
+                    rss.add_metric([tm.id], tm.rss_bytes)
+                    cpu.add_metric([tm.id], tm.cpu_percent)
+            yield from (rin, rout, rin_s, rout_s, busy, bp, tms, total, free, running, rss, cpu)
+
+    return JobManagerCollector()
+
+
+def start_prometheus_endpoint(jm, port: int, host: str = "127.0.0.1") -> int:
+    """Serve ``/metrics`` for Prometheus on ``host:port`` (0 = any free port); returns the port."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+    registry = CollectorRegistry()
+    registry.register(_collector(jm))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server.server_address[1]

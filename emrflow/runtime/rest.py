@@ -1,0 +1,379 @@
+"""The JobManager's REST API and web dashboard, on Flink's paths with Flink's JSON shapes.
+
+Served by Flask on waitress in a thread of the JobManager process. Endpoints
+(documented in ``docs/rest-api.yaml``):
+
+* ``GET /config``, ``/overview``, ``/jobs``, ``/jobs/overview``, ``/jobs/{jobid}``,
+  ``/jobs/{jobid}/vertices/{vertexid}``, ``/jobs/{jobid}/exceptions``,
+  ``/jobs/{jobid}/execution-result``, ``/taskmanagers``, ``/taskmanagers/{tmid}``: as Flink's;
+* ``PATCH /jobs/{jobid}?mode=cancel``: cancel a job (Flink's);
+* ``POST /jobs``: submit a job (emrflow's own: a JSON body with the job's topology and
+  its base64 cloudpickled JobGraph, which only the TaskManagers unpickle);
+* ``DELETE /cluster``: shut the cluster down (Flink's);
+* ``GET /``: the dashboard.
+
+Security: the server binds ``rest.bind-address`` (127.0.0.1 by default). If a token
+is configured (``rest.auth.token``, passed as ``EMRFLOW_REST_TOKEN``), every request
+must carry ``Authorization: Bearer <token>`` or gets 401 before anything runs;
+binding another address without a token is refused at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import threading
+import time
+from typing import Any
+
+from emrflow import __version__
+
+#: Largest request body accepted (a submitted JobGraph), in bytes.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+_REST_STATE = {"RUNNING": "RUNNING", "COMMITTING": "RUNNING", "FAILING": "FAILING",
+               "FAILED_ABORTING": "FAILING", "CANCELLING": "CANCELLING",
+               "CANCELED_ABORTING": "CANCELLING", "CREATED": "CREATED", "FINISHED": "FINISHED",
+               "FAILED": "FAILED", "CANCELED": "CANCELED"}
+_TASK_STATES = ["CREATED", "SCHEDULED", "DEPLOYING", "RUNNING", "FINISHED", "CANCELING",
+                "CANCELED", "FAILED", "RECONCILING", "INITIALIZING"]
+
+
+def _ms(t: float | None) -> int:
+    return int(t * 1000) if t else -1
+
+
+def _job_duration_ms(job) -> int:
+    start = job.start or job.submitted
+    return int(((job.end or time.time()) - start) * 1000)
+
+
+def _task_counts(states: list[str]) -> dict[str, int]:
+    counts = {s: 0 for s in _TASK_STATES}
+    for s in states:
+        counts[s if s in counts else "RUNNING"] += 1
+    return counts
+
+
+def _vertex_status(states: list[str]) -> str:
+    if any(s == "FAILED" for s in states):
+        return "FAILED"
+    if all(s == "FINISHED" for s in states):
+        return "FINISHED"
+    if any(s == "CANCELED" for s in states) and all(s in ("CANCELED", "FINISHED") for s in states):
+        return "CANCELED"
+    if any(s == "RUNNING" for s in states):
+        return "RUNNING"
+    return "DEPLOYING"
+
+
+def job_overview(jm, job) -> dict:
+    """Flink's ``/jobs/overview`` entry for a job (call with ``jm.cond`` held)."""
+    states = list(job.tasks.values())
+    return {"jid": job.id, "name": job.name, "state": _REST_STATE.get(job.state, job.state),
+            "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
+            "duration": _job_duration_ms(job), "last-modification": _ms(job.end or time.time()),
+            "tasks": {k.lower(): v for k, v in _task_counts(states).items()} | {"total": len(states)}}
+
+
+def _subtask_metrics(job, vid: int, i: int, head_id: int, tail_id: int) -> dict:
+    m = job.metrics.get((vid, i), {})
+    r = job.rates.get((vid, i), {})
+    ops = m.get("operators", {})
+    rates = r.get("operators", {})
+    rin = ops.get(head_id, (0, 0))[0]
+    rout = ops.get(tail_id, (0, 0))[1]
+    return {"read-bytes": 0, "read-bytes-complete": True, "write-bytes": 0, "write-bytes-complete": True,
+            "read-records": rin, "read-records-complete": True,
+            "write-records": rout, "write-records-complete": True,
+            "records-in-per-second": rates.get(head_id, (0.0, 0.0))[0],
+            "records-out-per-second": rates.get(tail_id, (0.0, 0.0))[1],
+            "accumulated-busy-time": int(m.get("busy_s", 0) * 1000),
+            "accumulated-backpressured-time": int(m.get("backpressured_s", 0) * 1000),
+            "busy-time-ms-per-second": r.get("busy_ms_per_s", 0.0),
+            "backpressured-time-ms-per-second": r.get("backpressured_ms_per_s", 0.0)}
+
+
+def _sum_metrics(parts: list[dict]) -> dict:
+    out: dict[str, Any] = {}
+    for p in parts:
+        for k, v in p.items():
+            out[k] = v if isinstance(v, bool) else out.get(k, 0) + v
+    return out
+
+
+def job_details(jm, job) -> dict:
+    """Flink's ``/jobs/{jobid}`` (call with ``jm.cond`` held)."""
+    vertices, plan_nodes = [], []
+    edges_in: dict[int, list] = {}
+    for e in job.topology["edges"]:
+        edges_in.setdefault(e["target"], []).append(e)
+    for v in job.topology["vertices"]:
+        states = [job.tasks.get((v["id"], i), "CREATED") for i in range(v["parallelism"])]
+        head, tail = v["operators"][0]["id"], v["operators"][-1]["id"]
+        metrics = _sum_metrics([_subtask_metrics(job, v["id"], i, head, tail)
+                                for i in range(v["parallelism"])])
+        vertices.append({"id": str(v["id"]), "name": v["name"], "maxParallelism": v["max_parallelism"],
+                         "parallelism": v["parallelism"], "status": _vertex_status(states),
+                         "start-time": _ms(job.start), "end-time": _ms(job.end),
+                         "duration": _job_duration_ms(job), "tasks": _task_counts(states),
+                         "metrics": metrics,
+                         "operators": [{"id": str(o["id"]), "name": o["name"], "uid": o["uid"],
+                                        "records-in": sum(job.metrics.get((v["id"], i), {}).get(
+                                            "operators", {}).get(o["id"], (0, 0))[0]
+                                            for i in range(v["parallelism"])),
+                                        "records-out": sum(job.metrics.get((v["id"], i), {}).get(
+                                            "operators", {}).get(o["id"], (0, 0))[1]
+                                            for i in range(v["parallelism"]))}
+                                       for o in v["operators"]]})
+        plan_nodes.append({"id": str(v["id"]), "parallelism": v["parallelism"], "operator": "",
+                           "operator_strategy": "", "description": v["name"],
+                           "inputs": [{"num": n, "id": str(e["source"]), "ship_strategy": e["ship_strategy"],
+                                       "exchange": "pipelined_bounded",
+                                       "local_strategy": "LOCAL_AGGREGATION" if e["local_aggregation"] else ""}
+                                      for n, e in enumerate(edges_in.get(v["id"], []))]})
+    status_counts = _task_counts(list(job.tasks.values()))
+    return {"jid": job.id, "name": job.name, "isStoppable": False,
+            "state": _REST_STATE.get(job.state, job.state), "job-type": "BATCH" if job.topology["batch"] else "STREAMING",
+            "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
+            "duration": _job_duration_ms(job), "maxParallelism": -1, "now": _ms(time.time()),
+            "timestamps": {"CREATED": _ms(job.submitted), "RUNNING": _ms(job.start),
+                           _REST_STATE.get(job.state, job.state): _ms(job.end or time.time())},
+            "vertices": vertices, "status-counts": status_counts,
+            "plan": {"jid": job.id, "name": job.name, "type": "BATCH" if job.topology["batch"] else "STREAMING",
+                     "nodes": plan_nodes}}
+
+
+def vertex_details(jm, job, vertex: dict) -> dict:
+    """Flink's ``/jobs/{jobid}/vertices/{vertexid}`` (call with ``jm.cond`` held)."""
+    head, tail = vertex["operators"][0]["id"], vertex["operators"][-1]["id"]
+    subtasks = []
+    for i in range(vertex["parallelism"]):
+        slot = job.slots[i] if i < len(job.slots) else None
+        subtasks.append({"subtask": i, "status": job.tasks.get((vertex["id"], i), "CREATED"),
+                         "attempt": 0, "host": slot.data_address[0] if slot else "",
+                         "taskmanager-id": slot.taskmanager_id if slot else "",
+                         "start-time": _ms(job.start), "end-time": _ms(job.end),
+                         "duration": _job_duration_ms(job),
+                         "metrics": _subtask_metrics(job, vertex["id"], i, head, tail)})
+    return {"id": str(vertex["id"]), "name": vertex["name"], "parallelism": vertex["parallelism"],
+            "maxParallelism": vertex["max_parallelism"], "now": _ms(time.time()), "subtasks": subtasks}
+
+
+def job_exceptions(jm, job) -> dict:
+    """Flink's ``/jobs/{jobid}/exceptions`` (call with ``jm.cond`` held)."""
+    f = job.failure
+    if not f:
+        return {"root-exception": None, "timestamp": None, "all-exceptions": [], "truncated": False,
+                "exceptionHistory": {"entries": [], "truncated": False}}
+    text = f.get("message", "") + ("\n" + f["traceback"] if f.get("traceback") else "")
+    entry = {"exceptionName": f.get("message", "").split(":")[0], "stacktrace": text,
+             "timestamp": _ms(job.failure_time), "taskName": f.get("task") or f.get("operator"),
+             "endpoint": None, "taskManagerId": None, "failureLabels": {},
+             "concurrentExceptions": []}
+    return {"root-exception": text, "timestamp": _ms(job.failure_time),
+            "all-exceptions": [{"exception": text, "task": f.get("task") or f.get("operator"),
+                                "location": None, "timestamp": _ms(job.failure_time)}],
+            "truncated": False, "exceptionHistory": {"entries": [entry], "truncated": False}}
+
+
+def taskmanager_info(jm, tm) -> dict:
+    """Flink's ``/taskmanagers`` entry (call with ``jm.cond`` held)."""
+    slots = [s for s in jm.slots.values() if s.taskmanager_id == tm.id]
+    return {"id": tm.id, "path": f"emrflow://{tm.host}/{tm.id}", "dataPort": -1,
+            "jmxPort": -1, "timeSinceLastHeartbeat": _ms(time.time() - (time.monotonic() - tm.last_heartbeat)),
+            "slotsNumber": tm.slots, "freeSlots": sum(1 for s in slots if s.job_id is None),
+            "totalResource": {"cpuCores": float(os.cpu_count() or 1)},
+            "hardware": {"cpuCores": os.cpu_count() or 1, "physicalMemory": -1, "freeMemory": -1,
+                         "managedMemory": -1},
+            "memoryConfiguration": {}, "blocked": False,
+            "metrics": {"rssBytes": tm.rss_bytes, "cpuPercent": tm.cpu_percent},
+            "slots": [{"index": s.index, "job": s.job_id} for s in sorted(slots, key=lambda s: s.index)],
+            "pid": tm.pid}
+
+
+def create_app(jm, token: str | None = None):
+    """Return the Flask application serving ``jm`` (a :class:`~emrflow.runtime.jobmanager.JobManager`)."""
+    from flask import Flask, Response, abort, jsonify, request
+
+    app = Flask("emrflow", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.before_request
+    def check_token():
+        if token is None:
+            return None
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return jsonify(errors=["missing or wrong bearer token"]), 401
+        return None
+
+    @app.errorhandler(404)
+    def not_found(_e):
+        return jsonify(errors=["Not found: " + request.path]), 404
+
+    @app.errorhandler(405)
+    def bad_method(_e):
+        return jsonify(errors=[f"{request.method} is not allowed on {request.path}"]), 405
+
+    @app.errorhandler(413)
+    def too_big(_e):
+        return jsonify(errors=[f"request body larger than {MAX_BODY_BYTES} bytes"]), 413
+
+    def find_job(jobid: str):
+        job = jm.jobs.get(jobid)
+        if job is None:
+            abort(404)
+        return job
+
+    @app.get("/")
+    def dashboard():
+        from importlib.resources import files
+        html = files("emrflow.runtime").joinpath("dashboard.html").read_text(encoding="utf-8")
+        return Response(html, mimetype="text/html")
+
+    @app.get("/config")
+    def config():
+        return jsonify({"refresh-interval": 1000, "timezone-name": time.tzname[0],
+                        "timezone-offset": -time.timezone * 1000, "flink-version": f"emrflow {__version__}",
+                        "flink-revision": "emrflow", "features": {"web-submit": False,
+                                                                  "web-cancel": True,
+                                                                  "web-history": False}})
+
+    @app.get("/overview")
+    def overview():
+        with jm.cond:
+            states = [j.state for j in jm.jobs.values()]
+            return jsonify({"taskmanagers": len(jm.taskmanagers), "slots-total": len(jm.slots),
+                            "slots-available": sum(1 for s in jm.slots.values() if s.job_id is None),
+                            "jobs-running": sum(1 for s in states if s not in ("FINISHED", "FAILED", "CANCELED")),
+                            "jobs-finished": states.count("FINISHED"),
+                            "jobs-cancelled": states.count("CANCELED"), "jobs-failed": states.count("FAILED"),
+                            "flink-version": f"emrflow {__version__}", "flink-commit": "emrflow"})
+
+    @app.get("/jobs")
+    def jobs():
+        with jm.cond:
+            return jsonify({"jobs": [{"id": j.id, "status": _REST_STATE.get(j.state, j.state)}
+                                     for j in jm.jobs.values()]})
+
+    @app.post("/jobs")
+    def submit():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("topology"), dict) \
+                or not isinstance(body.get("jobgraph"), str):
+            return jsonify(errors=["expected a JSON object with 'topology' (object) and "
+                                   "'jobgraph' (base64 of the cloudpickled JobGraph)"]), 400
+        topo = body["topology"]
+        try:
+            job_bytes = base64.b64decode(body["jobgraph"], validate=True)
+            if not (isinstance(topo.get("job_id"), str) and isinstance(topo.get("name"), str)
+                    and topo.get("vertices") and all(int(v["parallelism"]) >= 1 for v in topo["vertices"])):
+                raise ValueError("topology needs job_id, name and vertices with a parallelism")
+        except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+            return jsonify(errors=[f"malformed job: {exc}"]), 400
+        reply = jm.submit(topology=topo, job_bytes=job_bytes)
+        if isinstance(reply, str):
+            return jsonify(errors=[reply]), 409
+        return jsonify({"jobid": reply["job_id"]}), 202
+
+    @app.get("/jobs/overview")
+    def jobs_overview():
+        with jm.cond:
+            return jsonify({"jobs": [job_overview(jm, j) for j in
+                                     sorted(jm.jobs.values(), key=lambda j: j.submitted, reverse=True)]})
+
+    @app.get("/jobs/<jobid>")
+    def job(jobid):
+        with jm.cond:
+            return jsonify(job_details(jm, find_job(jobid)))
+
+    @app.patch("/jobs/<jobid>")
+    def cancel(jobid):
+        mode = request.args.get("mode", "cancel")
+        if mode != "cancel":
+            return jsonify(errors=[f"unsupported mode {mode!r}; only 'cancel'"]), 400
+        reply = jm.cancel(jobid)
+        if isinstance(reply, str):
+            return jsonify(errors=[reply]), 404
+        return jsonify({}), 202
+
+    @app.get("/jobs/<jobid>/vertices/<vertexid>")
+    def vertex(jobid, vertexid):
+        with jm.cond:
+            job = find_job(jobid)
+            for v in job.topology["vertices"]:
+                if str(v["id"]) == vertexid:
+                    return jsonify(vertex_details(jm, job, v))
+        abort(404)
+
+    @app.get("/jobs/<jobid>/exceptions")
+    def exceptions(jobid):
+        with jm.cond:
+            return jsonify(job_exceptions(jm, find_job(jobid)))
+
+    @app.get("/jobs/<jobid>/execution-result")
+    def execution_result(jobid):
+        try:
+            wait_s = min(float(request.args.get("wait", "0")), 30.0)
+        except ValueError:
+            return jsonify(errors=["wait must be a number of seconds"]), 400
+        status = jm.job_status(jobid, wait_s=wait_s)
+        if isinstance(status, str):
+            abort(404)
+        done = status["state"] in ("FINISHED", "FAILED", "CANCELED")
+        out: dict[str, Any] = {"status": {"id": "COMPLETED" if done else "IN_PROGRESS"},
+                               "emrflow-status": status}
+        if done:
+            app_status = {"FINISHED": "SUCCEEDED", "FAILED": "FAILED", "CANCELED": "CANCELED"}[status["state"]]
+            result: dict[str, Any] = {"id": jobid, "application-status": app_status,
+                                      "accumulator-results": {}, "net-runtime": status["duration_ms"]}
+            if status.get("failure"):
+                f = status["failure"]
+                result["failure-cause"] = {"class": f.get("message", "").split(":")[0],
+                                           "stack-trace": f.get("traceback", ""),
+                                           "serialized-throwable": ""}
+            out["job-execution-result"] = result
+        return jsonify(out)
+
+    @app.get("/taskmanagers")
+    def taskmanagers():
+        with jm.cond:
+            return jsonify({"taskmanagers": [taskmanager_info(jm, tm) for tm in jm.taskmanagers.values()]})
+
+    @app.get("/taskmanagers/<tmid>")
+    def taskmanager(tmid):
+        with jm.cond:
+            tm = jm.taskmanagers.get(tmid)
+            if tm is None:
+                abort(404)
+            return jsonify(taskmanager_info(jm, tm))
+
+    @app.delete("/cluster")
+    def shutdown():
+        # answer first; the JobManager process ends right after shutting down
+        threading.Timer(0.2, jm.shutdown).start()
+        return jsonify({}), 202
+
+    return app
+
+
+def start_rest_server(jm, host: str, port: int, token: str | None) -> tuple[str, int]:
+    """Serve the REST API in a daemon thread; returns the bound ``(host, port)``.
+
+    Raises:
+        ValueError: a non-loopback address without a token.
+    """
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        raise ValueError(f"refusing to serve the REST API on {host} without rest.auth.token: "
+                         "anyone who can reach it could run code on this cluster")
+    from waitress import create_server
+    server = create_server(create_app(jm, token), host=host, port=port, threads=8,
+                           max_request_body_size=MAX_BODY_BYTES + 1024, ident="emrflow")
+    bound = (host, int(server.effective_port))
+    threading.Thread(target=server.run, daemon=True, name="rest").start()
+    return bound
+
+
