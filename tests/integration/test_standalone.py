@@ -233,3 +233,18 @@ def test_rest_token_and_bind_address(tmp_path):
     finally:
         # stop cannot use REST without the token, so it terminates the processes itself
         assert not c.stop()
+
+
+def test_rpc_rejects_unauthenticated_peers(cluster):
+    """Wrong secret, garbage and absurd frame lengths: closed unread; the JobManager stays up."""
+    import socket
+    import struct
+    host, port = cluster.info["rpc_address"]
+    for payload in (struct.pack("!I", 40) + json.dumps({"type": "hello", "secret": "x" * 8}).encode().ljust(40),
+                    struct.pack("!I", 2**31) + b"junk",
+                    b"GET / HTTP/1.1\r\n\r\n"):
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(payload)
+            s.settimeout(15)
+            assert s.recv(1) == b""  # closed by the JobManager
+    assert get(cluster.rest, "/overview")["slots-total"] == 2
