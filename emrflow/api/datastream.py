@@ -153,6 +153,35 @@ class DataStream:
         func = _check_function(func, ProcessFunction, "process", "process")
         return DataStream(self._env, self._one_input(T.PROCESS, "Process", func))
 
+    def assign_timestamps_and_watermarks(self, watermark_strategy) -> "DataStream":
+        """Give records event timestamps and emit watermarks (see :class:`~emrflow.api.eventtime.WatermarkStrategy`)."""
+        from emrflow.api.eventtime import WatermarkStrategy
+        if not isinstance(watermark_strategy, WatermarkStrategy):
+            raise TypeError(f"expected a WatermarkStrategy, got {watermark_strategy!r}")
+        watermark_strategy.timestamp_function()  # fails early without an assigner
+        return DataStream(self._env, self._one_input(T.TIMESTAMPS, "Timestamps/Watermarks",
+                                                     watermark_strategy))
+
+    def get_side_output(self, output_tag) -> "DataStream":
+        """The records this operator emitted to the side output ``output_tag``."""
+        from emrflow.api.functions import OutputTag
+        if not isinstance(output_tag, OutputTag):
+            raise TypeError(f"get_side_output expects an OutputTag, got {output_tag!r}")
+        t = Transformation(kind=T.SIDE_OUTPUT, name=f"Side output {output_tag.tag_id}",
+                           inputs=[self._t], tag=output_tag.tag_id)
+        self._env._add(t)
+        return DataStream(self._env, t)
+
+    def window_all(self, window_assigner) -> "AllWindowedStream":
+        """Windows over all records (not keyed), computed by one subtask."""
+        from emrflow.api.windowed import AllWindowedStream
+        keyed = self.key_by(_constant_key)
+        return AllWindowedStream(keyed, window_assigner, all_windows=True)
+
+    def count_window_all(self, size: int, slide: int | None = None) -> "AllWindowedStream":
+        """Count windows over all records (see :meth:`KeyedStream.count_window`)."""
+        return _count_window(self.window_all(_global()), size, slide)
+
     def key_by(self, key_selector: Any) -> "KeyedStream":
         """Partition the stream by key (hash partitioning over key groups).
 
@@ -290,6 +319,19 @@ class KeyedStream(DataStream):
         """The whole record with the greatest field per key (on ties the first one, or the last)."""
         return self._aggregate("max_by", position_to_max_by, first)
 
+    def window(self, window_assigner) -> "WindowedStream":
+        """Group each key's records into windows of ``window_assigner``."""
+        from emrflow.api.windowed import WindowedStream
+        return WindowedStream(self, window_assigner)
+
+    def count_window(self, size: int, slide: int | None = None) -> "WindowedStream":
+        """Windows of ``size`` records per key, every ``slide`` records if given (Flink's countWindow).
+
+        Tumbling: fires and purges every ``size`` records. Sliding: fires every ``slide``
+        records with the last ``size`` of them.
+        """
+        return _count_window(self.window(_global()), size, slide)
+
     def process(self, func: KeyedProcessFunction) -> DataStream:
         """Apply a :class:`KeyedProcessFunction` with keyed state."""
         func = _check_function(func, KeyedProcessFunction, "process", "process")
@@ -331,3 +373,23 @@ class DataStreamSink:
         """Keep the sink out of operator chains; returns self."""
         self._t.chaining = False
         return self
+
+
+def _constant_key(value: Any) -> int:
+    return 0
+
+
+def _global():
+    from emrflow.api.windowing import GlobalWindows
+    return GlobalWindows.create()
+
+
+def _count_window(windowed, size: int, slide: int | None):
+    from emrflow.api.windowing import CountEvictor, CountTrigger, PurgingTrigger
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"count window size must be an int >= 1, got {size!r}")
+    if slide is None:
+        return windowed.trigger(PurgingTrigger.of(CountTrigger.of(size)))
+    if not isinstance(slide, int) or slide < 1:
+        raise ValueError(f"count window slide must be an int >= 1, got {slide!r}")
+    return windowed.evictor(CountEvictor.of(size)).trigger(CountTrigger.of(slide))

@@ -206,20 +206,23 @@ class StreamExecutionEnvironment:
 
         Args:
             source: the source.
-            watermark_strategy: reserved for event time (``None``: no watermarks).
+            watermark_strategy: a :class:`~emrflow.api.eventtime.WatermarkStrategy` to give
+                records event timestamps right at the source, or ``None``.
             source_name: operator name; default ``"Source: <source's name>"``.
         """
         from emrflow.connectors.base import Source
         if not isinstance(source, Source):
             raise TypeError(f"from_source expects an emrflow Source, got {source!r}")
-        if watermark_strategy is not None:
-            raise JobGraphError("watermark strategies are not supported yet: pass None")
         t = Transformation(kind=T.SOURCE, name=source_name or f"Source: {source.default_name}",
                            function=source)
         if source.max_parallelism == 1:
             t.parallelism = 1
         self._add(t)
-        return DataStream(self, t)
+        stream = DataStream(self, t)
+        if watermark_strategy is not None:
+            stream = stream.assign_timestamps_and_watermarks(watermark_strategy)
+            stream._t.parallelism = t.parallelism
+        return stream
 
     def from_collection(self, collection: Iterable[Any], type_info: Any = None) -> DataStream:
         """Create a stream of the elements of ``collection`` (a non-parallel source)."""

@@ -57,21 +57,42 @@ class RuntimeContext:
         """Return the job's configuration value for ``key`` (typed), or ``default_value``."""
         return self._job_parameters.get(key, default_value)
 
-    def get_state(self, state_descriptor):
-        """Return the keyed :class:`~emrflow.api.state.ValueState` described by ``state_descriptor``.
-
-        The returned handle always refers to the value of the key of the record
-        being processed.
-
-        Raises:
-            JobGraphError: the function is not applied to a keyed stream.
-        """
+    def _backend(self):
         if self._state_backend is None:
             from emrflow.errors import JobGraphError
             raise JobGraphError(
                 f"operator {self._task_name!r}: keyed state is only available on a "
                 "KeyedStream (call key_by(...) first)")
-        return self._state_backend.get_value_state(state_descriptor)
+        return self._state_backend
+
+    def get_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.ValueState` described by ``state_descriptor``.
+
+        The handle always refers to the value of the key of the record being processed.
+
+        Raises:
+            JobGraphError: the function is not applied to a keyed stream.
+        """
+        from emrflow.api.state import ValueStateDescriptor
+        if not isinstance(state_descriptor, ValueStateDescriptor):
+            raise TypeError(f"get_state expects a ValueStateDescriptor, got {state_descriptor!r}")
+        return self._backend().get_state(state_descriptor)
+
+    def get_list_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.ListState` of a ``ListStateDescriptor``."""
+        return self._backend().get_state(state_descriptor)
+
+    def get_map_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.MapState` of a ``MapStateDescriptor``."""
+        return self._backend().get_state(state_descriptor)
+
+    def get_reducing_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.ReducingState` of a ``ReducingStateDescriptor``."""
+        return self._backend().get_state(state_descriptor)
+
+    def get_aggregating_state(self, state_descriptor):
+        """Return the keyed :class:`~emrflow.api.state.AggregatingState` of an ``AggregatingStateDescriptor``."""
+        return self._backend().get_state(state_descriptor)
 
 
 class Function(ABC):
@@ -139,7 +160,7 @@ class ProcessFunction(Function):
     """
 
     class Context(ABC):
-        """Per-record context of a :class:`ProcessFunction`."""
+        """Per-record context of a :class:`ProcessFunction`; ``output(tag, value)`` emits to a side output."""
 
         def timestamp(self) -> int | None:
             """Return the record's event timestamp in ms, or ``None`` if it has none."""
@@ -158,7 +179,12 @@ class KeyedProcessFunction(Function):
     """
 
     class Context(ABC):
-        """Per-record context of a :class:`KeyedProcessFunction`."""
+        """Per-record context of a :class:`KeyedProcessFunction`.
+
+        Also offers ``timer_service()`` (``register_event_time_timer(ms)``,
+        ``register_processing_time_timer(ms)``, ``delete_*``, ``current_watermark()``,
+        ``current_processing_time()``) and ``output(tag, value)`` for side outputs.
+        """
 
         @abstractmethod
         def get_current_key(self) -> Any:
@@ -172,6 +198,23 @@ class KeyedProcessFunction(Function):
     def process_element(self, value: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[Any] | None:
         ...
 
+    def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any] | None:
+        """Called when a timer registered through ``ctx.timer_service()`` fires.
+
+        ``ctx.time_domain()`` says which clock, ``ctx.get_current_key()`` the timer's key;
+        outputs carry ``timestamp``. Event-time timers fire when the watermark passes
+        them (all of them at the end of a bounded input); processing-time timers when the
+        wall clock does, and not after the input ended (as in Flink).
+        """
+        return None
+
+    class OnTimerContext(ABC):
+        """Context of :meth:`KeyedProcessFunction.on_timer`."""
+
+        @abstractmethod
+        def time_domain(self) -> str:
+            ...
+
 
 def name_of(fn: Any) -> str:
     """Return a short human name for a user function (for operator names and messages)."""
@@ -179,3 +222,100 @@ def name_of(fn: Any) -> str:
         return type(fn).__name__
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return name or type(fn).__name__
+
+
+class OutputTag:
+    """Names a side output (Flink's ``OutputTag``); emit with ``ctx.output(tag, value)``.
+
+    Args:
+        tag_id: unique name of the side output.
+        type_info: optional type hint (kept for PyFlink compatibility).
+    """
+
+    def __init__(self, tag_id: str, type_info: Any = None):
+        if not isinstance(tag_id, str) or not tag_id:
+            raise ValueError(f"an OutputTag needs a non-empty name, got {tag_id!r}")
+        self.tag_id = tag_id
+        self.type_info = type_info
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OutputTag) and other.tag_id == self.tag_id
+
+    def __hash__(self) -> int:
+        return hash(("OutputTag", self.tag_id))
+
+    def __repr__(self) -> str:
+        return f"OutputTag({self.tag_id!r})"
+
+
+class AggregateFunction(Function):
+    """Incremental aggregation with an accumulator (Flink's ``AggregateFunction``).
+
+    ``create_accumulator() -> acc``, ``add(value, acc) -> acc``, ``get_result(acc) -> out``,
+    ``merge(acc_a, acc_b) -> acc`` (for merging session windows).
+    """
+
+    @abstractmethod
+    def create_accumulator(self) -> Any:
+        ...
+
+    @abstractmethod
+    def add(self, value: Any, accumulator: Any) -> Any:
+        ...
+
+    @abstractmethod
+    def get_result(self, accumulator: Any) -> Any:
+        ...
+
+    def merge(self, acc_a: Any, acc_b: Any) -> Any:
+        """Combine two accumulators (needed by merging windows)."""
+        raise TypeError(f"{type(self).__name__} must implement merge() to be used with session windows")
+
+
+class WindowFunction(Function):
+    """``apply(key, window, inputs) -> iterable of outputs`` (Flink's ``WindowFunction``)."""
+
+    @abstractmethod
+    def apply(self, key: Any, window: Any, inputs: Iterable[Any]) -> Iterable[Any]:
+        ...
+
+
+class ProcessWindowFunction(Function):
+    """``process(key, context, elements) -> iterable of outputs`` with window metadata.
+
+    ``context.window()`` is the window; ``context.current_watermark()``,
+    ``context.current_processing_time()``, ``context.output(tag, value)`` for side
+    outputs. (Flink's ``ProcessWindowFunction``.)
+    """
+
+    class Context(ABC):
+        @abstractmethod
+        def window(self) -> Any:
+            ...
+
+    @abstractmethod
+    def process(self, key: Any, context: "ProcessWindowFunction.Context", elements: Iterable[Any]) -> Iterable[Any]:
+        ...
+
+
+class AllWindowFunction(Function):
+    """``apply(window, inputs)`` for non-keyed windows."""
+
+    @abstractmethod
+    def apply(self, window: Any, inputs: Iterable[Any]) -> Iterable[Any]:
+        ...
+
+
+class ProcessAllWindowFunction(Function):
+    """``process(context, elements)`` for non-keyed windows."""
+
+    @abstractmethod
+    def process(self, context: Any, elements: Iterable[Any]) -> Iterable[Any]:
+        ...
+
+
+class TimeDomain:
+    """Which clock fired a timer (Flink's ``TimeDomain``)."""
+
+    EVENT_TIME = "EVENT_TIME"
+    PROCESSING_TIME = "PROCESSING_TIME"

@@ -25,6 +25,9 @@ KEYED_AGGREGATE = "keyed_aggregate"
 SINK = "sink"
 UNION = "union"
 PARTITION = "partition"
+TIMESTAMPS = "timestamps"
+WINDOW = "window"
+SIDE_OUTPUT = "side_output"
 
 # Partitioners of an edge (Flink's StreamPartitioner names).
 FORWARD = "forward"
@@ -64,6 +67,7 @@ class Transformation:
         partitioner: for ``partition`` nodes, how records go to the next operator.
         key_selector: for ``hash`` partitions and keyed operators, the key function.
         chaining: ``False`` keeps the operator out of operator chains.
+        tag: for ``side_output`` nodes, the side output's name.
     """
 
     kind: str
@@ -76,6 +80,7 @@ class Transformation:
     partitioner: str | None = None
     key_selector: Callable[[Any], Any] | None = None
     chaining: bool = True
+    tag: str | None = None
     id: int = field(default_factory=lambda: next(_ids))
 
     def __repr__(self) -> str:

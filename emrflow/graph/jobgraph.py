@@ -27,7 +27,8 @@ from emrflow.api.transformations import Transformation
 from emrflow.config import Configuration
 from emrflow.errors import JobGraphError
 
-KEYED_KINDS = (T.KEYED_REDUCE, T.KEYED_AGGREGATE, T.KEYED_PROCESS)
+KEYED_KINDS = (T.KEYED_REDUCE, T.KEYED_AGGREGATE, T.KEYED_PROCESS, T.WINDOW)
+VIRTUAL_KINDS = (T.UNION, T.PARTITION, T.SIDE_OUTPUT)
 
 
 @dataclass
@@ -43,6 +44,8 @@ class OperatorNode:
         key_selector: key function for keyed operators, else ``None``.
         chained_outputs: ids of operators in the same chain fed by this one.
         edge_outputs: indices in :attr:`JobGraph.edges` of the edges fed by this one.
+        side_chained, side_edges: the same per side-output tag.
+        timestamped: its input records are ``(timestamp ms, value)`` pairs (event time).
     """
 
     id: int
@@ -53,6 +56,9 @@ class OperatorNode:
     key_selector: Any = None
     chained_outputs: list[int] = field(default_factory=list)
     edge_outputs: list[int] = field(default_factory=list)
+    side_chained: dict[str, list[int]] = field(default_factory=dict)
+    side_edges: dict[str, list[int]] = field(default_factory=dict)
+    timestamped: bool = False
 
 
 @dataclass
@@ -212,22 +218,29 @@ def _reachable(transformations: list[Transformation]) -> list[Transformation]:
     return order
 
 
-def _physical_inputs(t: Transformation) -> list[tuple[Transformation, str | None, Any]]:
-    """Resolve virtual nodes: return ``(upstream operator, partitioner or None, key selector)``."""
+def _physical_inputs(t: Transformation) -> list[tuple[Transformation, str | None, Any, str | None]]:
+    """Resolve virtual nodes: ``(upstream operator, partitioner or None, key selector, side-output tag)``."""
     out = []
     for i in t.inputs:
-        stack = [(i, None, None)]
+        stack = [(i, None, None, None)]
         while stack:
-            node, part, key = stack.pop()
+            node, part, key, tag = stack.pop()
             if node.kind == T.UNION:
-                stack.extend((x, part, key) for x in reversed(node.inputs))
+                stack.extend((x, part, key, tag) for x in reversed(node.inputs))
             elif node.kind == T.PARTITION:
                 # the partitioning nearest to the consumer wins, as in Flink
                 stack.append((node.inputs[0], part or node.partitioner,
-                              key if part else node.key_selector))
+                              key if part else node.key_selector, tag))
+            elif node.kind == T.SIDE_OUTPUT:
+                stack.append((node.inputs[0], part, key, node.tag))
             else:
-                out.append((node, part, key))
+                out.append((node, part, key, tag))
     return out
+
+
+def _on_value(key_selector):
+    """A key selector for ``(timestamp, value)`` records that applies ``key_selector`` to the value."""
+    return lambda record, _k=key_selector: _k(record[1])
 
 
 def build_job_graph(transformations: list[Transformation], config: Configuration, name: str,
@@ -245,7 +258,7 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
         JobGraphError: no sink; a forward edge between different parallelisms; a
             parallelism above the max parallelism; a keyed operator without key_by.
     """
-    order = [t for t in _reachable(transformations) if t.kind not in (T.UNION, T.PARTITION)]
+    order = [t for t in _reachable(transformations) if t.kind not in VIRTUAL_KINDS]
     default_p = int(config.get("parallelism.default"))
     job_maxp = int(config.get("pipeline.max-parallelism"))
     local_agg = bool(config.get("execution.batch.local-aggregation"))
@@ -253,6 +266,8 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
     par: dict[int, int] = {}
     maxp: dict[int, int] = {}
     inputs: dict[int, list] = {}
+    stamped: dict[int, bool] = {}      # the operator's output carries timestamps
+    stamped_in: dict[int, bool] = {}   # its input does
     for t in order:
         p = t.parallelism or default_p
         if t.kind == T.SOURCE:
@@ -268,17 +283,26 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
         par[t.id], maxp[t.id] = p, mp
         ins = _physical_inputs(t)
         resolved = []
-        for (u, part, key) in ins:
+        for (u, part, key, tag) in ins:
             if part is None:
                 part = T.FORWARD if par[u.id] == p else T.REBALANCE
             elif part == T.FORWARD and par[u.id] != p:
                 raise JobGraphError(
                     f"forward partitioning from {u.name!r} (parallelism {par[u.id]}) to {t.name!r} "
                     f"(parallelism {p}) needs equal parallelism; use rebalance() instead")
-            resolved.append((u, part, key))
-        if t.kind in KEYED_KINDS and not any(part == T.HASH for (_, part, _) in resolved):
+            resolved.append((u, part, key, tag))
+        if t.kind in KEYED_KINDS and not any(part == T.HASH for (_, part, _, _) in resolved):
             raise JobGraphError(f"operator {t.name!r} needs a keyed stream: call key_by(...) before it")
         inputs[t.id] = resolved
+        in_ts = {stamped[u.id] for (u, _, _, _) in resolved}
+        if len(in_ts) > 1:
+            raise JobGraphError(f"operator {t.name!r} unions streams with and without event timestamps; "
+                                "assign timestamps (assign_timestamps_and_watermarks) on all of them")
+        stamped_in[t.id] = bool(in_ts and in_ts.pop())
+        stamped[t.id] = stamped_in[t.id] or t.kind == T.TIMESTAMPS
+        if t.kind == T.WINDOW and t.function.assigner.is_event_time and not stamped_in[t.id]:
+            raise JobGraphError(f"{t.name!r} uses event-time windows but its input has no timestamps: "
+                                "call assign_timestamps_and_watermarks(...) first")
 
     # chaining: operator id -> vertex (head) id
     head_of: dict[int, int] = {}
@@ -294,8 +318,9 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
     nodes: dict[int, OperatorNode] = {}
     edges: list[JobEdge] = []
     for t in order:
-        node = OperatorNode(id=t.id, name=t.name, uid=t.uid, kind=t.kind, function=t.function)
-        keyed_keys = [key for (_, part, key) in inputs[t.id] if part == T.HASH]
+        node = OperatorNode(id=t.id, name=t.name, uid=t.uid, kind=t.kind, function=t.function,
+                            timestamped=stamped_in[t.id])
+        keyed_keys = [key for (_, part, key, _) in inputs[t.id] if part == T.HASH]
         if t.kind in KEYED_KINDS:
             node.key_selector = keyed_keys[0]
         nodes[t.id] = node
@@ -306,18 +331,26 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
         else:
             vertices[h].name += f" -> {t.name}"
         vertices[h].operators[t.id] = node
-        for (u, part, key) in inputs[t.id]:
+        for (u, part, key, tag) in inputs[t.id]:
             if head_of[t.id] == head_of[u.id]:
-                nodes[u.id].chained_outputs.append(t.id)
+                if tag is None:
+                    nodes[u.id].chained_outputs.append(t.id)
+                else:
+                    nodes[u.id].side_chained.setdefault(tag, []).append(t.id)
                 continue
             combine = None
             if (batch and local_agg and part == T.HASH and t.kind in (T.KEYED_REDUCE, T.KEYED_AGGREGATE)
-                    and len(inputs[t.id]) == 1):
+                    and len(inputs[t.id]) == 1 and not stamped_in[t.id]):
                 combine = (t.kind, t.function)
+            if part == T.HASH and stamped_in[t.id]:
+                key = _on_value(key)
             e = JobEdge(index=len(edges), source_vertex=head_of[u.id], source_operator=u.id,
                         target_vertex=h, partitioner=part, key_selector=key, combine=combine)
             edges.append(e)
-            nodes[u.id].edge_outputs.append(e.index)
+            if tag is None:
+                nodes[u.id].edge_outputs.append(e.index)
+            else:
+                nodes[u.id].side_edges.setdefault(tag, []).append(e.index)
             vertices[head_of[u.id]].output_edges.append(e.index)
             vertices[h].input_edges.append(e.index)
 

@@ -3,39 +3,47 @@
 An operator receives a list of records in :meth:`Operator.process_batch` and
 hands lists to its :class:`Output`, which calls the chained operators'
 ``process_batch`` directly and the record writers of outgoing edges: no queue
-and no serialisation inside an operator chain. :meth:`Operator.end_input`
-runs once when the input is exhausted; BATCH-mode aggregations emit their
-results there and then the call moves down the chain.
+and no serialisation inside an operator chain. Records of a stream with event
+time are ``(timestamp ms, value)`` pairs; user functions only see the value.
+:meth:`Operator.process_watermark` moves event time forward (timers and windows
+fire there) and :meth:`Operator.end_input` runs once when the input is
+exhausted (BATCH-mode aggregations emit there).
 
-There are few physical operators; the DataStream API's aggregations (sum,
-min, max, min_by, max_by, reduce) all run in :class:`KeyedAggregateOperator`
-through an :class:`Aggregator`.
+There are few physical operators; the DataStream API's aggregations (sum, min,
+max, min_by, max_by, reduce) all run in :class:`KeyedAggregateOperator` through
+an :class:`~emrflow.runtime.aggregators.Aggregator`, windows in
+:class:`~emrflow.runtime.window.WindowOperator`.
 """
 
 from __future__ import annotations
 
-import operator
-from collections import _count_elements, deque  # type: ignore[attr-defined]
+import heapq
+import time
 from typing import Any, Callable
 
 from emrflow.api import transformations as T
+from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from emrflow.api.functions import (
-    FilterFunction, FlatMapFunction, Function, KeyedProcessFunction, MapFunction,
-    ProcessFunction, ReduceFunction, RuntimeContext)
-from emrflow.api.state import ValueState, ValueStateDescriptor
-from emrflow.api.transformations import AggregationSpec
-
-_MISSING = object()
-
+    FilterFunction, FlatMapFunction, Function, KeyedProcessFunction, MapFunction, OutputTag,
+    ProcessFunction, RuntimeContext, TimeDomain)
+from emrflow.runtime.aggregators import make_aggregator
+from emrflow.runtime.network.events import Watermark, WatermarkStatus
+from emrflow.runtime.state import create_backend
 
 class Output:
-    """Fans an operator's output batches out to chained operators and record writers."""
+    """Fans an operator's output batches out to chained operators and record writers.
 
-    __slots__ = ("targets", "records_out", "emit")
+    Watermarks and watermark-status changes go the same way: chained operators get
+    ``process_watermark``, record writers send the event in-band on every channel.
+    """
 
-    def __init__(self, targets: list[Callable[[list], None]]):
-        self.targets = targets
+    __slots__ = ("ops", "writers", "records_out", "emit")
+
+    def __init__(self, ops: list, writers: list):
+        self.ops = ops
+        self.writers = writers
         self.records_out = 0
+        targets = [op.process_batch for op in ops] + [w.write_batch for w in writers]
         if len(targets) == 1:
             only = targets[0]
 
@@ -51,23 +59,50 @@ class Output:
                         t(records)
         self.emit = emit
 
+    def emit_watermark(self, timestamp_ms: int) -> None:
+        """Send a watermark to every target."""
+        for op in self.ops:
+            op.process_watermark(timestamp_ms)
+        if self.writers:
+            ev = Watermark(timestamp_ms)
+            for w in self.writers:
+                w.broadcast_event(ev)
+
+    def emit_status(self, idle: bool) -> None:
+        """Tell every target that this stream went idle or became active."""
+        for op in self.ops:
+            op.process_watermark_status(idle)
+        if self.writers:
+            ev = WatermarkStatus(idle)
+            for w in self.writers:
+                w.broadcast_event(ev)
+
 
 class Operator:
     """Base of the physical operators.
 
     Attributes:
         name: the operator's name (for metrics and errors).
+        timestamped: input records are ``(timestamp ms, value)`` pairs.
         records_in: records received so far.
         output: where results go; set by the task before :meth:`open`.
+        side_outputs: outputs of side-output tags that have consumers.
         next_operators: chained operators, so :meth:`end_input` can move down the chain.
+        current_watermark: the last watermark received (ms).
     """
 
-    def __init__(self, name: str, function: Any):
+    #: operators that need :meth:`tick` calls (processing-time timers, periodic watermarks)
+    wants_ticks = False
+
+    def __init__(self, name: str, function: Any, timestamped: bool = False):
         self.name = name
         self.function = function
+        self.timestamped = timestamped
         self.records_in = 0
         self.output: Output | None = None
+        self.side_outputs: dict[str, Output] = {}
         self.next_operators: list["Operator"] = []
+        self.current_watermark = MIN_WATERMARK
 
     def open(self, ctx: RuntimeContext) -> None:
         """Open the user function (``Function.open``)."""
@@ -79,10 +114,30 @@ class Operator:
         self.records_in += len(records)
         self.output.emit(records)
 
+    def process_watermark(self, timestamp_ms: int) -> None:
+        """Event time advanced to ``timestamp_ms``: fire what is due, then forward it."""
+        self.current_watermark = timestamp_ms
+        self.output.emit_watermark(timestamp_ms)
+        for out in self.side_outputs.values():
+            out.emit_watermark(timestamp_ms)
+
+    def process_watermark_status(self, idle: bool) -> None:
+        """Forward an idle/active change of the input."""
+        self.output.emit_status(idle)
+
+    def tick(self, now_ms: int) -> None:
+        """Called regularly with the wall-clock time (ms) when :attr:`wants_ticks` is set."""
+
     def end_input(self) -> None:
         """Input is exhausted: emit what is held back, then tell the chained operators."""
         for op in self.next_operators:
             op.end_input()
+
+    def emit_side(self, tag: str, records: list) -> None:
+        """Emit to side output ``tag`` (dropped if nothing consumes it, as in Flink)."""
+        out = self.side_outputs.get(tag)
+        if out is not None:
+            out.emit(records)
 
     def close(self) -> None:
         """Close the user function (``Function.close``)."""
@@ -97,7 +152,11 @@ class MapOperator(Operator):
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
-        self.output.emit(list(map(self._call, records)))
+        if self.timestamped:
+            call = self._call
+            self.output.emit([(t, call(v)) for t, v in records])
+        else:
+            self.output.emit(list(map(self._call, records)))
 
 
 class FlatMapOperator(Operator):
@@ -110,9 +169,16 @@ class FlatMapOperator(Operator):
         self.records_in += len(records)
         out: list = []
         extend = out.extend
-        for results in map(self._call, records):
-            if results is not None:
-                extend(results)
+        if self.timestamped:
+            call = self._call
+            for t, v in records:
+                results = call(v)
+                if results is not None:
+                    extend([(t, r) for r in results])
+        else:
+            for results in map(self._call, records):
+                if results is not None:
+                    extend(results)
         self.output.emit(out)
 
 
@@ -125,20 +191,49 @@ class FilterOperator(Operator):
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
         call = self._call
-        self.output.emit([r for r in records if call(r)])
+        if self.timestamped:
+            self.output.emit([r for r in records if call(r[1])])
+        else:
+            self.output.emit([r for r in records if call(r)])
 
 
-class _ProcessContext(ProcessFunction.Context, KeyedProcessFunction.Context):
-    __slots__ = ("current_key",)
+class _ProcessContext(ProcessFunction.Context, KeyedProcessFunction.Context,
+                      KeyedProcessFunction.OnTimerContext):
+    """The ``ctx`` of process functions: timestamp, key, timers, side outputs."""
 
-    def __init__(self):
-        self.current_key = None
+    def __init__(self, op: Operator, timers: "TimerService | None" = None):
+        self.current_key: Any = None
+        self.ts: int | None = None
+        self.domain: str | None = None
+        self._op = op
+        self._timers = timers
+        self.side: dict[str, list] = {}
 
     def get_current_key(self) -> Any:
         return self.current_key
 
     def timestamp(self) -> int | None:
-        return None
+        return self.ts
+
+    def time_domain(self) -> str:
+        return self.domain
+
+    def timer_service(self) -> "TimerService":
+        if self._timers is None:
+            from emrflow.errors import JobGraphError
+            raise JobGraphError("timers need a KeyedProcessFunction on a KeyedStream")
+        return self._timers
+
+    def output(self, output_tag: Any, value: Any) -> None:
+        """Emit ``value`` to the side output ``output_tag``."""
+        tag = output_tag.tag_id if isinstance(output_tag, OutputTag) else str(output_tag)
+        self.side.setdefault(tag, []).append((self.ts, value) if self._op.timestamped else value)
+
+    def flush_side(self) -> None:
+        if self.side:
+            side, self.side = self.side, {}
+            for tag, records in side.items():
+                self._op.emit_side(tag, records)
 
 
 class ProcessOperator(Operator):
@@ -146,287 +241,144 @@ class ProcessOperator(Operator):
         super().open(ctx)
         fn = self.function
         self._call = fn.process_element if isinstance(fn, ProcessFunction) else fn
-        self._ctx = _ProcessContext()
+        self._ctx = _ProcessContext(self)
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
         call, ctx = self._call, self._ctx
         out: list = []
-        for r in records:
-            res = call(r, ctx)
-            if res is not None:
-                out.extend(res)
-        self.output.emit(out)
-
-
-# -- keyed state ---------------------------------------------------------------
-
-class _ValueStateHandle(ValueState):
-    __slots__ = ("_table", "_backend", "_default")
-
-    def __init__(self, table: dict, backend: "HashMapKeyedStateBackend"):
-        self._table = table
-        self._backend = backend
-
-    def value(self) -> Any:
-        return self._table.get(self._backend.current_key)
-
-    def update(self, value: Any) -> None:
-        if value is None:
-            self._table.pop(self._backend.current_key, None)
+        if self.timestamped:
+            for t, v in records:
+                ctx.ts = t
+                res = call(v, ctx)
+                if res is not None:
+                    out.extend([(t, r) for r in res])
         else:
-            self._table[self._backend.current_key] = value
+            for r in records:
+                res = call(r, ctx)
+                if res is not None:
+                    out.extend(res)
+        self.output.emit(out)
+        ctx.flush_side()
 
-    def clear(self) -> None:
-        self._table.pop(self._backend.current_key, None)
 
+class TimerService:
+    """Event- and processing-time timers per key (Flink's ``TimerService``).
 
-class HashMapKeyedStateBackend:
-    """Keyed state as Python objects in memory (Flink's ``HashMapStateBackend``).
-
-    Each named state is a dict ``key -> value``; the key group of a key is
-    derived from its stable hash when state has to be split by key group
-    (:meth:`entries_by_key_group`). ``current_key`` is set by the operator
-    before user code runs.
+    A timer is ``(time ms, key)``; registering it twice keeps one. Timers fire in
+    time order: event-time ones when the watermark reaches them, processing-time
+    ones when the wall clock does (checked on every task tick).
     """
 
-    def __init__(self, max_parallelism: int):
-        self.max_parallelism = max_parallelism
-        self.current_key: Any = None
-        self.tables: dict[str, dict] = {}
+    def __init__(self, op: "KeyedProcessOperator"):
+        self._op = op
+        self.event: list = []
+        self.event_set: set = set()
+        self.proc: list = []
+        self.proc_set: set = set()
+        self._seq = 0
 
-    def get_value_state(self, descriptor: ValueStateDescriptor) -> ValueState:
-        """Return the handle of ``descriptor``'s state (created empty on first use)."""
-        if not isinstance(descriptor, ValueStateDescriptor):
-            raise TypeError(f"get_state expects a ValueStateDescriptor, got {descriptor!r}")
-        return _ValueStateHandle(self.tables.setdefault(descriptor.name, {}), self)
+    def _push(self, heap: list, members: set, time_ms: int) -> None:
+        key = self._op.backend.current_key
+        entry = (time_ms, key)
+        if entry in members:
+            return
+        members.add(entry)
+        self._seq += 1
+        heapq.heappush(heap, (time_ms, self._seq, key))
 
-    def entries_by_key_group(self) -> dict[int, dict[str, dict]]:
-        """Return ``{key group: {state name: {key: value}}}`` (for snapshots)."""
-        from emrflow.graph.keygroups import assign_to_key_group
-        out: dict[int, dict[str, dict]] = {}
-        for name, table in self.tables.items():
-            for k, v in table.items():
-                g = assign_to_key_group(k, self.max_parallelism)
-                out.setdefault(g, {}).setdefault(name, {})[k] = v
-        return out
+    def register_event_time_timer(self, time_ms: int) -> None:
+        """Call ``on_timer`` when the watermark reaches ``time_ms``."""
+        self._push(self.event, self.event_set, int(time_ms))
+
+    def register_processing_time_timer(self, time_ms: int) -> None:
+        """Call ``on_timer`` when the wall clock reaches ``time_ms`` (epoch ms)."""
+        self._push(self.proc, self.proc_set, int(time_ms))
+        self._op.wants_ticks = True
+
+    def delete_event_time_timer(self, time_ms: int) -> None:
+        self.event_set.discard((int(time_ms), self._op.backend.current_key))
+
+    def delete_processing_time_timer(self, time_ms: int) -> None:
+        self.proc_set.discard((int(time_ms), self._op.backend.current_key))
+
+    def current_watermark(self) -> int:
+        return self._op.current_watermark
+
+    def current_processing_time(self) -> int:
+        return int(time.time() * 1000)
+
+    @staticmethod
+    def due(heap: list, members: set, upto: int):
+        """Pop and yield ``(time, key)`` of live timers ``<= upto``, in time order."""
+        while heap and heap[0][0] <= upto:
+            t, _, key = heapq.heappop(heap)
+            if (t, key) in members:
+                members.discard((t, key))
+                yield t, key
 
 
 class KeyedProcessOperator(Operator):
-    """Runs a :class:`KeyedProcessFunction` with keyed state."""
+    """Runs a :class:`KeyedProcessFunction` with keyed state, timers and side outputs."""
 
-    def __init__(self, name: str, function: Any, key_selector: Callable, max_parallelism: int):
-        super().__init__(name, function)
+    def __init__(self, name: str, function: Any, key_selector: Callable, max_parallelism: int,
+                 timestamped: bool = False, backend_kind: str = "hashmap"):
+        super().__init__(name, function, timestamped)
         self.key_selector = key_selector
-        self.backend = HashMapKeyedStateBackend(max_parallelism)
+        self.backend = create_backend(backend_kind, max_parallelism)
+        self.timers = TimerService(self)
 
     def open(self, ctx: RuntimeContext) -> None:
         ctx._state_backend = self.backend
         super().open(ctx)
-        self._ctx = _ProcessContext()
+        self._ctx = _ProcessContext(self, self.timers)
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
-        call, ctx, backend = self.function.process_element, self._ctx, self.backend
+        call, ctx, backend, key_of = self.function.process_element, self._ctx, self.backend, self.key_selector
         out: list = []
-        for k, r in zip(map(self.key_selector, records), records):
-            backend.current_key = ctx.current_key = k
-            res = call(r, ctx)
-            if res is not None:
-                out.extend(res)
-        self.output.emit(out)
-
-
-# -- keyed aggregations ---------------------------------------------------------
-
-def _field_access(field: int | str | None) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
-    """Return ``(get, replace)`` for a record field: ``replace(record, value)`` makes a new record.
-
-    ``get`` is a C-level ``itemgetter`` for positions (tuples, lists) and names of
-    dict records, with a fallback to attributes (namedtuples, objects).
-    """
-    if field is None:
-        return (lambda r: r), (lambda r, v: v)
-    fast = operator.itemgetter(field)
-
-    def get(r: Any, _f=field, _fast=fast) -> Any:
-        try:
-            return _fast(r)
-        except (TypeError, KeyError, IndexError):
-            if isinstance(_f, str) and hasattr(r, _f):
-                return getattr(r, _f)
-            raise TypeError(f"cannot take field {_f!r} of the record {r!r}; use a field position "
-                            "for tuple records, a name for dict records, or no field for "
-                            "scalar records") from None
-
-    def replace(r: Any, v: Any, _f=field) -> Any:
-        if type(r) is tuple:
-            return r[:_f] + (v,) + r[_f + 1:]
-        if isinstance(r, list):
-            out = list(r)
-            out[_f] = v
-            return out
-        if isinstance(r, dict):
-            out = dict(r)
-            out[_f] = v
-            return out
-        if hasattr(r, "_replace"):  # namedtuple
-            return r._replace(**{r._fields[_f] if isinstance(_f, int) else _f: v})
-        raise TypeError(f"cannot set field {_f!r} of a {type(r).__name__} record")
-
-    get.fast = fast  # type: ignore[attr-defined]
-    return get, replace
-
-
-def _values(get: Callable[[Any], Any], records: list) -> list:
-    """``list(map(get, records))`` at C speed, with ``get``'s clear error for odd records."""
-    fast = getattr(get, "fast", None)
-    if fast is not None:
-        try:
-            return list(map(fast, records))
-        except (TypeError, KeyError, IndexError):
-            pass
-    return list(map(get, records))
-
-
-class Aggregator:
-    """An associative per-key aggregation over a table ``{key: accumulated record}``.
-
-    Used by the keyed aggregation operator and, in BATCH mode, by the combiner in
-    front of the exchange. Subclasses implement three batch loops over a table
-    made by :meth:`new_table` (its ``len`` is the number of keys).
-    """
-
-    def new_table(self) -> Any:
-        """Return an empty table."""
-        return {}
-
-    def fold(self, table: dict, keys: list, records: list) -> None:
-        """Fold records into the table (no output)."""
-        self.fold_emit(table, keys, records)
-
-    def fold_emit(self, table: dict, keys: list, records: list) -> list:
-        """Fold records into the table and return the updated value after every record."""
-        raise TypeError(f"{type(self).__name__} must define fold_emit")  # subclasses do
-
-    def results(self, table: dict) -> list:
-        """Return the final record of every key in the table."""
-        return list(table.values())
-
-
-class ReduceAggregator(Aggregator):
-    """``reduce(fn)``: ``acc = fn(acc, record)``."""
-
-    def __init__(self, fn: Callable[[Any, Any], Any]):
-        self.fn = fn
-
-    def fold(self, table: dict, keys: list, records: list) -> None:
-        fn, get = self.fn, table.get
-        for k, r in zip(keys, records):
-            acc = get(k, _MISSING)
-            table[k] = r if acc is _MISSING else fn(acc, r)
-
-    def fold_emit(self, table: dict, keys: list, records: list) -> list:
-        fn, get = self.fn, table.get
-        out = []
-        append = out.append
-        for k, r in zip(keys, records):
-            acc = get(k, _MISSING)
-            acc = r if acc is _MISSING else fn(acc, r)
-            table[k] = acc
-            append(acc)
-        return out
-
-
-class _SumTable:
-    """Running sums per key, and the key's first record (whose other fields the output keeps)."""
-
-    __slots__ = ("sums", "firsts")
-
-    def __init__(self):
-        self.sums: dict = {}
-        self.firsts: dict = {}
-
-    def __len__(self) -> int:
-        return len(self.sums)
-
-
-class SumAggregator(Aggregator):
-    """``sum(field)``: the key's first record with ``field`` replaced by the running sum."""
-
-    def __init__(self, field: int | str | None):
-        self.field = field
-        self.get, self.replace = _field_access(field)
-
-    def new_table(self) -> _SumTable:
-        return _SumTable()
-
-    def fold(self, table: _SumTable, keys: list, records: list) -> None:
-        vals = records if self.field is None else _values(self.get, records)
-        sums = table.sums
-        if vals and vals.count(1) == len(vals) and all(map(int.__instancecheck__, vals)):
-            _count_elements(sums, keys)  # counting: the C loop of collections.Counter
+        if self.timestamped:
+            for t, v in records:
+                backend.current_key = ctx.current_key = key_of(v)
+                ctx.ts = t
+                res = call(v, ctx)
+                if res is not None:
+                    out.extend([(t, r) for r in res])
         else:
-            get = sums.get
-            for k, v in zip(keys, vals):
-                sums[k] = get(k, 0) + v
-        deque(map(table.firsts.setdefault, keys, records), maxlen=0)
+            for k, r in zip(map(key_of, records), records):
+                backend.current_key = ctx.current_key = k
+                res = call(r, ctx)
+                if res is not None:
+                    out.extend(res)
+        self.output.emit(out)
+        ctx.flush_side()
 
-    def fold_emit(self, table: _SumTable, keys: list, records: list) -> list:
-        vals = records if self.field is None else _values(self.get, records)
-        sums, firsts, replace = table.sums, table.firsts, self.replace
-        get, setdefault = sums.get, firsts.setdefault
-        out = []
-        append = out.append
-        for k, r, v in zip(keys, records, vals):
-            total = sums[k] = get(k, 0) + v
-            append(replace(setdefault(k, r), total))
-        return out
+    def _fire(self, due, domain: str) -> None:
+        ctx, backend, on_timer = self._ctx, self.backend, self.function.on_timer
+        out: list = []
+        for t, key in due:
+            backend.current_key = ctx.current_key = key
+            ctx.ts, ctx.domain = t, domain
+            res = on_timer(t, ctx)
+            if res is not None:
+                out.extend([(t, r) for r in res] if self.timestamped else res)
+        ctx.domain = None
+        self.output.emit(out)
+        ctx.flush_side()
 
-    def results(self, table: _SumTable) -> list:
-        replace, firsts = self.replace, table.firsts
-        return [replace(firsts[k], total) for k, total in table.sums.items()]
+    def process_watermark(self, timestamp_ms: int) -> None:
+        self.current_watermark = timestamp_ms
+        self._fire(self.timers.due(self.timers.event, self.timers.event_set, timestamp_ms),
+                   TimeDomain.EVENT_TIME)
+        super().process_watermark(timestamp_ms)
 
+    def tick(self, now_ms: int) -> None:
+        self._fire(self.timers.due(self.timers.proc, self.timers.proc_set, now_ms),
+                   TimeDomain.PROCESSING_TIME)
 
-class CompareAggregator(Aggregator):
-    """``min``/``max`` (replace the field) and ``min_by``/``max_by`` (keep the whole record)."""
-
-    def __init__(self, spec: AggregationSpec):
-        self.get, self.replace = _field_access(spec.field)
-        self.is_min = spec.kind in ("min", "min_by")
-        self.by = spec.kind.endswith("_by")
-        self.first = spec.first
-
-    def _better(self, new: Any, old: Any) -> bool:
-        if self.is_min:
-            return new < old or (not self.first and self.by and new == old)
-        return new > old or (not self.first and self.by and new == old)
-
-    def fold_emit(self, table: dict, keys: list, records: list) -> list:
-        get_acc, get, better = table.get, self.get, self._better
-        by, replace = self.by, self.replace
-        out = []
-        append = out.append
-        for k, r in zip(keys, records):
-            acc = get_acc(k, _MISSING)
-            if acc is _MISSING:
-                acc = r
-            else:
-                v = get(r)
-                if better(v, get(acc)):
-                    acc = r if by else replace(acc, v)
-            table[k] = acc
-            append(acc)
-        return out
-
-
-def make_aggregator(kind: str, function: Any) -> Aggregator:
-    """Return the :class:`Aggregator` of a keyed reduce or built-in aggregation."""
-    if kind == T.KEYED_REDUCE:
-        return ReduceAggregator(function.reduce if isinstance(function, ReduceFunction) else function)
-    if function.kind == "sum":
-        return SumAggregator(function.field)
-    return CompareAggregator(function)
+    def close(self) -> None:
+        super().close()
+        self.backend.close()
 
 
 class KeyedAggregateOperator(Operator):
@@ -434,60 +386,140 @@ class KeyedAggregateOperator(Operator):
 
     STREAMING: emits the key's updated value for every record. BATCH: emits one
     final record per key at the end of input (Flink's batch execution of keyed
-    reductions).
+    reductions). With event time, a result carries the timestamp of the record
+    that produced it (in BATCH: the key's last record).
     """
 
-    def __init__(self, name: str, kind: str, function: Any, key_selector: Callable, batch: bool):
-        super().__init__(name, function)
+    def __init__(self, name: str, kind: str, function: Any, key_selector: Callable, batch: bool,
+                 timestamped: bool = False):
+        super().__init__(name, function, timestamped)
         self.key_selector = key_selector
         self.batch = batch
         self.aggregator = make_aggregator(kind, function)
         self.table = self.aggregator.new_table()
+        self.last_ts: dict = {}
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
+        if self.timestamped:
+            stamps = [t for t, _ in records]
+            records = [v for _, v in records]
         keys = list(map(self.key_selector, records))
         if self.batch:
             self.aggregator.fold(self.table, keys, records)
+            if self.timestamped:
+                self.last_ts.update(zip(keys, stamps))
         else:
-            self.output.emit(self.aggregator.fold_emit(self.table, keys, records))
+            out = self.aggregator.fold_emit(self.table, keys, records)
+            self.output.emit(list(zip(stamps, out)) if self.timestamped else out)
 
     def end_input(self) -> None:
         if self.batch:
             table, self.table = self.table, self.aggregator.new_table()
-            self.output.emit(self.aggregator.results(table))
+            results = self.aggregator.results(table)
+            if self.timestamped:
+                results = [(self.last_ts[self.key_selector(r)], r) for r in results]
+            self.output.emit(results)
         super().end_input()
 
 
-class SinkOperator(Operator):
-    """Hands batches to a :class:`~emrflow.connectors.base.SinkWriter`."""
+class TimestampsOperator(Operator):
+    """Assigns event timestamps and emits periodic watermarks (``assign_timestamps_and_watermarks``).
 
-    def __init__(self, name: str, sink: Any, writer: Any):
-        super().__init__(name, sink)
+    Every ``pipeline.auto-watermark-interval`` it emits ``max timestamp seen -
+    out-of-orderness - 1`` if that advanced; with ``with_idleness(d)`` it declares
+    its stream idle after ``d`` without records and active again on the next one.
+    """
+
+    wants_ticks = True
+
+    def __init__(self, name: str, strategy: Any, interval_ms: int, timestamped: bool = False):
+        super().__init__(name, strategy, timestamped)
+        self._extract = strategy.timestamp_function()
+        self._lag = strategy.out_of_orderness_ms
+        self._idle_ms = strategy.idleness_ms
+        self._interval_ms = max(1, interval_ms)
+        self._max_ts = MIN_WATERMARK
+        self._emitted = MIN_WATERMARK
+        self._next_emit = 0
+        self._last_record_ms = time.time() * 1000
+        self._idle = False
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        if self.timestamped:
+            records = [v for _, v in records]
+        extract = self._extract
+        out = [(int(extract(v)), v) for v in records]
+        if out:
+            self._max_ts = max(self._max_ts, max(t for t, _ in out))
+            self._last_record_ms = time.time() * 1000
+            if self._idle:
+                self._idle = False
+                self.output.emit_status(False)
+        self.output.emit(out)
+
+    def tick(self, now_ms: int) -> None:
+        if now_ms < self._next_emit:
+            return
+        self._next_emit = now_ms + self._interval_ms
+        if self._lag is not None and self._max_ts > MIN_WATERMARK:
+            wm = self._max_ts - self._lag - 1
+            if wm > self._emitted:
+                self._emitted = wm
+                super().process_watermark(wm)
+        if self._idle_ms is not None and not self._idle and now_ms - self._last_record_ms >= self._idle_ms:
+            self._idle = True
+            self.output.emit_status(True)
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        # upstream watermarks are replaced by this strategy's, except the final one
+        if timestamp_ms == MAX_WATERMARK and self._emitted < MAX_WATERMARK:
+            self._emitted = MAX_WATERMARK
+            super().process_watermark(MAX_WATERMARK)
+
+
+class SinkOperator(Operator):
+    """Hands batches to a :class:`~emrflow.connectors.base.SinkWriter` (values only)."""
+
+    def __init__(self, name: str, sink: Any, writer: Any, timestamped: bool = False):
+        super().__init__(name, sink, timestamped)
         self.writer = writer
 
     def process_batch(self, records: list) -> None:
         self.records_in += len(records)
-        self.writer.write_batch(records)
+        self.writer.write_batch([v for _, v in records] if self.timestamped else records)
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        self.current_watermark = timestamp_ms
 
 
-def create_operator(node, batch: bool, max_parallelism: int, sink_writer=None) -> Operator:
+def create_operator(node, batch: bool, max_parallelism: int, sink_writer=None,
+                    config: dict | None = None) -> Operator:
     """Instantiate the physical operator of an :class:`~emrflow.graph.jobgraph.OperatorNode`."""
-    kind = node.kind
+    config = config or {}
+    kind, ts = node.kind, node.timestamped
+    backend = str(config.get("state.backend.type", "hashmap"))
     if kind == T.MAP:
-        return MapOperator(node.name, node.function)
+        return MapOperator(node.name, node.function, ts)
     if kind == T.FLAT_MAP:
-        return FlatMapOperator(node.name, node.function)
+        return FlatMapOperator(node.name, node.function, ts)
     if kind == T.FILTER:
-        return FilterOperator(node.name, node.function)
+        return FilterOperator(node.name, node.function, ts)
     if kind == T.PROCESS:
-        return ProcessOperator(node.name, node.function)
+        return ProcessOperator(node.name, node.function, ts)
     if kind == T.KEYED_PROCESS:
-        return KeyedProcessOperator(node.name, node.function, node.key_selector, max_parallelism)
+        return KeyedProcessOperator(node.name, node.function, node.key_selector, max_parallelism, ts, backend)
     if kind in (T.KEYED_REDUCE, T.KEYED_AGGREGATE):
-        return KeyedAggregateOperator(node.name, kind, node.function, node.key_selector, batch)
+        return KeyedAggregateOperator(node.name, kind, node.function, node.key_selector, batch, ts)
+    if kind == T.TIMESTAMPS:
+        return TimestampsOperator(node.name, node.function,
+                                  int(config.get("pipeline.auto-watermark-interval", 200)), ts)
+    if kind == T.WINDOW:
+        from emrflow.runtime.window import WindowOperator
+        return WindowOperator(node.name, node.function, node.key_selector, max_parallelism, ts, backend)
     if kind == T.SINK:
-        return SinkOperator(node.name, node.function, sink_writer)
+        return SinkOperator(node.name, node.function, sink_writer, ts)
     if kind == T.SOURCE:
         return Operator(node.name, None)
     raise ValueError(f"unknown operator kind {kind!r}")

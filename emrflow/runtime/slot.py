@@ -29,7 +29,7 @@ from emrflow.runtime import rpc
 from emrflow.runtime.network.channels import (
     Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel)
 from emrflow.runtime.network.writers import make_writer
-from emrflow.runtime.operators import make_aggregator
+from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.process import die_with_parent, setup_logging
 from emrflow.runtime.task import StreamTask, TaskFailure, describe_failure
 

@@ -25,7 +25,8 @@ from emrflow.api.functions import RuntimeContext
 from emrflow.connectors.base import SubtaskContext
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
-from emrflow.runtime.network.events import END_OF_PARTITION
+from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
+from emrflow.runtime.network.events import END_OF_PARTITION, Watermark, WatermarkStatus
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
 from emrflow.runtime.operators import Operator, Output, create_operator
 
@@ -123,13 +124,16 @@ class StreamTask:
             if node.kind == T.SINK:
                 writer = node.function.create_writer(self._subtask_context(node.name))
                 self.sink_writers.append(writer)
-            self.operators[op_id] = create_operator(node, self.job.batch, v.max_parallelism, writer)
+            self.operators[op_id] = create_operator(node, self.job.batch, v.max_parallelism, writer,
+                                                    self.job.config)
         for op_id, node in v.operators.items():
             op = self.operators[op_id]
             op.next_operators = [self.operators[i] for i in node.chained_outputs]
-            targets = [o.process_batch for o in op.next_operators]
-            targets += [self.writers[e].write_batch for e in node.edge_outputs]
-            op.output = Output(targets)
+            op.output = Output(list(op.next_operators), [self.writers[e] for e in node.edge_outputs])
+            for tag in set(node.side_chained) | set(node.side_edges):
+                side_ops = [self.operators[i] for i in node.side_chained.get(tag, [])]
+                op.next_operators.extend(side_ops)
+                op.side_outputs[tag] = Output(side_ops, [self.writers[e] for e in node.side_edges.get(tag, [])])
         for op_id in reversed(list(v.operators)):
             op = self.operators[op_id]
             op.open(RuntimeContext(op.name, self.subtask_index, v.parallelism, v.max_parallelism,
@@ -152,6 +156,8 @@ class StreamTask:
             current = head.name
             if self.vertex.is_source:
                 self._run_source(head)
+                # a bounded input ends event time: every event-time timer and window fires
+                head.process_watermark(MAX_WATERMARK)
             else:
                 self._run_gate(head)
             current = self.vertex.name
@@ -214,18 +220,26 @@ class StreamTask:
         timer = FlushTimer(int(self.job.config.get("execution.buffer-timeout", 100)))
         cancel = self.cancel
         clock = time.perf_counter
+        tickers = [op for op in self.operators.values() if op.wants_ticks]
         try:
             for batch in reader.read_batches():
                 if cancel.is_set():
                     raise Cancelled()
                 t0 = clock()
                 head.process_batch(batch)
+                if tickers:
+                    self._tick(tickers)
                 self.busy_s += clock() - t0
                 if streaming and timer.due():
                     for w in self.writers.values():
                         w.flush()
         finally:
             reader.close()
+
+    def _tick(self, tickers: list) -> None:
+        now = int(time.time() * 1000)
+        for op in tickers:
+            op.tick(now)
 
     def _run_gate(self, head: Operator) -> None:
         gate = self.gate
@@ -237,11 +251,16 @@ class StreamTask:
         process, loads, ack = head.process_batch, pickle.loads, gate.ack
         cancel = self.cancel
         clock = time.perf_counter
+        valve = WatermarkValve(gate.num_channels)
+        tickers = [op for op in self.operators.values() if op.wants_ticks]
         while open_channels:
             item = gate.get(wait_s)
+            tickers = tickers or [op for op in self.operators.values() if op.wants_ticks]
             if item is None:
                 for w in self.writers.values():
                     w.flush()
+                if tickers:
+                    self._tick(tickers)
                 continue
             channel, kind, payload = item
             if kind == BYTES:
@@ -255,14 +274,86 @@ class StreamTask:
             elif kind == EVENT:
                 if payload is END_OF_PARTITION:
                     open_channels -= 1
+                    advanced = valve.finish(channel)
+                elif type(payload) is Watermark:
+                    advanced = valve.watermark(channel, payload.timestamp_ms)
+                elif type(payload) is WatermarkStatus:
+                    advanced = valve.status(channel, payload.idle)
+                    if valve.idle_changed():
+                        head.process_watermark_status(valve.all_idle)
+                else:
+                    advanced = None
+                if advanced is not None:
+                    t0 = clock()
+                    head.process_watermark(advanced)
+                    self.busy_s += clock() - t0
             elif kind == BROKEN:
                 raise TaskFailure(head.name, payload + "\n", payload)
             ack(channel)
+            if tickers:
+                self._tick(tickers)
             if cancel.is_set():
                 raise Cancelled()
             if streaming and timer.due():
                 for w in self.writers.values():
                     w.flush()
+
+
+class WatermarkValve:
+    """A task's event time from its input channels' watermarks (Flink's ``StatusWatermarkValve``).
+
+    The task's watermark is the minimum over channels that are neither idle nor
+    finished; it only moves forward. When every open channel is idle nothing
+    advances and the task itself is idle.
+    """
+
+    def __init__(self, num_channels: int):
+        self.wms = [MIN_WATERMARK] * num_channels
+        self.idle = [False] * num_channels
+        self.done = [False] * num_channels
+        self.current = MIN_WATERMARK
+        self.all_idle = False
+        self._was_idle = False
+
+    def _advance(self) -> int | None:
+        live = [w for w, i, d in zip(self.wms, self.idle, self.done) if not i and not d]
+        if not live:
+            if all(self.done):
+                low = max(self.wms) if self.wms else MAX_WATERMARK
+            else:
+                return None
+        else:
+            low = min(live)
+        if low > self.current:
+            self.current = low
+            return low
+        return None
+
+    def watermark(self, channel: int, ts: int) -> int | None:
+        """Channel ``channel`` reached ``ts``; returns the task's new watermark, if it advanced."""
+        if ts > self.wms[channel]:
+            self.wms[channel] = ts
+        if self.idle[channel]:
+            self.idle[channel] = False
+        return self._advance()
+
+    def status(self, channel: int, idle: bool) -> int | None:
+        """Channel ``channel`` went idle or active."""
+        self.idle[channel] = idle
+        open_idle = [i for i, d in zip(self.idle, self.done) if not d]
+        self.all_idle = bool(open_idle) and all(open_idle)
+        return None if idle is False else self._advance()
+
+    def idle_changed(self) -> bool:
+        """True once each time the task as a whole turned idle or active."""
+        changed = self.all_idle != self._was_idle
+        self._was_idle = self.all_idle
+        return changed
+
+    def finish(self, channel: int) -> int | None:
+        """Channel ``channel`` ended: it no longer holds event time back."""
+        self.done[channel] = True
+        return self._advance()
 
 
 def describe_failure(task: StreamTask, failure: TaskFailure) -> dict:

@@ -43,3 +43,14 @@ class CheckpointBarrier:
 
     checkpoint_id: int
     timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class WatermarkStatus:
+    """The producer went idle (no watermarks for a while) or became active again.
+
+    Idle channels are left out when a task takes the minimum watermark over its
+    inputs (Flink's ``WatermarkStatus``).
+    """
+
+    idle: bool

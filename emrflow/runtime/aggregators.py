@@ -1,0 +1,208 @@
+"""Per-key aggregations shared by keyed operators and BATCH-mode local aggregation.
+
+An :class:`Aggregator` folds batches of records into a table ``{key: accumulated}``
+with tight loops (C-level where possible); the DataStream API's ``reduce``,
+``sum``, ``min``, ``max``, ``min_by`` and ``max_by`` all run through one.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import _count_elements, deque  # type: ignore[attr-defined]
+from typing import Any, Callable
+
+from emrflow.api import transformations as T
+from emrflow.api.functions import ReduceFunction
+from emrflow.api.transformations import AggregationSpec
+
+_MISSING = object()
+
+
+def _field_access(field: int | str | None) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """Return ``(get, replace)`` for a record field: ``replace(record, value)`` makes a new record.
+
+    ``get`` is a C-level ``itemgetter`` for positions (tuples, lists) and names of
+    dict records, with a fallback to attributes (namedtuples, objects).
+    """
+    if field is None:
+        return (lambda r: r), (lambda r, v: v)
+    fast = operator.itemgetter(field)
+
+    def get(r: Any, _f=field, _fast=fast) -> Any:
+        try:
+            return _fast(r)
+        except (TypeError, KeyError, IndexError):
+            if isinstance(_f, str) and hasattr(r, _f):
+                return getattr(r, _f)
+            raise TypeError(f"cannot take field {_f!r} of the record {r!r}; use a field position "
+                            "for tuple records, a name for dict records, or no field for "
+                            "scalar records") from None
+
+    def replace(r: Any, v: Any, _f=field) -> Any:
+        if type(r) is tuple:
+            return r[:_f] + (v,) + r[_f + 1:]
+        if isinstance(r, list):
+            out = list(r)
+            out[_f] = v
+            return out
+        if isinstance(r, dict):
+            out = dict(r)
+            out[_f] = v
+            return out
+        if hasattr(r, "_replace"):  # namedtuple
+            return r._replace(**{r._fields[_f] if isinstance(_f, int) else _f: v})
+        raise TypeError(f"cannot set field {_f!r} of a {type(r).__name__} record")
+
+    get.fast = fast  # type: ignore[attr-defined]
+    return get, replace
+
+
+def _values(get: Callable[[Any], Any], records: list) -> list:
+    """``list(map(get, records))`` at C speed, with ``get``'s clear error for odd records."""
+    fast = getattr(get, "fast", None)
+    if fast is not None:
+        try:
+            return list(map(fast, records))
+        except (TypeError, KeyError, IndexError):
+            pass
+    return list(map(get, records))
+
+
+class Aggregator:
+    """An associative per-key aggregation over a table ``{key: accumulated record}``.
+
+    Used by the keyed aggregation operator and, in BATCH mode, by the combiner in
+    front of the exchange. Subclasses implement three batch loops over a table
+    made by :meth:`new_table` (its ``len`` is the number of keys).
+    """
+
+    def new_table(self) -> Any:
+        """Return an empty table."""
+        return {}
+
+    def fold(self, table: dict, keys: list, records: list) -> None:
+        """Fold records into the table (no output)."""
+        self.fold_emit(table, keys, records)
+
+    def fold_emit(self, table: dict, keys: list, records: list) -> list:
+        """Fold records into the table and return the updated value after every record."""
+        raise TypeError(f"{type(self).__name__} must define fold_emit")  # subclasses do
+
+    def results(self, table: dict) -> list:
+        """Return the final record of every key in the table."""
+        return list(table.values())
+
+
+class ReduceAggregator(Aggregator):
+    """``reduce(fn)``: ``acc = fn(acc, record)``."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any]):
+        self.fn = fn
+
+    def fold(self, table: dict, keys: list, records: list) -> None:
+        fn, get = self.fn, table.get
+        for k, r in zip(keys, records):
+            acc = get(k, _MISSING)
+            table[k] = r if acc is _MISSING else fn(acc, r)
+
+    def fold_emit(self, table: dict, keys: list, records: list) -> list:
+        fn, get = self.fn, table.get
+        out = []
+        append = out.append
+        for k, r in zip(keys, records):
+            acc = get(k, _MISSING)
+            acc = r if acc is _MISSING else fn(acc, r)
+            table[k] = acc
+            append(acc)
+        return out
+
+
+class _SumTable:
+    """Running sums per key, and the key's first record (whose other fields the output keeps)."""
+
+    __slots__ = ("sums", "firsts")
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.firsts: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+
+class SumAggregator(Aggregator):
+    """``sum(field)``: the key's first record with ``field`` replaced by the running sum."""
+
+    def __init__(self, field: int | str | None):
+        self.field = field
+        self.get, self.replace = _field_access(field)
+
+    def new_table(self) -> _SumTable:
+        return _SumTable()
+
+    def fold(self, table: _SumTable, keys: list, records: list) -> None:
+        vals = records if self.field is None else _values(self.get, records)
+        sums = table.sums
+        if vals and vals.count(1) == len(vals) and all(map(int.__instancecheck__, vals)):
+            _count_elements(sums, keys)  # counting: the C loop of collections.Counter
+        else:
+            get = sums.get
+            for k, v in zip(keys, vals):
+                sums[k] = get(k, 0) + v
+        deque(map(table.firsts.setdefault, keys, records), maxlen=0)
+
+    def fold_emit(self, table: _SumTable, keys: list, records: list) -> list:
+        vals = records if self.field is None else _values(self.get, records)
+        sums, firsts, replace = table.sums, table.firsts, self.replace
+        get, setdefault = sums.get, firsts.setdefault
+        out = []
+        append = out.append
+        for k, r, v in zip(keys, records, vals):
+            total = sums[k] = get(k, 0) + v
+            append(replace(setdefault(k, r), total))
+        return out
+
+    def results(self, table: _SumTable) -> list:
+        replace, firsts = self.replace, table.firsts
+        return [replace(firsts[k], total) for k, total in table.sums.items()]
+
+
+class CompareAggregator(Aggregator):
+    """``min``/``max`` (replace the field) and ``min_by``/``max_by`` (keep the whole record)."""
+
+    def __init__(self, spec: AggregationSpec):
+        self.get, self.replace = _field_access(spec.field)
+        self.is_min = spec.kind in ("min", "min_by")
+        self.by = spec.kind.endswith("_by")
+        self.first = spec.first
+
+    def _better(self, new: Any, old: Any) -> bool:
+        if self.is_min:
+            return new < old or (not self.first and self.by and new == old)
+        return new > old or (not self.first and self.by and new == old)
+
+    def fold_emit(self, table: dict, keys: list, records: list) -> list:
+        get_acc, get, better = table.get, self.get, self._better
+        by, replace = self.by, self.replace
+        out = []
+        append = out.append
+        for k, r in zip(keys, records):
+            acc = get_acc(k, _MISSING)
+            if acc is _MISSING:
+                acc = r
+            else:
+                v = get(r)
+                if better(v, get(acc)):
+                    acc = r if by else replace(acc, v)
+            table[k] = acc
+            append(acc)
+        return out
+
+
+def make_aggregator(kind: str, function: Any) -> Aggregator:
+    """Return the :class:`Aggregator` of a keyed reduce or built-in aggregation."""
+    if kind == T.KEYED_REDUCE:
+        return ReduceAggregator(function.reduce if isinstance(function, ReduceFunction) else function)
+    if function.kind == "sum":
+        return SumAggregator(function.field)
+    return CompareAggregator(function)
