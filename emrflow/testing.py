@@ -114,14 +114,16 @@ class GeneratedSource(Source):
         count: number of records over all subtasks.
         make: ``int -> record`` (default: the index itself).
         batch_size: records per batch handed to the runtime.
+        max_parallelism: cap on the source's parallelism (1: ordered, non-parallel).
     """
 
     default_name = "Generated Source"
 
-    def __init__(self, count: int, make=None, batch_size: int = 1024):
+    def __init__(self, count: int, make=None, batch_size: int = 1024, max_parallelism: int | None = None):
         self.count = count
         self.make = make or (lambda i: i)
         self.batch_size = batch_size
+        self.max_parallelism = max_parallelism
 
     def create_reader(self, ctx: SubtaskContext):
         return _GeneratedReader(self.count, self.make, self.batch_size, ctx.subtask_index,

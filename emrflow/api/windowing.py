@@ -182,6 +182,8 @@ class ProcessingTimeSessionWindows(_Session):
 class GlobalWindows(WindowAssigner):
     """One window per key that never fires by itself: pair it with a trigger (count windows)."""
 
+    is_event_time = False  # needs no timestamps; its window never ends
+
     def assign_windows(self, value, timestamp, now_ms):
         return [GLOBAL_WINDOW]
 

@@ -426,8 +426,8 @@ class KeyedAggregateOperator(Operator):
 class TimestampsOperator(Operator):
     """Assigns event timestamps and emits periodic watermarks (``assign_timestamps_and_watermarks``).
 
-    Every ``pipeline.auto-watermark-interval`` it emits ``max timestamp seen -
-    out-of-orderness - 1`` if that advanced; with ``with_idleness(d)`` it declares
+    Every ``pipeline.auto-watermark-interval`` (0: after every batch) it emits ``max
+    timestamp seen - out-of-orderness - 1`` if that advanced; with ``with_idleness(d)`` it declares
     its stream idle after ``d`` without records and active again on the next one.
     """
 
@@ -438,7 +438,7 @@ class TimestampsOperator(Operator):
         self._extract = strategy.timestamp_function()
         self._lag = strategy.out_of_orderness_ms
         self._idle_ms = strategy.idleness_ms
-        self._interval_ms = max(1, interval_ms)
+        self._interval_ms = interval_ms  # 0: after every batch
         self._max_ts = MIN_WATERMARK
         self._emitted = MIN_WATERMARK
         self._next_emit = 0
@@ -458,16 +458,21 @@ class TimestampsOperator(Operator):
                 self._idle = False
                 self.output.emit_status(False)
         self.output.emit(out)
+        if self._interval_ms == 0:
+            self._emit_watermark()
 
-    def tick(self, now_ms: int) -> None:
-        if now_ms < self._next_emit:
-            return
-        self._next_emit = now_ms + self._interval_ms
+    def _emit_watermark(self) -> None:
         if self._lag is not None and self._max_ts > MIN_WATERMARK:
             wm = self._max_ts - self._lag - 1
             if wm > self._emitted:
                 self._emitted = wm
                 super().process_watermark(wm)
+
+    def tick(self, now_ms: int) -> None:
+        if now_ms < self._next_emit:
+            return
+        self._next_emit = now_ms + self._interval_ms
+        self._emit_watermark()
         if self._idle_ms is not None and not self._idle and now_ms - self._last_record_ms >= self._idle_ms:
             self._idle = True
             self.output.emit_status(True)

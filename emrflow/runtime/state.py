@@ -174,7 +174,7 @@ class RocksDBStateBackend(KeyedStateBackend):
         if sid is None:
             sid = self._ids[name] = struct.pack(">H", len(self._ids))
             self._names[sid] = name
-        user_key = key[0] if type(key) is tuple and len(key) == 2 and self.namespace is not None else key
+        user_key = key[0] if name.startswith("window") else key
         return self._pack(assign_to_key_group(user_key, self.max_parallelism)) + sid
 
     def _key(self, name: str, key: Any) -> bytes:
