@@ -221,8 +221,9 @@ class StreamTask:
         cancel = self.cancel
         clock = time.perf_counter
         tickers = [op for op in self.operators.values() if op.wants_ticks]
+        batches = reader.read_batches() if not tickers else self._read_ahead(reader, tickers)
         try:
-            for batch in reader.read_batches():
+            for batch in batches:
                 if cancel.is_set():
                     raise Cancelled()
                 t0 = clock()
@@ -235,6 +236,45 @@ class StreamTask:
                         w.flush()
         finally:
             reader.close()
+
+    def _read_ahead(self, reader, tickers: list):
+        """Read batches in a helper thread, so timers and idleness run while the reader blocks.
+
+        Used only when an operator of the chain needs ticks (watermarks, processing-time
+        timers); at most two batches wait in the queue.
+        """
+        import queue as _queue
+        q: _queue.Queue = _queue.Queue(maxsize=2)
+        done = object()
+
+        def pump() -> None:
+            try:
+                for b in reader.read_batches():
+                    while True:
+                        try:
+                            q.put(b, timeout=0.2)
+                            break
+                        except _queue.Full:
+                            if self.cancel.is_set():
+                                return
+                q.put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the task thread
+                q.put(exc)
+
+        threading.Thread(target=pump, daemon=True, name=f"reader-{self.label}").start()
+        while True:
+            try:
+                item = q.get(timeout=0.02)
+            except _queue.Empty:
+                if self.cancel.is_set():
+                    raise Cancelled() from None
+                self._tick(tickers)
+                continue
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def _tick(self, tickers: list) -> None:
         now = int(time.time() * 1000)

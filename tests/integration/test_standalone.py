@@ -150,9 +150,9 @@ def test_detached_list_cancel(cluster, tmp_path):
         return [o for o in ops if o["name"] == "slow map"][0]["records-in"]
     wait_for(lambda: slow_map_in() > 0, what="records to flow")
     vertex = get(cluster.rest, f"/jobs/{job_id}")["vertices"][0]
-    sub = get(cluster.rest, f"/jobs/{job_id}/vertices/{vertex['id']}")
+    sub = wait_for(lambda: (lambda d: d if all(s["status"] == "RUNNING" for s in d["subtasks"]) else None)(
+        get(cluster.rest, f"/jobs/{job_id}/vertices/{vertex['id']}")), what="both subtasks running")
     assert [s["subtask"] for s in sub["subtasks"]] == [0, 1]
-    assert all(s["status"] == "RUNNING" for s in sub["subtasks"])
     cli("cancel", job_id, workdir=cluster.workdir)
     wait_for(lambda: get(cluster.rest, f"/jobs/{job_id}")["state"] == "CANCELED", what="cancellation")
     details = get(cluster.rest, f"/jobs/{job_id}")
