@@ -12,14 +12,13 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from emrflow.api.eventtime import to_millis
 
 
-@dataclass(frozen=True, order=True)
-class TimeWindow:
-    """The window ``[start, end)`` in ms."""
+class TimeWindow(NamedTuple):
+    """The window ``[start, end)`` in ms (a named tuple: cheap to create, hash and compare)."""
 
     start: int
     end: int

@@ -438,6 +438,7 @@ class TimestampsOperator(Operator):
         self._extract = strategy.timestamp_function()
         self._lag = strategy.out_of_orderness_ms
         self._idle_ms = strategy.idleness_ms
+        self.needs_clock = strategy.idleness_ms is not None
         self._interval_ms = interval_ms  # 0: after every batch
         self._max_ts = MIN_WATERMARK
         self._emitted = MIN_WATERMARK

@@ -221,7 +221,9 @@ class StreamTask:
         cancel = self.cancel
         clock = time.perf_counter
         tickers = [op for op in self.operators.values() if op.wants_ticks]
-        batches = reader.read_batches() if not tickers else self._read_ahead(reader, tickers)
+        # a reader may block; only idleness detection needs the clock to go on meanwhile
+        needs_clock = any(getattr(op, "needs_clock", False) for op in tickers)
+        batches = self._read_ahead(reader, tickers) if needs_clock else reader.read_batches()
         try:
             for batch in batches:
                 if cancel.is_set():
@@ -240,8 +242,8 @@ class StreamTask:
     def _read_ahead(self, reader, tickers: list):
         """Read batches in a helper thread, so timers and idleness run while the reader blocks.
 
-        Used only when an operator of the chain needs ticks (watermarks, processing-time
-        timers); at most two batches wait in the queue.
+        Used only when an operator of the chain must see time pass without records
+        (``with_idleness``); at most two batches wait in the queue.
         """
         import queue as _queue
         q: _queue.Queue = _queue.Queue(maxsize=2)

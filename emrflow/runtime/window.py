@@ -29,9 +29,10 @@ from emrflow.api.eventtime import MAX_WATERMARK
 from emrflow.api.functions import (
     AllWindowFunction, Function, ProcessAllWindowFunction, ProcessWindowFunction, ReduceFunction,
     RuntimeContext, WindowFunction)
-from emrflow.api.windowing import GlobalWindow
+from emrflow.api.windowing import (
+    GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows)
 from emrflow.runtime.operators import Operator
-from emrflow.runtime.state import MISSING, create_backend
+from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
 
 CONTENTS = "window-contents"
 SESSIONS = "window-sessions"
@@ -151,6 +152,14 @@ class WindowOperator(Operator):
         self.wants_ticks = not self.assigner.is_event_time
         self.late_records_dropped = 0
         self._out: list = []
+        # fast path: aligned event-time windows, default trigger, incremental, in memory
+        self.fast = (isinstance(self.assigner, (TumblingEventTimeWindows, SlidingEventTimeWindows))
+                     and spec.trigger is None and self.incremental and self.lateness == 0
+                     and isinstance(self.backend, HashMapStateBackend) and timestamped)
+        if self.fast:
+            self._acc = self.backend.table(CONTENTS)   # (key, window start) -> accumulator
+            self._due: dict[int, list] = {}            # window max timestamp -> keys
+            self._ends: list[int] = []                 # heap of those max timestamps
 
     # -- set-up -----------------------------------------------------------------
     def open(self, ctx: RuntimeContext) -> None:
@@ -240,8 +249,69 @@ class WindowOperator(Operator):
         self.trigger.on_merge(merged, self._ctx)
         return merged
 
+    # -- fast path ---------------------------------------------------------------
+    def _fast_batch(self, records: list) -> None:
+        """Aligned windows with the default event-time trigger: a dict of accumulators and a heap of ends."""
+        a = self.assigner
+        size, offset = a.size, a.offset
+        slide = getattr(a, "slide", size)
+        acc_tbl, due, ends = self._acc, self._due, self._ends
+        get, key_of, wm = acc_tbl.get, self.key_selector, self.current_watermark
+        is_reduce = self.spec.kind == "reduce"
+        if is_reduce:
+            reduce = self._reduce
+        else:
+            add, create = self.spec.function.add, self.spec.function.create_accumulator
+        late = []
+        for rec in records:
+            ts, value = rec
+            k = key_of(value)
+            start = ts - (ts - offset) % slide
+            accepted = False
+            while start > ts - size:
+                end_ts = start + size - 1
+                if end_ts > wm:
+                    accepted = True
+                    slot = (k, start)
+                    acc = get(slot, MISSING)
+                    if acc is MISSING:
+                        acc_tbl[slot] = value if is_reduce else add(value, create())
+                        keys = due.get(end_ts)
+                        if keys is None:
+                            due[end_ts] = [k]
+                            heapq.heappush(ends, end_ts)
+                        else:
+                            keys.append(k)
+                    else:
+                        acc_tbl[slot] = reduce(acc, value) if is_reduce else add(value, acc)
+                start -= slide
+            if not accepted:
+                if self.spec.late_tag is not None:
+                    late.append(rec)
+                else:
+                    self.late_records_dropped += 1
+        if late:
+            self.emit_side(self.spec.late_tag, late)
+
+    def _fast_fire(self, upto: int) -> None:
+        acc_tbl, due, ends = self._acc, self._due, self._ends
+        size = self.assigner.size
+        while ends and ends[0] <= upto:
+            end_ts = heapq.heappop(ends)
+            start = end_ts - size + 1
+            window = TimeWindow(start, end_ts + 1)
+            for k in due.pop(end_ts):
+                acc = acc_tbl.pop((k, start), MISSING)
+                if acc is not MISSING:
+                    self._emit_result(k, window, acc)
+        self._flush()
+
     # -- records ----------------------------------------------------------------
     def process_batch(self, records: list) -> None:
+        if self.fast:
+            self.records_in += len(records)
+            self._fast_batch(records)
+            return
         self.records_in += len(records)
         assign, key_of, trigger, ctx = self.assigner.assign_windows, self.key_selector, self.trigger, self._ctx
         merging = self.assigner.is_merging
@@ -301,36 +371,43 @@ class WindowOperator(Operator):
         elif not self.incremental:
             kept = contents
             values = [v for _, v in contents]
+        if self.incremental:
+            self._emit_result(key, window, contents)
+            return
         if spec.kind == "reduce":
-            if self.incremental:
-                result = contents
-            else:
-                if not values:
-                    return
-                result = values[0]
-                for v in values[1:]:
-                    result = self._reduce(result, v)
-            outputs = ([result] if spec.window_function is None else
-                       _call_window_function(spec.window_function, spec.all_windows, key, ctx, window, [result]))
+            if not values:
+                return
+            acc = values[0]
+            for v in values[1:]:
+                acc = self._reduce(acc, v)
         elif spec.kind == "aggregate":
             f = spec.function
-            if self.incremental:
-                acc = contents
-            else:
-                acc = f.create_accumulator()
-                for v in values:
-                    acc = f.add(v, acc)
-            result = f.get_result(acc)
-            outputs = ([result] if spec.window_function is None else
-                       _call_window_function(spec.window_function, spec.all_windows, key, ctx, window, [result]))
+            acc = f.create_accumulator()
+            for v in values:
+                acc = f.add(v, acc)
+        if spec.kind in ("reduce", "aggregate"):
+            self._emit_result(key, window, acc)
         else:
-            outputs = _call_window_function(spec.function, spec.all_windows, key, ctx, window, values)
+            self._collect(window, _call_window_function(spec.function, spec.all_windows, key, ctx, window, values))
         if self.evictor is not None:
             after = self.evictor.evict_after(kept, len(kept), window, ctx)
             self.backend.put(CONTENTS, (key, window), after) if after else self._purge(key, window)
+
+    def _emit_result(self, key: Any, window: Any, acc: Any) -> None:
+        """Emit an incremental result (the reduce value or the aggregate's result), through the window function."""
+        spec = self.spec
+        result = acc if spec.kind == "reduce" else spec.function.get_result(acc)
+        if spec.window_function is None:
+            self._collect(window, (result,))
+        else:
+            self._key, self._window = key, window
+            self._collect(window, _call_window_function(spec.window_function, spec.all_windows, key,
+                                                        self._ctx, window, [result]))
+
+    def _collect(self, window: Any, outputs: Any) -> None:
         if outputs is not None:
             ts = window.max_timestamp()
-            self._out.extend((ts, o) for o in outputs) if self.timestamped else self._out.extend(outputs)
+            self._out.extend([(ts, o) for o in outputs] if self.timestamped else outputs)
 
     def _clear_window(self, key: Any, window: Any) -> None:
         self._purge(key, window)
@@ -362,7 +439,10 @@ class WindowOperator(Operator):
 
     def process_watermark(self, timestamp_ms: int) -> None:
         self.current_watermark = timestamp_ms
-        self._on_timers(self.event_timers, self.event_set, timestamp_ms, True)
+        if self.fast:
+            self._fast_fire(timestamp_ms)
+        else:
+            self._on_timers(self.event_timers, self.event_set, timestamp_ms, True)
         super().process_watermark(timestamp_ms)
 
     def tick(self, now_ms: int) -> None:
