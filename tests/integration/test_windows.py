@@ -72,6 +72,19 @@ def test_tumbling_event_time_process(parallelism, events):
     assert sorted(got) == tumbling_ref(events, 10_000)
 
 
+def test_tumbling_on_rocksdb_matches_hashmap(parallelism):
+    """The generic window path over the RocksDB backend (the fast path is in-memory only)."""
+    from emrflow.config import Configuration
+    env = StreamExecutionEnvironment.get_execution_environment(
+        Configuration.from_dict({"state.backend.type": "rocksdb"}))
+    env.set_parallelism(parallelism)
+    got = stamped(env, SHUFFLED).key_by(lambda e: e[0]) \
+        .window(TumblingEventTimeWindows.of(Time.seconds(10))) \
+        .reduce(lambda a, b: (a[0], a[1], a[2] + b[2])).execute_and_collect()
+    assert sorted((g[0], g[1] - g[1] % 10_000, g[2]) for g in got) == \
+        sorted((k, s, sum(vs)) for k, s, _, vs in tumbling_ref(SHUFFLED, 10_000))
+
+
 def test_tumbling_with_offset_reduce_and_window_function(parallelism, events):
     class Tag(WindowFunction):
         def apply(self, key, window, inputs):
@@ -139,8 +152,12 @@ def sessions_ref(events, gap_of):
     return sorted(out)
 
 
-def test_session_windows_merge(parallelism, events):
-    env = env_for(parallelism)
+@pytest.mark.parametrize("backend", ["hashmap", "rocksdb"])
+def test_session_windows_merge(parallelism, events, backend):
+    from emrflow.config import Configuration
+    env = StreamExecutionEnvironment.get_execution_environment(
+        Configuration.from_dict({"state.backend.type": backend}))
+    env.set_parallelism(parallelism)
     got = stamped(env, events).key_by(lambda e: e[0]) \
         .window(EventTimeSessionWindows.with_gap(Time.milliseconds(300))).process(WithWindow()) \
         .execute_and_collect()
