@@ -101,7 +101,7 @@ def main() -> None:
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
               help="Set a configuration option; repeatable.")
 @click.option("-t", "--target", default=None,
-              help="Where to run: local (default) or remote.")
+              help="Where to run: local (default), remote, yarn-session or yarn-per-job.")
 @click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
               help="REST address of a running cluster; implies -t remote.")
 @click.option("-d", "--detached", is_flag=True, help="Submit and return without waiting.")
@@ -335,6 +335,10 @@ def config_show(dynamic, conf_file) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
 
+
+from emrflow import cli_yarn  # noqa: E402  (command modules register themselves on the group)
+
+cli_yarn.register(main)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ from emrflow.errors import ConfigError
 TARGETS = {
     "local": "emrflow.deploy.local:execute",
     "remote": "emrflow.deploy.rest_client:execute",
+    "yarn-session": "emrflow.deploy.yarn:execute_session",
+    "yarn-per-job": "emrflow.deploy.yarn:execute_per_job",
 }
 
 
