@@ -101,16 +101,18 @@ def main() -> None:
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
               help="Set a configuration option; repeatable.")
 @click.option("-t", "--target", default=None,
-              help="Where to run: local (default), remote, yarn-session or yarn-per-job.")
+              help="Where to run: local (default), remote, yarn-session, yarn-per-job or yarn-application.")
 @click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
               help="REST address of a running cluster; implies -t remote.")
 @click.option("-d", "--detached", is_flag=True, help="Submit and return without waiting.")
 @click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
               help="Configuration file (default: $EMRFLOW_CONF_DIR/emrflow-conf.yaml).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.option("--py-files", "py_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Python modules to ship with the job to YARN (yarn-application); repeatable.")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, job, job_args) -> None:
+def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, py_files, job, job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
     Options go before JOB; everything after JOB belongs to the job.
@@ -142,6 +144,9 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, jo
         raise click.ClickException(str(exc)) from exc
     if not os.path.isfile(job):
         raise click.BadParameter(f"job script not found: {job}", param_hint="JOB")
+    if config.get("execution.target") == "yarn-application":
+        _run_yarn_application(config, job, list(job_args), list(py_files), detached, quiet)
+        return
     progress = _Progress(int(config.get("client.progress.delay")), quiet)
     ctx = ExecutionContext(config=config, on_progress=progress.update,
                            on_submitted=progress.submitted)
@@ -171,6 +176,22 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, jo
             click.echo(f"Job has been submitted with JobID {r.job_id}")
         elif not quiet:
             _print_result(r)
+
+
+def _run_yarn_application(config, job, job_args, py_files, detached, quiet) -> None:
+    """``-t yarn-application``: the script runs in the ApplicationMaster, not here."""
+    from emrflow.deploy import yarn
+    try:
+        app_id, status, diagnostics = yarn.submit_application(config, job, job_args, py_files)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if detached:
+        click.echo(f"Submitted YARN application {app_id}")
+        return
+    if not quiet:
+        click.echo(f"YARN application {app_id} ended {status}: {diagnostics}", err=True)
+    if status != "SUCCEEDED":
+        sys.exit(1)
 
 
 def _rest_address_options(address: str) -> dict:

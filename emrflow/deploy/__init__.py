@@ -16,6 +16,9 @@ TARGETS = {
     "remote": "emrflow.deploy.rest_client:execute",
     "yarn-session": "emrflow.deploy.yarn:execute_session",
     "yarn-per-job": "emrflow.deploy.yarn:execute_per_job",
+    # yarn-application runs the script in the ApplicationMaster: `emrflow run` handles it
+    # before the script starts (emrflow.deploy.yarn.submit_application)
+    "yarn-application": "emrflow.deploy.yarn:execute_per_job",
 }
 
 

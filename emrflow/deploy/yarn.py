@@ -351,3 +351,34 @@ def execute_per_job(job_graph, config: Configuration, context=None):
         raise JobExecutionError(f"YARN application {app_id} ended {yarn_status}: {diagnostics}",
                                 job_name=job_graph.name)
     return JobExecutionResult(job_id=app_id, job_name=job_graph.name, net_runtime_ms=0)
+
+
+def submit_application(config: Configuration, script: str, job_args: list[str], py_files: list[str] = (),
+                       context=None) -> tuple[str, str, str]:
+    """The ``yarn-application`` target: run the job's script inside the ApplicationMaster.
+
+    The script and ``py_files`` are localized; the client may go away (``-d``). Attached, it
+    waits for the application's end.
+
+    Returns:
+        ``(application id, YARN final status, diagnostics)``; the status is ``SUBMITTED``
+        when detached.
+
+    Raises:
+        ConfigError: the script or a py-file does not exist.
+    """
+    for path in [script, *py_files]:
+        if not os.path.isfile(path):
+            raise ConfigError(f"file to ship does not exist: {path}")
+    driver = yarn_driver(config)
+    files = {os.path.basename(p): p for p in py_files}
+    files[os.path.basename(script)] = script
+    spec = build_spec(config, "application", name=config.get("yarn.application.name") or os.path.basename(script),
+                      files=files, job_args=[os.path.basename(script), *job_args])
+    app_id = driver.submit(spec)
+    if context is not None and context.on_submitted is not None:
+        context.on_submitted(app_id, spec.name)
+    if not bool(config.get("execution.attached")):
+        return app_id, "SUBMITTED", ""
+    status, diagnostics = final_status(driver.connect(app_id))
+    return app_id, status, diagnostics

@@ -175,8 +175,7 @@ def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str]) -> 
         return "SUCCEEDED", f"job {result.job_id} finished in {result.net_runtime_ms} ms"
     # application mode: the job's main runs here, submitting to this JobManager
     import runpy
-    os.environ["EMRFLOW_JOBMANAGER_REST"] = f"127.0.0.1:{rest_port}"
-    os.environ["EMRFLOW_REST_TOKEN"] = token
+
     from emrflow.api.environment import ExecutionContext, set_execution_context
     from emrflow.config import Configuration
     config = Configuration.load(dynamic=["execution.target=remote", "rest.address=127.0.0.1",
@@ -184,7 +183,14 @@ def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str]) -> 
     set_execution_context(ExecutionContext(config=config))
     script, *args = job_args
     sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    sys.path.insert(0, os.getcwd())  # the localized --py-files
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except JobExecutionError as exc:
+        return "FAILED", str(exc)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            return "FAILED", f"{script} exited with status {exc.code}"
     return "SUCCEEDED", f"{script} finished"
 
 
