@@ -497,7 +497,8 @@ class Configuration:
 
         Args:
             conf_file: the YAML file to read. If ``None``, ``$EMRFLOW_CONF_DIR/emrflow-conf.yaml``
-                when ``EMRFLOW_CONF_DIR`` is set (and not empty), else no file.
+                when ``EMRFLOW_CONF_DIR`` is set (and not empty), else the project's
+                ``configs/emrflow-conf.yaml`` when running from a source checkout, else no file.
             dynamic: ``key=value`` strings (``-D`` arguments), applied in order; the value is
                 everything after the first ``=``.
             env: the environment ``EMRFLOW_CONF_DIR`` is read from (``None``: ``os.environ``).
@@ -515,6 +516,8 @@ class Configuration:
         if conf_file is None and env.get("EMRFLOW_CONF_DIR"):
             conf_file = os.path.join(env["EMRFLOW_CONF_DIR"], CONF_FILE_NAME)
             source = "$EMRFLOW_CONF_DIR"
+        if conf_file is None and os.path.isfile(DEFAULT_CONF_FILE):
+            conf_file = DEFAULT_CONF_FILE  # running from a source checkout: the project's file
         config = cls()
         if conf_file is not None:
             config = config._merged(_load_yaml(str(conf_file), source))

@@ -1,16 +1,23 @@
 """Files: line and CSV sources split by byte range, text and CSV part-file sinks.
 
-Sources mirror Flink's ``FileSource`` with a ``TextLineInputFormat``: a path is a
-file or a directory (its regular files not starting with ``.`` or ``_``, sorted
-by name). Each file is cut into ``parallelism`` byte ranges; subtask ``i`` reads
-range ``i`` of every file, and a line belongs to the range its first byte lies
-in (Hadoop's rule), so every line is read exactly once at any parallelism.
+Sources mirror Flink's ``FileSource`` with a ``TextLineInputFormat`` (and a CSV
+format on top of it): a path is a file or a directory (its regular files whose
+names do not start with ``.`` or ``_``, sorted by name). Each file is cut into
+``parallelism`` byte ranges of near-equal size; subtask ``i`` reads range ``i``
+of every file, and a line belongs to the range its first byte lies in (Hadoop's
+``LineRecordReader`` rule), so every line is read exactly once at any parallelism.
 
-Sinks mirror Flink's ``FileSink`` with two-phase commit: subtask ``i`` writes
+Reading is block-wise: a reader cuts the file into blocks of whole lines of
+about :data:`BLOCK_BYTES` bytes and does the per-line work (decoding, splitting,
+type conversion) in C over a whole block; one block becomes one batch. Files
+must use an ASCII-compatible encoding (UTF-8, Latin-1...), since lines are found
+by their ``b"\\n"`` byte before decoding.
+
+Sinks mirror Flink's ``FileSink`` with its two-phase commit: subtask ``i`` writes
 ``<dir>/.part-<i>-0.inprogress`` and renames it to ``part-<i>-0[suffix]`` only in
-:meth:`~emrflow.connectors.base.SinkWriter.commit`, which the JobManager
-triggers once every subtask of the job has finished. A failed job's writers
-abort and delete their in-progress files.
+:meth:`~emrflow.connectors.base.SinkWriter.commit`, which the runtime calls once
+every subtask of the job has finished. A failed job's writers abort and delete
+their in-progress files, so a failed job never leaves ``part-*`` files.
 """
 
 from __future__ import annotations
@@ -18,92 +25,81 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import operator
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from emrflow.connectors.base import Sink, SinkWriter, Source, SourceReader, SubtaskContext
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
 
-_CHUNK = 4 << 10  # bytes per block of lines: small batches stay in the CPU cache between chained operators and tasks
+#: Bytes of whole lines per block (= batch): small batches stay in the CPU cache
+#: between chained operators and tasks.
+BLOCK_BYTES = 4 << 10
+_READ_BYTES = 1 << 20  # bytes per read() from the file; blocks are cut from this buffer
+_WRITE_BUFFER = 1 << 20  # bytes of buffer of a part file
 
+
+# -- splitting -----------------------------------------------------------------------------
 
 def list_input_files(path: str) -> list[str]:
-    """Return ``path`` if it is a file, or its visible regular files sorted by name.
+    """Return ``[path]`` for a file, or a directory's regular files not starting with ``.``/``_``, by name.
 
     Raises:
-        InputNotFoundError: ``path`` does not exist.
+        InputNotFoundError: ``path`` does not exist (or is neither a file nor a directory).
     """
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
         return [os.path.join(path, n) for n in sorted(os.listdir(path))
                 if not n.startswith((".", "_")) and os.path.isfile(os.path.join(path, n))]
+    if os.path.exists(path):
+        raise InputNotFoundError(f"input path is neither a file nor a directory: {path}", path)
     raise InputNotFoundError(f"input path does not exist: {path}", path)
 
 
 def split_range(size: int, parallelism: int, index: int) -> tuple[int, int]:
-    """Return ``[start, end)`` byte range ``index`` of ``parallelism`` near-equal ranges of ``size`` bytes."""
+    """Return ``(start, end)``, the bytes ``[start, end)`` of range ``index`` of ``parallelism``
+    near-equal ranges of a file of ``size`` bytes."""
     return size * index // parallelism, size * (index + 1) // parallelism
 
 
-def read_line_chunks(path: str, start: int, end: int, block_bytes: int = _CHUNK
-                     ) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(index of the first line within the range, block)`` for the lines starting in ``[start, end)``.
+def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """Yield blocks of the whole lines of ``f`` whose first byte lies in ``[start, end)``.
 
-    Each block holds whole lines (terminators included, except possibly the
-    file's last line); blocks are about ``block_bytes`` long, so the per-line work
-    (decoding, splitting) happens in C over a whole block.
+    Every block but possibly the file's last one ends with ``b"\\n"``; blocks are
+    at least ``block_bytes`` long except the last one of the range.
     """
-    with open(path, "rb") as f:
-        if start > 0:
-            f.seek(start - 1)
-            if f.read(1) != b"\n":
-                f.readline()  # the partial first line belongs to the previous range
-        pos = f.tell()  # file offset of the first byte of `carry`
-        carry = b""
-        index = 0
-        while pos < end:
-            data = f.read(block_bytes)
-            buf = carry + data if carry else data
-            if not data:
-                if buf:
-                    yield index, buf
-                return
-            limit = end - pos  # bytes of buf that lie before the range's end
-            if limit <= len(buf):
-                nl = buf.find(b"\n", limit - 1)
-                if nl == -1:  # the last line of the range goes on beyond this block
-                    buf += f.readline()
-                    nl = len(buf) - 1
-                chunk = buf[:nl + 1]
-                yield index, chunk
-                return
-            nl = buf.rfind(b"\n")
-            if nl == -1:  # no complete line yet
-                carry = buf
-                continue
-            chunk, carry = buf[:nl + 1], buf[nl + 1:]
-            pos += nl + 1
-            yield index, chunk
-            index += chunk.count(b"\n")
-
-
-def _count_lines_before(path: str, offset: int) -> int:
-    """Return the number of newlines in the first ``offset`` bytes of ``path``."""
-    n = 0
-    with open(path, "rb") as f:
-        left = offset
-        while left > 0:
-            block = f.read(min(left, 1 << 20))
-            if not block:
-                break
-            n += block.count(b"\n")
-            left -= len(block)
-    return n
+    if start > 0:
+        f.seek(start - 1)
+        if f.read(1) != b"\n":
+            f.readline()  # the partial first line belongs to the previous range
+    base = f.tell()  # file offset of buf[0]
+    buf = b""
+    i = 0  # start of the next line in buf
+    eof = False
+    while True:
+        limit = end - base  # lines starting at buf index < limit are ours
+        if i >= limit:
+            return
+        j = buf.find(b"\n", min(i + block_bytes, limit) - 1)
+        if j >= 0:
+            yield buf[i:j + 1]
+            i = j + 1
+        elif eof:
+            if i < len(buf):
+                yield buf[i:]
+            return
+        else:
+            want = end - base - len(buf)  # bytes of the range not yet read (then: rest of a line)
+            data = f.read(min(_READ_BYTES, max(want, 1 << 16)))
+            eof = not data
+            buf = buf[i:] + data
+            base += i
+            i = 0
 
 
 class _Split:
-    """A subtask's share of one file, and the line number of its first line (computed lazily)."""
+    """A subtask's byte range of one file, with the line number of its first line (found lazily)."""
 
     def __init__(self, path: str, parallelism: int, index: int):
         self.path = path
@@ -111,64 +107,156 @@ class _Split:
         self._first_line: int | None = None
 
     def first_line_number(self) -> int:
-        """1-based line number of the first line that starts in this range."""
+        """Return the 1-based line number (in the file) of the first line starting in the range."""
         if self._first_line is None:
-            if self.start == 0:
-                self._first_line = 1
-            else:
-                before = _count_lines_before(self.path, self.start)
+            self._first_line = 1
+            if self.start > 0:  # n newlines before byte start - 1: it is on line n + 1,
+                n, left = 0, self.start - 1  # and the first line starting after it is n + 2
                 with open(self.path, "rb") as f:
-                    f.seek(self.start - 1)
-                    at_line_start = f.read(1) == b"\n"
-                self._first_line = before + 1 if at_line_start else before + 2
+                    while left > 0 and (data := f.read(min(left, _READ_BYTES))):
+                        n += data.count(b"\n")
+                        left -= len(data)
+                self._first_line = n + 2
         return self._first_line
 
 
-def _strip(block: bytes, encoding: str) -> list[str]:
-    """Decode a block of whole lines and split it into lines without terminators."""
-    text = block.decode(encoding)
-    out = text.split("\n")
-    if out and out[-1] == "":
-        out.pop()
-    if "\r" in text:
-        out = [s[:-1] if s.endswith("\r") else s for s in out]
-    return out
+def _check_encoding(encoding: str) -> None:
+    if not "a\n".encode(encoding).endswith(b"a\n"):  # also raises LookupError for unknown names
+        raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; files are split at b'\\n'")
 
 
-class _TextReader(SourceReader):
+class _BlockReader(SourceReader):
+    """Reads the blocks of one subtask's ranges of a list of files; closes the open file in close()."""
+
     def __init__(self, files: list[str], ctx: SubtaskContext, encoding: str):
         self._splits = [_Split(f, ctx.parallelism, ctx.subtask_index) for f in files]
+        self._ctx = ctx
         self._encoding = encoding
+        self._file: BinaryIO | None = None
 
+    def _blocks(self, split: _Split) -> Iterator[bytes]:
+        if split.start >= split.end:
+            return
+        with open(split.path, "rb") as f:
+            self._file = f
+            try:
+                yield from _line_blocks(f, split.start, split.end, BLOCK_BYTES)
+            finally:
+                self._file = None
+
+    def _decode_lines(self, block: bytes) -> list[str]:
+        """Decode a block and split it into lines without ``\\n`` / ``\\r\\n`` terminators."""
+        text = block.decode(self._encoding)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        last = lines.pop()  # "" after a final newline, else the file's unterminated last line
+        if last:
+            lines.append(last[:-1] if last[-1] == "\r" else last)
+        return lines
+
+    def close(self) -> None:
+        f = self._file
+        if f is not None:
+            self._file = None
+            f.close()
+
+
+class _TextReader(_BlockReader):
     def read_batches(self) -> Iterator[list]:
+        decode = self._decode_lines
         for split in self._splits:
-            for _, block in read_line_chunks(split.path, split.start, split.end):
-                if block:
-                    yield _strip(block, self._encoding)
+            index = 0  # line index within the range of the block's first line
+            for block in self._blocks(split):
+                try:
+                    lines = decode(block)
+                except UnicodeDecodeError as e:
+                    line = split.first_line_number() + index + block.count(b"\n", 0, e.start)
+                    raise BadRecordError(split.path, line,
+                                         f"could not decode line as {self._encoding}: {e.reason}") from None
+                index += len(lines)
+                if lines:
+                    yield lines
 
 
 class TextFileSource(Source):
     """The lines of a file, or of every file in a directory, without line terminators.
 
-    Mirrors Flink's ``FileSource.forRecordStreamFormat(TextLineInputFormat, path)``.
+    Mirrors Flink's ``FileSource.forRecordStreamFormat(new TextLineInputFormat(), path)``;
+    files are split among subtasks by byte range (see the module docstring). Lines
+    end at ``"\\n"``; a ``"\\r"`` before it is dropped too.
 
     Args:
-        path: a file or a directory.
-        encoding: text encoding of the files.
+        path: a file or a directory of files.
+        encoding: ASCII-compatible text encoding of the files.
+
+    Raises:
+        ValueError: the encoding is not ASCII-compatible (LookupError: unknown).
+
+    A line that cannot be decoded fails the job with
+    :class:`~emrflow.errors.BadRecordError` (file and 1-based line number).
     """
 
     default_name = "Text File Source"
     max_parallelism = None
 
     def __init__(self, path: str, encoding: str = "utf-8"):
+        _check_encoding(encoding)
         self.path = path
         self.encoding = encoding
 
     def validate(self) -> None:
+        """Raises: InputNotFoundError: ``path`` does not exist."""
         list_input_files(self.path)
 
     def create_reader(self, ctx: SubtaskContext) -> SourceReader:
         return _TextReader(list_input_files(self.path), ctx, self.encoding)
+
+
+# -- CSV -----------------------------------------------------------------------------------
+
+def parse_bool(value: str) -> bool:
+    """Parse ``true``/``false`` (any case, surrounding blanks allowed) and ``1``/``0``.
+
+    Used for the ``bool`` type of :class:`CsvSource` (``bool("false")`` would be True).
+
+    Raises:
+        ValueError: any other text.
+    """
+    v = value.strip().lower()
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _compile_converters(types: list | None, n: int) -> tuple[Callable[[list], list], Callable[[list], tuple]]:
+    """Generate, once per reader, the converters of rows of ``n`` fields.
+
+    Returns:
+        ``(columns, row)``: ``columns(flat)`` converts a flat field list in which
+        every row's ``n`` fields are followed by one marker field, column by column
+        (``map`` of the type over a slice, then ``zip``: no Python code per record);
+        ``row(fields)`` converts one row (the slow path that finds bad rows).
+    """
+    env: dict[str, Any] = {}
+    cols, items = [], []
+    for j in range(n):
+        t = types[j] if types is not None else str
+        if t is bool:
+            t = parse_bool
+        if t is str:
+            cols.append(f"f[{j}::{n + 1}]")
+            items.append(f"r[{j}]")
+        else:
+            env[f"t{j}"] = t
+            cols.append(f"map(t{j}, f[{j}::{n + 1}])")
+            items.append(f"t{j}(r[{j}])")
+    # the source text is made of indices and generated names only
+    columns = eval(f"lambda f: list(zip({', '.join(cols)}))", env)  # noqa: S307
+    row = eval(f"lambda r: ({', '.join(items)},)", env)  # noqa: S307
+    return columns, row
 
 
 def _type_name(t: Any) -> str:
@@ -178,22 +266,35 @@ def _type_name(t: Any) -> str:
 class CsvSource(Source):
     """Tuples from CSV files, split among subtasks like :class:`TextFileSource`.
 
+    Mirrors Flink's ``FileSource`` with a ``CsvReaderFormat``; a record is one line
+    (quoted fields cannot span lines). A chunk of lines is split by the ``csv``
+    module, or by ``str.split`` when it holds no quote character, and converted
+    column-wise by code generated once per reader; only a chunk that fails is
+    parsed again line by line to find its bad lines. Empty lines are skipped.
+
     Args:
         path: a file or a directory of files.
         delimiter: one-character field separator (``"^"`` for ``Movie^User^Rating^Timestamp``).
-        header: the first line of every file is a header and is skipped.
-        names: field names (for messages); fixes the number of fields.
-        types: one converter per field (``int``, ``float``, ``str``, ``bool`` or any
-            ``str -> value`` callable); fixes the number of fields. ``None``: all ``str``.
-        quote_char: quote character of the CSV dialect.
-        fail_on_bad_records: raise :class:`~emrflow.errors.BadRecordError` on the first
-            bad line; ``None`` follows the ``emrflow.bad-records.fail`` option. Otherwise
-            bad lines are skipped and reported through ``ctx.report_bad_record`` with
-            file and 1-based line number.
-        encoding: text encoding.
+        header: the first line of every file is a header and is skipped (its
+            contents are not used).
+        names: field names, used in messages; fix the number of fields.
+        types: one converter per field: ``int``, ``float``, ``str``, ``bool``
+            (``true``/``false``/``1``/``0``, see :func:`parse_bool`) or any
+            ``str -> value`` callable (called again for the rows of a chunk that
+            holds a bad line); fix the number of fields. ``None``: all ``str``.
+            Without names and types a row is a tuple of any number of ``str``.
+        quote_char: quote character of the CSV dialect, ``None`` for none.
+        fail_on_bad_records: raise :class:`~emrflow.errors.BadRecordError` on the
+            first bad line; ``None`` follows the ``emrflow.bad-records.fail``
+            option. Otherwise a bad line (wrong number of fields, a value that does
+            not convert, undecodable bytes) is skipped and reported through
+            ``ctx.report_bad_record`` with its file and 1-based line number.
+        encoding: ASCII-compatible text encoding.
 
     Raises:
-        ValueError: ``names`` and ``types`` differ in length, or the delimiter is not one character.
+        ValueError: ``names`` and ``types`` differ in length or are empty, a type is
+            not callable, or the delimiter or quote character is not one character
+            (or is a line break, or the same).
     """
 
     default_name = "CSV Source"
@@ -201,12 +302,23 @@ class CsvSource(Source):
 
     def __init__(self, path: str, delimiter: str = ",", header: bool = False,
                  names: Sequence[str] | None = None, types: Sequence[Any] | None = None,
-                 quote_char: str = '"', fail_on_bad_records: bool | None = None,
+                 quote_char: str | None = '"', fail_on_bad_records: bool | None = None,
                  encoding: str = "utf-8"):
-        if not isinstance(delimiter, str) or len(delimiter) != 1:
-            raise ValueError(f"delimiter must be one character, got {delimiter!r}")
+        for what, c in (("delimiter", delimiter), ("quote_char", quote_char)):
+            if c is None and what == "quote_char":
+                continue
+            if not isinstance(c, str) or len(c) != 1 or c in "\r\n":
+                raise ValueError(f"{what} must be one character other than a line break, got {c!r}")
+        if delimiter == quote_char:
+            raise ValueError(f"delimiter and quote_char are both {delimiter!r}")
         if names is not None and types is not None and len(names) != len(types):
             raise ValueError(f"names has {len(names)} fields but types has {len(types)}")
+        if (names is not None and not names) or (types is not None and not types):
+            raise ValueError("names and types must have at least one field")
+        for t in types or ():
+            if not callable(t):
+                raise ValueError(f"a type must be callable (str -> value), got {t!r}")
+        _check_encoding(encoding)
         self.path = path
         self.delimiter = delimiter
         self.header = header
@@ -219,86 +331,143 @@ class CsvSource(Source):
     @property
     def num_fields(self) -> int | None:
         """Fields per row fixed by ``names`` or ``types``, or ``None``."""
-        if self.types is not None:
-            return len(self.types)
-        if self.names is not None:
-            return len(self.names)
-        return None
+        fields = self.types if self.types is not None else self.names
+        return len(fields) if fields is not None else None
 
     def validate(self) -> None:
+        """Raises: InputNotFoundError: ``path`` does not exist."""
         list_input_files(self.path)
 
     def create_reader(self, ctx: SubtaskContext) -> SourceReader:
         return _CsvReader(self, list_input_files(self.path), ctx)
 
 
-def _compile_converter(types: list | None, n: int | None) -> Callable[[list], tuple]:
-    """Return a fast ``row -> tuple`` converter (generated once per reader)."""
-    if types is None:
-        if n is None:
-            return tuple
-        return eval(f"lambda r: ({''.join(f'r[{i}], ' for i in range(n))})")  # noqa: S307
-    env = {f"t{i}": t for i, t in enumerate(types)}
-    body = "".join(f"r[{i}], " if t is str else f"t{i}(r[{i}]), " for i, t in enumerate(types))
-    return eval(f"lambda r: ({body})", env)  # noqa: S307 - source text built from indices only
-
-
-class _CsvReader(SourceReader):
+class _CsvReader(_BlockReader):
     def __init__(self, source: CsvSource, files: list[str], ctx: SubtaskContext):
+        super().__init__(files, ctx, source.encoding)
         self._src = source
-        self._splits = [_Split(f, ctx.parallelism, ctx.subtask_index) for f in files]
-        self._ctx = ctx
         fail = source.fail_on_bad_records
         if fail is None:
-            fail = bool(ctx.config.get("emrflow.bad-records.fail", False))
+            fail = ctx.config.get("emrflow.bad-records.fail", False)
+            fail = fail.strip().lower() in ("true", "1", "yes") if isinstance(fail, str) else bool(fail)
         self._fail = fail
         self._n = source.num_fields
-        self._convert = _compile_converter(source.types, self._n)
+        if self._n is not None:
+            self._columns, self._row = _compile_converters(source.types, self._n)
+        q = source.quote_char
+        self._dialect = dict(delimiter=source.delimiter, quotechar=q)  # used only if q is not None
+        self._qbytes = q.encode(source.encoding) if q is not None else None
+        self._split_fields = operator.methodcaller("split", source.delimiter)
 
     def read_batches(self) -> Iterator[list]:
-        src = self._src
+        header = self._src.header
         for split in self._splits:
-            for first_index, raw in read_line_chunks(split.path, split.start, split.end):
-                lines = _strip(raw, src.encoding)
-                skip_header = src.header and split.start == 0 and first_index == 0
-                base = 1 if skip_header else 0
-                rows = list(csv.reader(lines[base:], delimiter=src.delimiter,
-                                       quotechar=src.quote_char))
-                batch = self._convert_rows(rows, split, first_index + base)
+            index = 0  # line index within the range of the block's first line
+            for block in self._blocks(split):
+                if header and index == 0 and split.start == 0:
+                    nl = block.find(b"\n")
+                    block = block[nl + 1:] if nl >= 0 else b""
+                    index = 0
+                try:
+                    batch = self._fast(block)
+                except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
+                    batch = self._slow(block, split, index)
+                index += block.count(b"\n")
                 if batch:
                     yield batch
 
-    def _convert_rows(self, rows: list[list[str]], split: _Split, first_index: int) -> list:
-        n, convert = self._n, self._convert
-        try:
-            if n is None or all(len(r) == n for r in rows):
-                return list(map(convert, rows)) if all(rows) else [convert(r) for r in rows if r]
-        except (ValueError, TypeError, IndexError):
-            pass
-        # slow path: find and report the bad rows
+    def _fast(self, block: bytes) -> list:
+        """Convert a block at C speed; raises if anything is wrong with any of its lines."""
+        lines = self._decode_lines(block)
+        if "" in lines:
+            lines = list(filter(None, lines))
+        if not lines:
+            return []
+        n = self._n
+        if self._qbytes is not None and self._qbytes in block:
+            rows = list(csv.reader(lines, **self._dialect))
+            if len(rows) != len(lines):  # a quoted field went on over a line break
+                raise ValueError("record spans lines")
+            if n is None:
+                return list(map(tuple, rows))
+            if {*map(len, rows)} != {n}:
+                raise ValueError("wrong number of fields")
+            return list(map(self._row, rows))
+        if n is None:
+            k = lines[0].count(self._src.delimiter) + 1
+            flat = self._flat(lines, k)
+            if flat is None:  # rows differ in length
+                return list(map(tuple, map(self._split_fields, lines)))
+            return list(zip(*[flat[j::k + 1] for j in range(k)]))
+        flat = self._flat(lines, n)
+        if flat is None:
+            raise ValueError("wrong number of fields")
+        return self._columns(flat)
+
+    def _flat(self, lines: list[str], n: int) -> list[str] | None:
+        """Split all lines at once into fields, each row's ``n`` fields followed by a ``"\\n"`` marker.
+
+        Returns:
+            The flat field list, or ``None`` if some line does not have ``n`` fields.
+        """
+        d = self._src.delimiter
+        flat = (d + "\n" + d).join(lines).split(d)
+        if len(flat) != len(lines) * (n + 1) - 1:
+            return None
+        flat.append("\n")
+        # every line break became exactly one "\n" field; all of them must be at row ends
+        if flat[n::n + 1].count("\n") != len(lines):
+            return None
+        return flat
+
+    def _slow(self, block: bytes, split: _Split, index: int) -> list:
+        """Convert a block line by line, reporting (or raising on) its bad lines."""
         out = []
-        for i, row in enumerate(rows):
-            if not row:  # empty line
-                continue
-            reason = None
-            if n is not None and len(row) != n:
-                reason = f"expected {n} fields, got {len(row)}"
-            else:
-                try:
-                    out.append(convert(row))
-                    continue
-                except (ValueError, TypeError, IndexError):
-                    reason = self._conversion_problem(row)
-            self._bad(split, first_index + i, reason)
+        raw_lines = block.split(b"\n")
+        if not raw_lines[-1]:
+            raw_lines.pop()
+        for i, raw in enumerate(raw_lines):
+            row, reason = self._parse_line(raw)
+            if reason is not None:
+                self._bad(split, index + i, reason)
+            elif row is not None:
+                out.append(row)
         return out
 
-    def _conversion_problem(self, row: list[str]) -> str:
+    def _parse_line(self, raw: bytes) -> tuple[tuple | None, str | None]:
+        """Return ``(row, None)``, ``(None, None)`` for an empty line, or ``(None, reason)``."""
+        src, n = self._src, self._n
+        try:
+            line = raw.decode(self._encoding)
+        except UnicodeDecodeError as e:
+            return None, f"could not decode line as {self._encoding}: {e.reason}"
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            return None, None
+        if src.quote_char is not None and src.quote_char in line:
+            try:
+                fields = next(csv.reader([line], **self._dialect), [])
+            except csv.Error as e:
+                return None, f"malformed CSV: {e}"
+        else:
+            fields = line.split(src.delimiter)
+        if n is None:
+            return tuple(fields), None
+        if len(fields) != n:
+            return None, f"expected {n} fields, got {len(fields)}"
+        try:
+            return self._row(fields), None
+        except Exception:  # noqa: BLE001 - a user converter may raise anything
+            return None, self._conversion_problem(fields)
+
+    def _conversion_problem(self, fields: list[str]) -> str:
         types = self._src.types or []
         names = self._src.names or []
-        for j, (t, value) in enumerate(zip(types, row)):
+        for j, (t, value) in enumerate(zip(types, fields)):
             try:
-                t(value)
-            except (ValueError, TypeError):
+                (parse_bool if t is bool else t)(value)
+            except Exception:  # noqa: BLE001 - a user converter may raise anything
                 label = f"field {j + 1}" + (f" '{names[j]}'" if j < len(names) else "")
                 return f"{label}: could not convert {value!r} to {_type_name(t)}"
         return "could not convert the row"
@@ -310,55 +479,79 @@ class _CsvReader(SourceReader):
         self._ctx.report_bad_record(split.path, line, reason)
 
 
+# -- sinks ---------------------------------------------------------------------------------
+
 class WriteMode(enum.Enum):
-    """What a file sink does when its output exists (Flink's ``FileSystem.WriteMode``)."""
+    """What a file sink does with existing output (Flink's ``FileSystem.WriteMode``).
+
+    Attributes:
+        NO_OVERWRITE: refuse, before the job starts, an output path that is a file
+            or a non-empty directory.
+        OVERWRITE: write into the directory; at commit, replace its ``part-*`` files.
+    """
 
     NO_OVERWRITE = "NO_OVERWRITE"
     OVERWRITE = "OVERWRITE"
 
 
+def _not_a_directory(path: str) -> OutputExistsError:
+    return OutputExistsError(f"output path is a file, not a directory: {path} "
+                             "(a file sink writes part files into a directory; remove the file)", path)
+
+
 class _FileWriter(SinkWriter):
+    """Writes ``.part-<i>-0.inprogress`` and publishes it as ``part-<i>-0<suffix>`` on commit."""
+
     def __init__(self, sink: "FileSink", ctx: SubtaskContext):
         self._sink = sink
         self._ctx = ctx
         if os.path.isfile(sink.path):
-            raise OutputExistsError(f"output path is a file, not a directory: {sink.path}", sink.path)
+            raise _not_a_directory(sink.path)
         os.makedirs(sink.path, exist_ok=True)
         self._tmp = os.path.join(sink.path, f".part-{ctx.subtask_index}-0.inprogress")
-        self._final = os.path.join(sink.path, f"part-{ctx.subtask_index}-0{sink.suffix}")
-        self._f = open(self._tmp, "w", encoding=sink.encoding, newline="", buffering=1 << 20)
-        sink.start(self._f)
-        self._format = sink.formatter(self._f)
+        self._final = os.path.join(sink.path, sink.part_name(ctx.subtask_index))
+        self._f = open(self._tmp, "w", encoding=sink.encoding, newline="", buffering=_WRITE_BUFFER)
+        try:
+            sink.start(self._f)
+            self._write = sink.formatter(self._f)
+        except BaseException:
+            self.abort()
+            raise
 
     def write_batch(self, records: list) -> None:
-        self._format(records)
+        self._write(records)
 
     def prepare_commit(self) -> Any:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        """Flush, fsync and close the in-progress file; returns its path."""
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
         return self._tmp
 
     def commit(self) -> None:
+        """Rename the in-progress file to its final name (idempotent)."""
         if self._sink.write_mode is WriteMode.OVERWRITE and self._ctx.subtask_index == 0:
             self._remove_stale()
-        os.replace(self._tmp, self._final)
+        if os.path.exists(self._tmp) or not os.path.exists(self._final):
+            os.replace(self._tmp, self._final)
 
     def _remove_stale(self) -> None:
+        """Delete ``part-*`` files no subtask of this job writes, and a ``_SUCCESS`` marker."""
+        keep = {self._sink.part_name(i) for i in range(self._ctx.parallelism)}
         for name in os.listdir(self._sink.path):
-            if name == "_SUCCESS":
-                os.remove(os.path.join(self._sink.path, name))
-            elif name.startswith("part-"):
-                try:
-                    index = int(name.split("-")[1])
-                except (IndexError, ValueError):
-                    index = -1
-                if not 0 <= index < self._ctx.parallelism:
-                    os.remove(os.path.join(self._sink.path, name))
+            if name == "_SUCCESS" or (name.startswith("part-") and name not in keep):
+                full = os.path.join(self._sink.path, name)
+                if os.path.isfile(full) or os.path.islink(full):
+                    os.remove(full)
 
     def abort(self) -> None:
+        """Close and delete the in-progress file, if any."""
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass  # e.g. the disk is full: the file goes anyway
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
@@ -366,13 +559,28 @@ class _FileWriter(SinkWriter):
 class FileSink(Sink):
     """Part files in an output directory, published by two-phase commit.
 
+    Mirrors Flink's ``FileSink`` (a ``TwoPhaseCommittingSink``): subtask ``i``
+    writes ``<path>/.part-<i>-0.inprogress``; ``prepare_commit`` flushes, fsyncs
+    and closes it at the end of input, and ``commit`` (after every subtask of the
+    job finished) renames it to ``<path>/part-<i>-0<suffix>``; ``abort`` deletes it.
+    Every subtask writes a part file, empty if it got no records.
+
+    An output path that is a regular file is refused in both write modes, by
+    :meth:`validate` and by the writers; nothing is deleted.
+
     Args:
         path: output directory (created if missing).
-        write_mode: NO_OVERWRITE refuses an existing non-empty output before the job
-            starts; OVERWRITE replaces its ``part-*`` files when the job commits.
-        encoding: text encoding.
+        write_mode: ``NO_OVERWRITE`` refuses an existing non-empty output before the
+            job starts; ``OVERWRITE`` writes into it, and the commit of subtask 0
+            deletes the ``part-*`` files no subtask of the job writes (those of a
+            run with higher parallelism, or another suffix) and ``_SUCCESS``.
+        encoding: text encoding of the part files.
+
+    Raises:
+        TypeError: ``write_mode`` is not a :class:`WriteMode`.
     """
 
+    #: Ending of the part files' names (``".csv"``).
     suffix = ""
 
     def __init__(self, path: str, write_mode: WriteMode = WriteMode.NO_OVERWRITE,
@@ -383,48 +591,66 @@ class FileSink(Sink):
         self.write_mode = write_mode
         self.encoding = encoding
 
+    def part_name(self, subtask_index: int) -> str:
+        """Return the committed file name of subtask ``subtask_index`` (``part-<i>-0<suffix>``)."""
+        return f"part-{subtask_index}-0{self.suffix}"
+
     def validate(self) -> None:
-        exists = os.path.isfile(self.path) or (os.path.isdir(self.path) and os.listdir(self.path))
+        """Check the output path in the client, before the job starts.
+
+        Raises:
+            OutputExistsError: the path is a file or a non-empty directory and the
+                write mode is ``NO_OVERWRITE``; or it is a file (any mode).
+        """
+        is_file = os.path.isfile(self.path)
+        exists = is_file or (os.path.isdir(self.path) and bool(os.listdir(self.path)))
         if exists and self.write_mode is WriteMode.NO_OVERWRITE:
             raise OutputExistsError(
                 f"output path already exists: {self.path} (use write mode OVERWRITE, "
                 "--overwrite in the examples, to replace it)", self.path)
-        if os.path.isfile(self.path):
-            raise OutputExistsError(f"output path is a file, not a directory: {self.path}", self.path)
+        if is_file:
+            raise _not_a_directory(self.path)
 
     def start(self, f: io.TextIOBase) -> None:
-        """Write what every part file begins with (a header)."""
+        """Write what every part file begins with (nothing here; a header for CSV)."""
 
     def formatter(self, f: io.TextIOBase) -> Callable[[list], None]:
-        """Return ``records -> None`` that writes a batch to ``f``."""
-        raise TypeError("FileSink subclasses define formatter")  # every subclass overrides
+        """Return the function ``records -> None`` that writes a batch to ``f``."""
+        raise NotImplementedError(f"{type(self).__name__} must define formatter()")
 
     def create_writer(self, ctx: SubtaskContext) -> SinkWriter:
         return _FileWriter(self, ctx)
 
 
 class TextFileSink(FileSink):
-    """One ``str(record)`` line per record."""
+    """One ``str(record)`` line per record (Flink's ``writeAsText`` / ``SimpleStringEncoder``).
+
+    Args:
+        path: output directory.
+        write_mode: see :class:`FileSink`.
+        encoding: text encoding of the part files.
+    """
 
     default_name = "Text File Sink"
 
     def formatter(self, f: io.TextIOBase) -> Callable[[list], None]:
         write = f.write
 
-        def fmt(records: list) -> None:
-            write("\n".join(map(str, records)))
-            write("\n")
-        return fmt
+        def write_text(records: list) -> None:
+            if records:
+                write("\n".join(map(str, records)) + "\n")
+        return write_text
 
 
 class CsvFileSink(FileSink):
-    """CSV lines of tuple/list records (a scalar is one field), with an optional header per part file.
+    """CSV lines of tuple or list records (Flink's ``writeAsCsv``); a scalar is one field.
 
     Args:
         path: output directory.
         delimiter: field separator.
         header: field names written as the first line of every part file.
         write_mode: see :class:`FileSink`.
+        encoding: text encoding of the part files.
     """
 
     default_name = "CSV File Sink"
@@ -441,14 +667,12 @@ class CsvFileSink(FileSink):
             csv.writer(f, delimiter=self.delimiter, lineterminator="\n").writerow(self.header)
 
     def formatter(self, f: io.TextIOBase) -> Callable[[list], None]:
-        writer = csv.writer(f, delimiter=self.delimiter, lineterminator="\n")
+        writerows = csv.writer(f, delimiter=self.delimiter, lineterminator="\n").writerows
+        rows = {tuple, list}
 
-        def fmt(records: list) -> None:
-            if isinstance(records[0], (tuple, list)):
-                try:
-                    writer.writerows(records)
-                    return
-                except csv.Error:
-                    pass  # a scalar among the tuples: write row by row below
-            writer.writerows(r if isinstance(r, (tuple, list)) else (r,) for r in records)
-        return fmt
+        def write_csv(records: list) -> None:
+            if {*map(type, records)} <= rows:
+                writerows(records)
+            else:  # scalars (a str would be split into characters), tuple subclasses
+                writerows(r if isinstance(r, (tuple, list)) else (r,) for r in records)
+        return write_csv

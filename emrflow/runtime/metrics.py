@@ -7,8 +7,9 @@ Prometheus reporter names them:
 * ``flink_taskmanager_job_task_operator_numRecordsIn`` / ``..._numRecordsOut``
   (counters per job, task, operator and subtask) and ``..._numRecordsInPerSecond`` /
   ``..._numRecordsOutPerSecond``;
-* ``flink_taskmanager_job_task_busyTimeMsPerSecond`` and
-  ``flink_taskmanager_job_task_backPressuredTimeMsPerSecond``;
+* ``flink_taskmanager_job_task_busyTimeMsPerSecond``,
+  ``flink_taskmanager_job_task_backPressuredTimeMsPerSecond`` and
+  ``flink_taskmanager_job_task_operator_currentInputWatermark``;
 * ``flink_jobmanager_numRegisteredTaskManagers``, ``flink_jobmanager_taskSlotsTotal``,
   ``flink_jobmanager_taskSlotsAvailable``, ``flink_jobmanager_numRunningJobs``;
 * ``flink_taskmanager_Status_ProcessTree_RssBytes`` and ``..._CpuPercent`` per TaskManager.
@@ -37,6 +38,9 @@ def _collector(jm):
             bp = GaugeMetricFamily("flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
                                    "Milliseconds per second a subtask waited for credit",
                                    labels=task_labels)
+            wm = GaugeMetricFamily("flink_taskmanager_job_task_operator_currentInputWatermark",
+                                   "The subtask's input watermark (ms; Long.MIN_VALUE before the first)",
+                                   labels=task_labels)
             with jm.cond:
                 for job in jm.jobs.values():
                     for v in job.topology["vertices"]:
@@ -53,6 +57,7 @@ def _collector(jm):
                                 rout_s.add_metric(labels, rb)
                             tl = [job.id, job.name, v["name"], str(i)]
                             busy.add_metric(tl, r.get("busy_ms_per_s", 0.0))
+                            wm.add_metric(tl, m.get("watermark", -(2**63)))
                             bp.add_metric(tl, r.get("backpressured_ms_per_s", 0.0))
                 tms = GaugeMetricFamily("flink_jobmanager_numRegisteredTaskManagers",
                                         "Registered TaskManagers", value=len(jm.taskmanagers))
@@ -72,7 +77,7 @@ def _collector(jm):
                 for tm in jm.taskmanagers.values():
                     rss.add_metric([tm.id], tm.rss_bytes)
                     cpu.add_metric([tm.id], tm.cpu_percent)
-            yield from (rin, rout, rin_s, rout_s, busy, bp, tms, total, free, running, rss, cpu)
+            yield from (rin, rout, rin_s, rout_s, busy, bp, wm, tms, total, free, running, rss, cpu)
 
     return JobManagerCollector()
 

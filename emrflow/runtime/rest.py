@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from emrflow import __version__
+from emrflow.api.eventtime import MIN_WATERMARK
 
 #: Largest request body accepted (a submitted JobGraph), in bytes.
 MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -93,14 +94,18 @@ def _subtask_metrics(job, vid: int, i: int, head_id: int, tail_id: int) -> dict:
             "accumulated-busy-time": int(m.get("busy_s", 0) * 1000),
             "accumulated-backpressured-time": int(m.get("backpressured_s", 0) * 1000),
             "busy-time-ms-per-second": r.get("busy_ms_per_s", 0.0),
-            "backpressured-time-ms-per-second": r.get("backpressured_ms_per_s", 0.0)}
+            "backpressured-time-ms-per-second": r.get("backpressured_ms_per_s", 0.0),
+            "current-input-watermark": m.get("watermark", MIN_WATERMARK)}
 
 
 def _sum_metrics(parts: list[dict]) -> dict:
     out: dict[str, Any] = {}
     for p in parts:
         for k, v in p.items():
-            out[k] = v if isinstance(v, bool) else out.get(k, 0) + v
+            if k == "current-input-watermark":  # a vertex is as far as its slowest subtask
+                out[k] = min(out.get(k, v), v)
+            else:
+                out[k] = v if isinstance(v, bool) else out.get(k, 0) + v
     return out
 
 

@@ -101,9 +101,11 @@ class StreamTask:
         """Return this subtask's counters (records per operator, busy and back-pressured time)."""
         ops = {op_id: (op.records_in, op.output.records_out if op.output else 0)
                for op_id, op in self.operators.items()}
+        head = self.operators.get(self.vertex.head)
         return {"operators": ops, "bad_records": self.bad_records,
                 "bad_record_samples": list(self.bad_record_samples),
                 "busy_s": self.busy_s,
+                "watermark": head.current_watermark if head is not None else MIN_WATERMARK,
                 "backpressured_s": sum(w.backpressured_s for w in self.writers.values())}
 
     def _report_bad_record(self, path: str, line: int, reason: str) -> None:

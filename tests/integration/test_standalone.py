@@ -182,6 +182,7 @@ def test_prometheus_metrics_during_a_job(tmp_path):
         assert f'job_id="{job_id}"' in text
         assert "flink_jobmanager_taskSlotsTotal 2.0" in text
         assert "flink_taskmanager_job_task_busyTimeMsPerSecond" in text
+        assert "flink_taskmanager_job_task_operator_currentInputWatermark" in text
         cli("cancel", job_id, "-m", c.rest, workdir=c.workdir)
     finally:
         assert not c.stop()
@@ -247,4 +248,74 @@ def test_rpc_rejects_unauthenticated_peers(cluster):
             s.sendall(payload)
             s.settimeout(15)
             assert s.recv(1) == b""  # closed by the JobManager
+    assert get(cluster.rest, "/overview")["slots-total"] == 2
+
+
+def test_killed_taskmanager_is_reported_lost(cluster, tmp_path):
+    job = tmp_path / "slow.py"
+    job.write_text(SLOW_JOB)
+    job_id = cli("run", "-d", "-p", "2", "-m", cluster.rest, str(job), "200000",
+                 workdir=cluster.workdir).stdout.split()[-1]
+    wait_for(lambda: get(cluster.rest, f"/jobs/{job_id}")["state"] == "RUNNING", what="running")
+    tm = psutil.Process(cluster.info["taskmanager_pids"][0])
+    slots = tm.children(recursive=True)
+    tm.kill()
+    wait_for(lambda: get(cluster.rest, f"/jobs/{job_id}")["state"] == "FAILED", what="the job to fail")
+    exc = get(cluster.rest, f"/jobs/{job_id}/exceptions")["root-exception"]
+    assert "tm-0" in exc and ("lost" in exc or "disconnected" in exc)
+    wait_for(lambda: get(cluster.rest, "/overview")["taskmanagers"] == 1, what="the TaskManager to be dropped")
+    gone, alive = psutil.wait_procs(slots, timeout=10)
+    assert not alive  # its slot processes died with it
+
+
+def test_fuzzed_requests_never_break_the_jobmanager(cluster):
+    """Random methods, paths and bodies: every answer is a 2xx or 4xx with JSON, and the JobManager stays up."""
+    import http.client
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    host, port = cluster.rest.split(":")
+    segments = st.sampled_from(["jobs", "overview", "config", "taskmanagers", "vertices", "exceptions",
+                                "execution-result", "cluster", "x" * 300, "%00", "..", "0" * 32, ""])
+    paths = st.lists(segments, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
+    queries = st.sampled_from(["", "?mode=cancel", "?mode=stop", "?wait=abc", "?wait=-1", "?wait=0.01"])
+    bodies = st.one_of(st.none(), st.binary(max_size=2000), st.text(max_size=200).map(str.encode),
+                       st.sampled_from([b"{}", b'{"topology": {}, "jobgraph": "@@"}', b"[1,2]",
+                                        b'{"topology": {"job_id": "a", "name": "b", "vertices": []}, "jobgraph": ""}']))
+    methods = st.sampled_from(["GET", "POST", "PATCH", "PUT", "HEAD"])  # no DELETE: that one stops the cluster
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(methods, paths, queries, bodies)
+    def one_request(method, path, query, body):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request(method, path + query, body=body,
+                         headers={"Content-Type": "application/json"} if body is not None else {})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        assert resp.status < 500, (method, path, query, body, resp.status, data[:200])
+        if resp.status >= 400 and method != "HEAD":
+            assert json.loads(data)["errors"]
+
+    one_request()
+    assert get(cluster.rest, "/overview")["slots-total"] == 2
+    big = "x" * (300 * 1024 * 1024)
+    import http.client
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", "/jobs")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(big)))
+        conn.endheaders()
+        try:
+            conn.send(big.encode()[:1024])
+            status = conn.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            status = 413
+    finally:
+        conn.close()
+    assert status == 413
     assert get(cluster.rest, "/overview")["slots-total"] == 2

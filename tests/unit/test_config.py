@@ -360,9 +360,13 @@ def test_explicit_file_wins_over_conf_dir(tmp_path):
         "parallelism.default") == 8
 
 
-def test_no_file_without_conf_dir():
-    assert Configuration.load(env=NO_ENV) == Configuration()
-    assert Configuration.load(env={"EMRFLOW_CONF_DIR": ""}) == Configuration()
+def test_checkout_file_without_conf_dir():
+    """Without --conf or EMRFLOW_CONF_DIR a source checkout reads configs/emrflow-conf.yaml,
+    which sets defaults only: the effective values are the defaults."""
+    for env in (NO_ENV, {"EMRFLOW_CONF_DIR": ""}):
+        loaded = Configuration.load(env=env)
+        assert loaded.explicit() == Configuration.load(conf_file=DEFAULT_CONF_FILE, env=NO_ENV).explicit()
+        assert loaded.to_dict() == Configuration().to_dict()
 
 
 # -- the object ------------------------------------------------------------------------

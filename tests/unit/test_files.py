@@ -6,162 +6,366 @@ import csv
 import os
 import random
 
+import cloudpickle
 import pytest
 
+from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
-from emrflow.connectors.files import CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode
+from emrflow.connectors.files import (CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode,
+                                      parse_bool)
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
 
 
-def read_all(source, parallelism: int, bad: list | None = None) -> list:
+def read_all(source, parallelism: int, bad: list | None = None, config: dict | None = None) -> list:
+    """Read every subtask's share in turn and concatenate (subtask order, then file, then line)."""
     out = []
     for i in range(parallelism):
-        ctx = SubtaskContext("src", i, parallelism,
+        ctx = SubtaskContext("src", i, parallelism, config=config or {},
                              report_bad_record=lambda p, n, r: bad.append((p, n, r)) if bad is not None else None)
         reader = source.create_reader(ctx)
         try:
             for batch in reader.read_batches():
+                assert isinstance(batch, list) and batch
                 out.extend(batch)
         finally:
             reader.close()
     return out
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_every_line_exactly_once_at_any_parallelism(tmp_path, seed):
-    rng = random.Random(seed)
-    lengths = [0, 1, 2, 7, 80, 3000, 9000]  # lines longer than the read block, empty lines
-    lines = ["".join(rng.choice("abcé ") for _ in range(rng.choice(lengths)))
-             for _ in range(rng.randint(0, 120))]
+def reference_lines(path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(params=["default", "tiny-blocks"])
+def block_sizes(request, monkeypatch):
+    """Also run with tiny blocks and reads, so that every refill and cut path is taken."""
+    if request.param == "tiny-blocks":
+        monkeypatch.setattr(files, "BLOCK_BYTES", 3)
+        monkeypatch.setattr(files, "_READ_BYTES", 5)
+    return request.param
+
+
+def random_text(rng: random.Random) -> str:
+    lengths = [0, 0, 1, 2, 7, 80, 3000, 9000]  # empty lines, lines longer than a block
+    lines = ["".join(rng.choice("abcé ,") for _ in range(rng.choice(lengths)))
+             for _ in range(rng.randint(0, 60))]
     newline = rng.choice(["\n", "\r\n"])
-    text = newline.join(lines) + (newline if rng.random() < 0.5 else "")
+    return newline.join(lines) + (newline if rng.random() < 0.5 else "")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_line_exactly_once_at_any_parallelism(tmp_path, seed, block_sizes):
+    text = random_text(random.Random(seed))
     path = tmp_path / "in.txt"
     path.write_bytes(text.encode("utf-8"))
-    expected = text.splitlines()
+    expected = reference_lines(path)
     for parallelism in range(1, 8):
-        assert read_all(TextFileSource(str(path)), parallelism) == expected
+        assert read_all(TextFileSource(str(path)), parallelism) == expected, parallelism
 
 
-def test_directory_input_skips_hidden_files(tmp_path):
-    (tmp_path / "b.txt").write_text("b1\nb2\n")
-    (tmp_path / "a.txt").write_text("a1\n")
+@pytest.mark.parametrize("text", ["", "\n", "\n\n\n", "x", "x\n", "abc\r\n", "a\nb", "\r\n\r\nz",
+                                  "one line longer than a range" * 3, "é" * 10 + "\n" + "ü"])
+def test_edge_files(tmp_path, text, block_sizes):
+    path = tmp_path / "e.txt"
+    path.write_bytes(text.encode("utf-8"))
+    for parallelism in range(1, 8):  # 7 subtasks on files of 0 to 84 bytes: ranges smaller than a line
+        assert read_all(TextFileSource(str(path)), parallelism) == reference_lines(path)
+
+
+def test_directory_reads_visible_files_sorted(tmp_path, block_sizes):
+    rng = random.Random(7)
+    expected = []
+    for name in ["c.txt", "a.txt", "b", "empty.txt"]:
+        text = random_text(rng) if name != "empty.txt" else ""
+        (tmp_path / name).write_bytes(text.encode("utf-8"))
+    for name in sorted(["c.txt", "a.txt", "b", "empty.txt"]):
+        expected.extend(reference_lines(tmp_path / name))
     (tmp_path / ".hidden").write_text("no\n")
-    (tmp_path / "_SUCCESS").write_text("")
-    for p in (1, 3):
-        assert sorted(read_all(TextFileSource(str(tmp_path)), p)) == ["a1", "b1", "b2"]
+    (tmp_path / "_SUCCESS").write_text("no\n")
+    (tmp_path / ".part-0-0.inprogress").write_text("no\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.txt").write_text("no\n")
+    assert read_all(TextFileSource(str(tmp_path)), 1) == expected
+    for parallelism in range(2, 8):
+        got = read_all(TextFileSource(str(tmp_path)), parallelism)
+        assert sorted(got) == sorted(expected)
 
 
-def test_missing_input_is_named(tmp_path):
-    with pytest.raises(InputNotFoundError, match="input path does not exist: .*nope"):
-        TextFileSource(str(tmp_path / "nope")).validate()
+def test_missing_input(tmp_path):
+    missing = str(tmp_path / "nope")
+    for src in (TextFileSource(missing), CsvSource(missing)):
+        with pytest.raises(InputNotFoundError, match="input path does not exist: .*nope") as info:
+            src.validate()
+        assert info.value.path == missing
+        with pytest.raises(InputNotFoundError):
+            src.create_reader(SubtaskContext("s", 0, 1))
+    assert TextFileSource.default_name == "Text File Source" and CsvSource.default_name == "CSV Source"
+    assert TextFileSource.max_parallelism is None and CsvSource.max_parallelism is None
 
 
-def write_csv(path, rows, header=None):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
+def test_reader_close_releases_the_file_mid_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "BLOCK_BYTES", 8)
+    path = tmp_path / "t.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(1000)))
+    reader = TextFileSource(str(path)).create_reader(SubtaskContext("s", 0, 1))
+    batches = reader.read_batches()
+    first = next(batches)
+    assert first[0] == "line 0"
+    f = reader._file
+    assert f is not None and not f.closed
+    reader.close()
+    assert f.closed
+    batches.close()
+
+
+def test_undecodable_line_fails_with_its_line_number(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok\nfine\n\xff\xfe broken\nafter\n")
+    for parallelism in (1, 2):
+        with pytest.raises(BadRecordError) as info:
+            read_all(TextFileSource(str(path)), parallelism)
+        assert (info.value.path, info.value.line) == (str(path), 3)
+    assert read_all(TextFileSource(str(path), encoding="latin-1"), 1)[2] == "\xff\xfe broken"
+
+
+def test_non_ascii_compatible_encoding_is_refused():
+    with pytest.raises(ValueError, match="not ASCII-compatible"):
+        TextFileSource("x", encoding="utf-16")
+    with pytest.raises(LookupError):
+        CsvSource("x", encoding="no-such-codec")
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+def write_csv(path, rows, header=None, newline="\n"):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator=newline)
         if header:
             w.writerow(header)
         w.writerows(rows)
 
 
-@pytest.mark.parametrize("parallelism", [1, 2, 5])
-def test_csv_types_and_header(tmp_path, parallelism):
-    rows = [(i, f"name {i}", i / 4) for i in range(500)]
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_csv_types_and_header_at_any_parallelism(tmp_path, newline, block_sizes):
+    rows = [(i, f"name {i}", i / 4, i % 3 == 0) for i in range(300)]
     path = tmp_path / "t.csv"
-    write_csv(path, rows, header=["id", "name", "score"])
-    src = CsvSource(str(path), header=True, names=["id", "name", "score"], types=[int, str, float])
-    assert sorted(read_all(src, parallelism)) == rows
+    write_csv(path, rows, header=["id", "name", "score", "flag"], newline=newline)
+    src = CsvSource(str(path), header=True, names=["id", "name", "score", "flag"],
+                    types=[int, str, float, bool])
+    for parallelism in range(1, 8):
+        got = read_all(src, parallelism)
+        assert got == rows, parallelism  # subtask order is file order
+        assert all(type(v) is t for v, t in zip(got[0], (int, str, float, bool)))
 
 
-def test_csv_other_delimiter_and_untyped(tmp_path):
+def test_csv_header_only_and_header_without_newline(tmp_path):
+    for text in ("a,b", "a,b\n", "a,b\r\n", "a,b\n1,2"):
+        path = tmp_path / "h.csv"
+        path.write_text(text)
+        for parallelism in range(1, 5):
+            expected = [(1, 2)] if "1,2" in text else []
+            assert read_all(CsvSource(str(path), header=True, types=[int, int]), parallelism) == expected
+
+
+def test_csv_header_of_every_file_in_a_directory(tmp_path):
+    for name, rows in (("a.csv", [(1, "x")]), ("b.csv", [(2, "y"), (3, "z")])):
+        write_csv(tmp_path / name, rows, header=["n", "s"])
+    for parallelism in (1, 2, 3):
+        got = read_all(CsvSource(str(tmp_path), header=True, types=[int, str]), parallelism)
+        assert sorted(got) == [(1, "x"), (2, "y"), (3, "z")]
+
+
+def test_csv_other_delimiter_untyped_and_quoted(tmp_path, block_sizes):
     path = tmp_path / "seed.txt"
-    path.write_text("1^2^4.5^100\n3^4^1^200\n")
-    assert read_all(CsvSource(str(path), delimiter="^"), 1) == [("1", "2", "4.5", "100"), ("3", "4", "1", "200")]
+    path.write_text("1^2^4.5^100\n\n3^4^1^200\n5\n")
+    assert read_all(CsvSource(str(path), delimiter="^"), 1) == [
+        ("1", "2", "4.5", "100"), ("3", "4", "1", "200"), ("5",)]
+    path = tmp_path / "q.csv"
+    rows = [("a,b", 'say "hi"', ""), ("plain", "x", "y")] * 50
+    write_csv(path, rows)
+    for parallelism in (1, 3):
+        assert read_all(CsvSource(str(path), names=["a", "b", "c"]), parallelism) == rows
+        assert read_all(CsvSource(str(path)), parallelism) == rows
+    path.write_text("'a,b',c\n")
+    assert read_all(CsvSource(str(path), quote_char="'"), 1) == [("a,b", "c")]
+    assert read_all(CsvSource(str(path), quote_char=None), 1) == [("'a", "b'", "c")]
+
+
+def test_csv_custom_converter_and_bool():
+    assert parse_bool(" TRUE ") is True and parse_bool("0") is False
+    with pytest.raises(ValueError):
+        parse_bool("yes please")
+
+
+def test_csv_constructor_checks():
+    with pytest.raises(ValueError, match="names has 2 fields but types has 1"):
+        CsvSource("x", names=["a", "b"], types=[int])
+    with pytest.raises(ValueError, match="delimiter"):
+        CsvSource("x", delimiter=";;")
+    with pytest.raises(ValueError, match="callable"):
+        CsvSource("x", types=[int, "float"])
+
+
+def make_bad_file(path, rng: random.Random, newline: str = "\n") -> tuple[dict[int, str], list]:
+    """Write a CSV with a header, good rows, empty lines and bad rows; return {line: reason part}, good rows."""
+    lines = ["id,value,rating"]
+    for i in range(2, 2500):
+        roll = rng.random()
+        if roll < 0.02:
+            lines.append(f"{i},{i},x{i}")
+        elif roll < 0.04:
+            lines.append(f"{i},{i}")
+        elif roll < 0.05:
+            lines.append("")
+        elif roll < 0.06:
+            lines.append(f"{i},{i},{i},{i}")
+        else:
+            lines.append(f"{i},{i * 2},{i % 5}.5")
+    with open(path, "w", newline="") as f:
+        f.write(newline.join(lines) + newline)
+    expected_bad: dict[int, str] = {}
+    good = []
+    with open(path, newline="") as f:  # the reference: a plain enumerate over the file
+        for number, line in enumerate(f, start=1):
+            fields = line.rstrip("\r\n").split(",")
+            if number == 1 or fields == [""]:
+                continue
+            if len(fields) != 3:
+                expected_bad[number] = f"expected 3 fields, got {len(fields)}"
+            elif fields[2].startswith("x"):
+                expected_bad[number] = f"field 3 'rating': could not convert '{fields[2]}' to float"
+            else:
+                good.append((int(fields[0]), int(fields[1]), float(fields[2])))
+    return expected_bad, good
 
 
 @pytest.mark.parametrize("parallelism", [1, 3])
-def test_bad_rows_are_reported_with_absolute_line_numbers(tmp_path, parallelism):
-    rng = random.Random(parallelism)
-    lines = ["id,value"]
-    expected_bad = {}
-    good = []
-    for i in range(2, 3000):
-        roll = rng.random()
-        if roll < 0.02:
-            lines.append(f"{i},x{i}")
-            expected_bad[i] = "could not convert"
-        elif roll < 0.04:
-            lines.append(f"{i},{i},{i}")
-            expected_bad[i] = "expected 2 fields, got 3"
-        else:
-            lines.append(f"{i},{i * 2}")
-            good.append((i, i * 2))
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_bad_rows_are_reported_with_absolute_line_numbers(tmp_path, parallelism, newline, block_sizes):
     path = tmp_path / "b.csv"
-    path.write_text("\n".join(lines) + "\n")
+    expected_bad, good = make_bad_file(path, random.Random(parallelism), newline)
     bad: list = []
-    got = read_all(CsvSource(str(path), header=True, names=["id", "value"], types=[int, int]),
-                   parallelism, bad)
-    assert sorted(got) == good
-    assert {n for _, n, _ in bad} == set(expected_bad)
-    for p, n, reason in bad:
-        assert p == str(path) and expected_bad[n] in reason
-    assert any("field 2 'value': could not convert 'x" in r for _, _, r in bad)
+    src = CsvSource(str(path), header=True, names=["id", "value", "rating"], types=[int, int, float])
+    got = read_all(src, parallelism, bad)
+    assert got == good
+    assert {n: r for _, n, r in bad} == expected_bad
+    assert {p for p, _, _ in bad} == {str(path)}
+
+
+def test_undecodable_csv_line_is_a_bad_record(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_bytes(b"1,2\n\xff,3\n4,5\n")
+    bad: list = []
+    assert read_all(CsvSource(str(path), types=[str, int]), 1, bad) == [("1", 2), ("4", 5)]
+    assert bad[0][1] == 2 and "could not decode" in bad[0][2]
 
 
 def test_fail_on_bad_records(tmp_path):
     path = tmp_path / "b.csv"
-    path.write_text("1,2\n3,oops\n")
+    path.write_text("1,2\n\n3,oops\n")
     with pytest.raises(BadRecordError) as info:
         read_all(CsvSource(str(path), types=[int, int], fail_on_bad_records=True), 1)
-    assert info.value.line == 2 and info.value.path == str(path)
-    ctx_config = {"emrflow.bad-records.fail": True}
-    reader = CsvSource(str(path), types=[int, int]).create_reader(
-        SubtaskContext("s", 0, 1, config=ctx_config))
-    with pytest.raises(BadRecordError):
-        list(reader.read_batches())
+    assert (info.value.path, info.value.line) == (str(path), 3)
+    assert "field 2: could not convert 'oops' to int" in str(info.value)
+    with pytest.raises(BadRecordError, match=r":3: field 2"):
+        read_all(CsvSource(str(path), types=[int, int]), 1, config={"emrflow.bad-records.fail": True})
+    bad: list = []
+    assert read_all(CsvSource(str(path), types=[int, int], fail_on_bad_records=False), 1, bad,
+                    config={"emrflow.bad-records.fail": True}) == [(1, 2)]
+    assert len(bad) == 1
 
 
-def test_names_and_types_must_agree():
-    with pytest.raises(ValueError, match="names has 2 fields but types has 1"):
-        CsvSource("x", names=["a", "b"], types=[int])
+def test_sources_pickle(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("1,a\n")
+    src = cloudpickle.loads(cloudpickle.dumps(CsvSource(str(path), types=[lambda s: int(s) * 10, str])))
+    assert read_all(src, 1) == [(10, "a")]
 
+
+# -- sinks -------------------------------------------------------------------------------------
 
 def sink_round(sink, parallelism, batches_per_subtask):
     writers = [sink.create_writer(SubtaskContext("sink", i, parallelism)) for i in range(parallelism)]
-    for w, batch in zip(writers, batches_per_subtask):
-        w.write_batch(batch)
+    for w, batches in zip(writers, batches_per_subtask):
+        for batch in batches:
+            w.write_batch(batch)
     for w in writers:
         w.prepare_commit()
     return writers
 
 
-def test_sink_files_appear_only_on_commit(tmp_path):
+def visible(path) -> list[str]:
+    return sorted(n for n in os.listdir(path) if not n.startswith("."))
+
+
+def test_sink_files_appear_only_on_commit_with_a_header_in_every_part(tmp_path):
     out = tmp_path / "out"
     sink = CsvFileSink(str(out), header=["k", "v"])
     sink.validate()
-    writers = sink_round(sink, 2, [[("a", 1), ("b", 2)], [("c", 3)]])
-    assert not [n for n in os.listdir(out) if n.startswith("part-")]
+    writers = sink_round(sink, 3, [[[("a", 1), ("b,c", 2)], []], [[("c", 3)]], []])
+    assert visible(out) == []
     for w in writers:
         w.commit()
-    assert sorted(os.listdir(out)) == ["part-0-0.csv", "part-1-0.csv"]
-    assert (out / "part-0-0.csv").read_text() == "k,v\na,1\nb,2\n"
+    assert sorted(os.listdir(out)) == ["part-0-0.csv", "part-1-0.csv", "part-2-0.csv"]
+    assert (out / "part-0-0.csv").read_text() == 'k,v\na,1\n"b,c",2\n'
     assert (out / "part-1-0.csv").read_text() == "k,v\nc,3\n"
+    assert (out / "part-2-0.csv").read_text() == "k,v\n"
+    writers[0].commit()  # a repeated commit is harmless
+    assert CsvFileSink.default_name == "CSV File Sink" and TextFileSink.default_name == "Text File Sink"
+
+
+def test_csv_sink_scalars_and_delimiter(tmp_path):
+    out = tmp_path / "out"
+    (w,) = sink_round(CsvFileSink(str(out), delimiter=";"), 1, [[["abc", 5, ("x", "y"), ["l", 1.5]]]])
+    w.commit()
+    assert (out / "part-0-0.csv").read_text() == "abc\n5\nx;y\nl;1.5\n"
+
+
+def test_text_sink_contents(tmp_path):
+    out = tmp_path / "out"
+    (w,) = sink_round(TextFileSink(str(out)), 1, [[[1, "a"], [], [("t", 2)]]])
+    w.commit()
+    assert (out / "part-0-0").read_text() == "1\na\n('t', 2)\n"
 
 
 def test_abort_leaves_nothing(tmp_path):
     out = tmp_path / "out"
-    writers = sink_round(TextFileSink(str(out)), 2, [["x"], ["y"]])
+    writers = sink_round(TextFileSink(str(out)), 2, [[["x"]], [["y"]]])
     for w in writers:
         w.abort()
+    assert os.listdir(out) == []
+    sink = TextFileSink(str(out))
+    w = sink.create_writer(SubtaskContext("sink", 0, 1))
+    w.write_batch(["z"])
+    w.abort()  # before prepare_commit: the open file is closed and removed
     assert os.listdir(out) == []
 
 
 def test_no_overwrite_refuses_existing_output(tmp_path):
     out = tmp_path / "out"
+    TextFileSink(str(out)).validate()  # missing: fine
     out.mkdir()
+    TextFileSink(str(out)).validate()  # empty: fine
     (out / "part-0-0").write_text("old")
-    with pytest.raises(OutputExistsError, match="output path already exists"):
+    with pytest.raises(OutputExistsError, match="output path already exists: .*use write mode OVERWRITE") as info:
         TextFileSink(str(out)).validate()
+    assert info.value.path == str(out)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        CsvFileSink(str(a_file)).validate()
+
+
+def test_overwrite_of_a_regular_file_fails_and_deletes_nothing(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    sink = TextFileSink(str(a_file), write_mode=WriteMode.OVERWRITE)
+    with pytest.raises(OutputExistsError, match="is a file, not a directory"):
+        sink.validate()
+    with pytest.raises(OutputExistsError, match="is a file, not a directory"):
+        sink.create_writer(SubtaskContext("sink", 0, 1))
+    assert a_file.read_text() == "keep"
 
 
 def test_overwrite_replaces_and_removes_stale_parts(tmp_path):
@@ -169,9 +373,20 @@ def test_overwrite_replaces_and_removes_stale_parts(tmp_path):
     out.mkdir()
     for i in range(4):
         (out / f"part-{i}-0").write_text("old")
+        (out / f"part-{i}-0.csv").write_text("old")
+    (out / "_SUCCESS").write_text("")
+    (out / "notes.txt").write_text("user file")
     sink = TextFileSink(str(out), write_mode=WriteMode.OVERWRITE)
     sink.validate()
-    for w in sink_round(sink, 2, [[1, 2], [3]]):
+    writers = sink_round(sink, 2, [[[1, 2]], [[3]]])
+    assert (out / "part-3-0").read_text() == "old"  # nothing changes before the commit
+    for w in reversed(writers):
         w.commit()
-    assert sorted(os.listdir(out)) == ["part-0-0", "part-1-0"]
+    assert sorted(os.listdir(out)) == ["notes.txt", "part-0-0", "part-1-0"]
     assert (out / "part-0-0").read_text() == "1\n2\n"
+    assert (out / "part-1-0").read_text() == "3\n"
+
+
+def test_write_mode_must_be_a_write_mode(tmp_path):
+    with pytest.raises(TypeError):
+        TextFileSink(str(tmp_path), write_mode="OVERWRITE")
