@@ -108,11 +108,14 @@ def main() -> None:
 @click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
               help="Configuration file (default: $EMRFLOW_CONF_DIR/emrflow-conf.yaml).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be submitted (the YARN application spec, else the JobGraph); run nothing.")
 @click.option("--py-files", "py_files", multiple=True, type=click.Path(dir_okay=False),
               help="Python modules to ship with the job to YARN (yarn-application); repeatable.")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, py_files, job, job_args) -> None:
+def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dry_run, py_files, job,
+        job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
     Options go before JOB; everything after JOB belongs to the job.
@@ -145,11 +148,11 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, py
     if not os.path.isfile(job):
         raise click.BadParameter(f"job script not found: {job}", param_hint="JOB")
     if config.get("execution.target") == "yarn-application":
-        _run_yarn_application(config, job, list(job_args), list(py_files), detached, quiet)
+        _run_yarn_application(config, job, list(job_args), list(py_files), detached, quiet, dry_run)
         return
     progress = _Progress(int(config.get("client.progress.delay")), quiet)
     ctx = ExecutionContext(config=config, on_progress=progress.update,
-                           on_submitted=progress.submitted)
+                           on_submitted=progress.submitted, dry_run=dry_run)
     token = set_execution_context(ctx)
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = [job, *job_args]
@@ -172,19 +175,24 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, py
         sys.argv, sys.path[:] = old_argv, old_path
         reset_execution_context(token)
     for r in ctx.results:
+        if dry_run:
+            continue
         if detached:
             click.echo(f"Job has been submitted with JobID {r.job_id}")
         elif not quiet:
             _print_result(r)
 
 
-def _run_yarn_application(config, job, job_args, py_files, detached, quiet) -> None:
+def _run_yarn_application(config, job, job_args, py_files, detached, quiet, dry_run=False) -> None:
     """``-t yarn-application``: the script runs in the ApplicationMaster, not here."""
     from emrflow.deploy import yarn
     try:
-        app_id, status, diagnostics = yarn.submit_application(config, job, job_args, py_files)
+        app_id, status, diagnostics = yarn.submit_application(config, job, job_args, py_files,
+                                                              dry_run=dry_run)
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
+    if dry_run:
+        return
     if detached:
         click.echo(f"Submitted YARN application {app_id}")
         return

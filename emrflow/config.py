@@ -331,6 +331,10 @@ _DECLARED = [ConfigOption(*args) for args in [
     ("yarn.application.node-label", "str", None, "YARN node label for all containers (Flink option)."),
     ("yarn.tags", "list", (), "YARN application tags, a list or `;`-separated (Flink option)."),
     ("yarn.application-attempts", "int", 1, "ApplicationMaster attempts (Flink option).", (), 1),
+    ("security.kerberos.login.principal", "str", None,
+     "Kerberos principal skein logs in with for YARN commands (Flink option)."),
+    ("security.kerberos.login.keytab", "str", None,
+     "Keytab of that principal (Flink option)."),
     ("yarn.application.id", "str", None, "The YARN session `-t yarn-session` submits to; unset means "
      "the recorded one (Flink option)."),
     ("yarn.ship-files", "list", (), "Files and directories to localize in every container (Flink option)."),

@@ -102,12 +102,14 @@ class ExecutionContext:
             job runs (for progress display), or ``None``.
         on_submitted: called with ``(job_id, job_name)`` once the job is accepted.
         results: every :class:`JobExecutionResult` the program's ``execute`` calls returned.
+        dry_run: print what would be submitted (the YARN spec, or the JobGraph) and run nothing.
     """
 
     config: Configuration
     on_progress: Callable[[dict], None] | None = None
     on_submitted: Callable[[str, str], None] | None = None
     results: list = field(default_factory=list)
+    dry_run: bool = False
 
 
 _context: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(

@@ -46,5 +46,9 @@ def execute_job(job_graph, config, context=None):
     if spec is None:
         raise ConfigError(f"unknown execution target {target!r}; known targets: "
                           f"{', '.join(known_targets())}", key="execution.target")
+    if context is not None and context.dry_run and not target.startswith("yarn"):
+        from emrflow.api.environment import JobExecutionResult
+        print(job_graph.to_json())
+        return JobExecutionResult(job_id="dry-run", job_name=job_graph.name, net_runtime_ms=0)
     module, _, func = spec.partition(":")
     return getattr(importlib.import_module(module), func)(job_graph, config, context)

@@ -259,7 +259,8 @@ def yarn_driver(config: Configuration, principal: str | None = None, keytab: str
         import importlib
         module, _, func = spec.partition(":")
         return getattr(importlib.import_module(module), func)()
-    return SkeinDriver(config, principal, keytab)
+    return SkeinDriver(config, principal or config.get("security.kerberos.login.principal"),
+                       keytab or config.get("security.kerberos.login.keytab"))
 
 
 def start_session(config: Configuration, driver=None, **spec_args) -> tuple[str, str]:
@@ -305,6 +306,10 @@ def _follow(rest: str, token: str, job_graph, context, detached: bool):
 
 def execute_session(job_graph, config: Configuration, context=None):
     """The ``yarn-session`` target: submit to the session's JobManager found in skein's key-value store."""
+    if context is not None and getattr(context, "dry_run", False):
+        from emrflow.api.environment import JobExecutionResult
+        print(f"would submit to YARN session {session_app_id(config)}:\n{job_graph.to_json()}")
+        return JobExecutionResult(job_id="dry-run", job_name=job_graph.name, net_runtime_ms=0)
     driver = yarn_driver(config)
     rest, token = jobmanager_of(driver.connect(session_app_id(config)), timeout_s=60)
     return _follow(rest, token, job_graph, context, not bool(config.get("execution.attached")))
@@ -320,6 +325,11 @@ def execute_per_job(job_graph, config: Configuration, context=None):
     from emrflow.deploy.client import result_from_status
     from emrflow.deploy.rest_client import RestClient
     from emrflow.errors import JobExecutionError
+    if context is not None and getattr(context, "dry_run", False):
+        spec = build_spec(config, "per-job", name=config.get("yarn.application.name") or job_graph.name,
+                          files={"jobgraph.pkl": os.devnull})
+        print(spec.to_yaml(), end="")
+        return JobExecutionResult(job_id="dry-run", job_name=job_graph.name, net_runtime_ms=0)
     driver = yarn_driver(config)
     path = write_job_graph(job_graph)
     try:  # skein uploads the files when it submits, so the local copy can go afterwards
@@ -354,7 +364,7 @@ def execute_per_job(job_graph, config: Configuration, context=None):
 
 
 def submit_application(config: Configuration, script: str, job_args: list[str], py_files: list[str] = (),
-                       context=None) -> tuple[str, str, str]:
+                       context=None, dry_run: bool = False) -> tuple[str, str, str]:
     """The ``yarn-application`` target: run the job's script inside the ApplicationMaster.
 
     The script and ``py_files`` are localized; the client may go away (``-d``). Attached, it
@@ -370,11 +380,14 @@ def submit_application(config: Configuration, script: str, job_args: list[str], 
     for path in [script, *py_files]:
         if not os.path.isfile(path):
             raise ConfigError(f"file to ship does not exist: {path}")
-    driver = yarn_driver(config)
     files = {os.path.basename(p): p for p in py_files}
     files[os.path.basename(script)] = script
     spec = build_spec(config, "application", name=config.get("yarn.application.name") or os.path.basename(script),
                       files=files, job_args=[os.path.basename(script), *job_args])
+    if dry_run:
+        print(spec.to_yaml(), end="")
+        return "dry-run", "DRY-RUN", ""
+    driver = yarn_driver(config)
     app_id = driver.submit(spec)
     if context is not None and context.on_submitted is not None:
         context.on_submitted(app_id, spec.name)

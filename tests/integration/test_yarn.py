@@ -234,3 +234,16 @@ def test_application_mode_runs_the_script_in_the_master(yarn_env, tmp_path):
     assert sorted(read_rows(str(out))) == [["a", "1"], ["b", "2"], ["c", "2"]]
     proc = cli("run", "-t", "yarn-application", str(job), str(tmp_path / "o2"), env=yarn_env, check=False)
     assert proc.returncode == 1 and "ended FAILED" in proc.stderr and "wordhelpers" in proc.stderr
+
+
+@pytest.mark.parametrize("target", ["yarn-per-job", "yarn-application"])
+def test_dry_run_prints_the_spec_and_submits_nothing(yarn_env, tmp_path, target):
+    proc = cli("run", "--dry-run", "-t", target, "-p", "2", "examples/latest_rating.py", "--output",
+               str(tmp_path / "o"), env=yarn_env)
+    yaml_text = proc.stdout.split("latest ratings written")[0]
+    spec = skein.ApplicationSpec.from_yaml(yaml_text)
+    assert f"--mode {target.split('-', 1)[1]}" in spec.master.script
+    assert os.listdir(tmp_path / "yarn") == []
+    proc = cli("yarn-session", "start", "--dry-run", "--taskmanagers", "3", env=yarn_env)
+    assert skein.ApplicationSpec.from_yaml(proc.stdout).services["taskmanager"].instances == 3
+    assert os.listdir(tmp_path / "yarn") == []
