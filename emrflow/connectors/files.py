@@ -64,11 +64,7 @@ def split_range(size: int, parallelism: int, index: int) -> tuple[int, int]:
 
 
 def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Yield blocks of the whole lines of ``f`` whose first byte lies in ``[start, end)``.
-
-    Every block but possibly the file's last one ends with ``b"\\n"``; blocks are
-    at least ``block_bytes`` long except the last one of the range.
-    """
+    """Yield blocks (``>= block_bytes``, but the last) of ``f``'s whole lines starting in ``[start, end)``."""
     if start > 0:
         f.seek(start - 1)
         if f.read(1) != b"\n":
@@ -186,15 +182,14 @@ class TextFileSource(Source):
     files are split among subtasks by byte range (see the module docstring). Lines
     end at ``"\\n"``; a ``"\\r"`` before it is dropped too.
 
+    A line that cannot be decoded fails the job with :class:`~emrflow.errors.BadRecordError`.
+
     Args:
         path: a file or a directory of files.
         encoding: ASCII-compatible text encoding of the files.
 
     Raises:
         ValueError: the encoding is not ASCII-compatible (LookupError: unknown).
-
-    A line that cannot be decoded fails the job with
-    :class:`~emrflow.errors.BadRecordError` (file and 1-based line number).
     """
 
     default_name = "Text File Source"
@@ -216,12 +211,10 @@ class TextFileSource(Source):
 # -- CSV -----------------------------------------------------------------------------------
 
 def parse_bool(value: str) -> bool:
-    """Parse ``true``/``false`` (any case, surrounding blanks allowed) and ``1``/``0``.
-
-    Used for the ``bool`` type of :class:`CsvSource` (``bool("false")`` would be True).
+    """Parse ``true``/``false`` (any case and blanks) or ``1``/``0``: :class:`CsvSource`'s ``bool``.
 
     Raises:
-        ValueError: any other text.
+        ValueError: any other text (``bool("false")`` would be True).
     """
     v = value.strip().lower()
     if v in ("true", "1"):
@@ -231,14 +224,12 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-def _compile_converters(types: list | None, n: int) -> tuple[Callable[[list], list], Callable[[list], tuple]]:
-    """Generate, once per reader, the converters of rows of ``n`` fields.
+def _compile_converters(types: list | None, n: int) -> tuple[Callable, Callable]:
+    """Generate, once per reader, ``(columns, row)`` converters of rows of ``n`` fields.
 
-    Returns:
-        ``(columns, row)``: ``columns(flat)`` converts a flat field list in which
-        every row's ``n`` fields are followed by one marker field, column by column
-        (``map`` of the type over a slice, then ``zip``: no Python code per record);
-        ``row(fields)`` converts one row (the slow path that finds bad rows).
+    ``columns(flat)`` converts a flat field list (each row's ``n`` fields and a marker)
+    column-wise, a ``map`` of the type over a slice per column and a ``zip``: no Python
+    code runs per record. ``row(fields)`` converts one row (the slow path).
     """
     env: dict[str, Any] = {}
     cols, items = [], []
@@ -257,10 +248,6 @@ def _compile_converters(types: list | None, n: int) -> tuple[Callable[[list], li
     columns = eval(f"lambda f: list(zip({', '.join(cols)}))", env)  # noqa: S307
     row = eval(f"lambda r: ({', '.join(items)},)", env)  # noqa: S307
     return columns, row
-
-
-def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", repr(t))
 
 
 class CsvSource(Source):
@@ -304,20 +291,13 @@ class CsvSource(Source):
                  names: Sequence[str] | None = None, types: Sequence[Any] | None = None,
                  quote_char: str | None = '"', fail_on_bad_records: bool | None = None,
                  encoding: str = "utf-8"):
-        for what, c in (("delimiter", delimiter), ("quote_char", quote_char)):
-            if c is None and what == "quote_char":
-                continue
-            if not isinstance(c, str) or len(c) != 1 or c in "\r\n":
-                raise ValueError(f"{what} must be one character other than a line break, got {c!r}")
-        if delimiter == quote_char:
-            raise ValueError(f"delimiter and quote_char are both {delimiter!r}")
+        for what, c in (("delimiter", delimiter), ("quote_char", quote_char or "'")):
+            if not isinstance(c, str) or len(c) != 1 or c in "\r\n" or delimiter == quote_char:
+                raise ValueError(f"{what} must be one character, not a line break nor the other one: {c!r}")
         if names is not None and types is not None and len(names) != len(types):
             raise ValueError(f"names has {len(names)} fields but types has {len(types)}")
-        if (names is not None and not names) or (types is not None and not types):
-            raise ValueError("names and types must have at least one field")
-        for t in types or ():
-            if not callable(t):
-                raise ValueError(f"a type must be callable (str -> value), got {t!r}")
+        if any(f is not None and not len(f) for f in (names, types)) or not all(map(callable, types or [])):
+            raise ValueError(f"names and types need at least one field, types must be callable: {types!r}")
         _check_encoding(encoding)
         self.path = path
         self.delimiter = delimiter
@@ -367,7 +347,7 @@ class _CsvReader(_BlockReader):
                 if header and index == 0 and split.start == 0:
                     nl = block.find(b"\n")
                     block = block[nl + 1:] if nl >= 0 else b""
-                    index = 0
+                    index = 1
                 try:
                     batch = self._fast(block)
                 except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
@@ -405,11 +385,7 @@ class _CsvReader(_BlockReader):
         return self._columns(flat)
 
     def _flat(self, lines: list[str], n: int) -> list[str] | None:
-        """Split all lines at once into fields, each row's ``n`` fields followed by a ``"\\n"`` marker.
-
-        Returns:
-            The flat field list, or ``None`` if some line does not have ``n`` fields.
-        """
+        """Split all lines at once, each line's ``n`` fields and a ``"\\n"``; ``None`` if one has not ``n``."""
         d = self._src.delimiter
         flat = (d + "\n" + d).join(lines).split(d)
         if len(flat) != len(lines) * (n + 1) - 1:
@@ -469,7 +445,7 @@ class _CsvReader(_BlockReader):
                 (parse_bool if t is bool else t)(value)
             except Exception:  # noqa: BLE001 - a user converter may raise anything
                 label = f"field {j + 1}" + (f" '{names[j]}'" if j < len(names) else "")
-                return f"{label}: could not convert {value!r} to {_type_name(t)}"
+                return f"{label}: could not convert {value!r} to {getattr(t, '__name__', repr(t))}"
         return "could not convert the row"
 
     def _bad(self, split: _Split, index_in_split: int, reason: str) -> None:
@@ -484,10 +460,8 @@ class _CsvReader(_BlockReader):
 class WriteMode(enum.Enum):
     """What a file sink does with existing output (Flink's ``FileSystem.WriteMode``).
 
-    Attributes:
-        NO_OVERWRITE: refuse, before the job starts, an output path that is a file
-            or a non-empty directory.
-        OVERWRITE: write into the directory; at commit, replace its ``part-*`` files.
+    ``NO_OVERWRITE`` refuses, before the job starts, an output path that is a file or
+    a non-empty directory; ``OVERWRITE`` writes into it and replaces its ``part-*`` files.
     """
 
     NO_OVERWRITE = "NO_OVERWRITE"
@@ -495,8 +469,8 @@ class WriteMode(enum.Enum):
 
 
 def _not_a_directory(path: str) -> OutputExistsError:
-    return OutputExistsError(f"output path is a file, not a directory: {path} "
-                             "(a file sink writes part files into a directory; remove the file)", path)
+    return OutputExistsError(f"output path is a file, not a directory: {path} (a file sink writes "
+                             "part files into a directory; remove or rename the file)", path)
 
 
 class _FileWriter(SinkWriter):
@@ -547,11 +521,10 @@ class _FileWriter(SinkWriter):
 
     def abort(self) -> None:
         """Close and delete the in-progress file, if any."""
-        if not self._f.closed:
-            try:
-                self._f.close()
-            except OSError:
-                pass  # e.g. the disk is full: the file goes anyway
+        try:
+            self._f.close()
+        except OSError:
+            pass  # e.g. the disk is full: the file goes anyway
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
@@ -596,12 +569,7 @@ class FileSink(Sink):
         return f"part-{subtask_index}-0{self.suffix}"
 
     def validate(self) -> None:
-        """Check the output path in the client, before the job starts.
-
-        Raises:
-            OutputExistsError: the path is a file or a non-empty directory and the
-                write mode is ``NO_OVERWRITE``; or it is a file (any mode).
-        """
+        """Raises: OutputExistsError: ``path`` is a file, or a non-empty directory and NO_OVERWRITE."""
         is_file = os.path.isfile(self.path)
         exists = is_file or (os.path.isdir(self.path) and bool(os.listdir(self.path)))
         if exists and self.write_mode is WriteMode.NO_OVERWRITE:
