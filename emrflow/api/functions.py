@@ -110,7 +110,7 @@ class MapFunction(Function):
 
     @abstractmethod
     def map(self, value: Any) -> Any:
-        ...
+        """Return the output record for ``value``."""
 
 
 class FlatMapFunction(Function):
@@ -118,7 +118,7 @@ class FlatMapFunction(Function):
 
     @abstractmethod
     def flat_map(self, value: Any) -> Iterable[Any]:
-        ...
+        """Return (or yield) the output records for ``value``."""
 
 
 class FilterFunction(Function):
@@ -126,7 +126,7 @@ class FilterFunction(Function):
 
     @abstractmethod
     def filter(self, value: Any) -> bool:
-        ...
+        """Return True to keep ``value``."""
 
 
 class ReduceFunction(Function):
@@ -134,7 +134,7 @@ class ReduceFunction(Function):
 
     @abstractmethod
     def reduce(self, value1: Any, value2: Any) -> Any:
-        ...
+        """Return the combination of two values of the same key."""
 
 
 class KeySelector(Function):
@@ -142,7 +142,7 @@ class KeySelector(Function):
 
     @abstractmethod
     def get_key(self, value: Any) -> Any:
-        ...
+        """Return the key of ``value`` (str, int, float, bytes, tuple, ...)."""
 
 
 class SinkFunction(Function):
@@ -150,7 +150,7 @@ class SinkFunction(Function):
 
     @abstractmethod
     def invoke(self, value: Any, context: Any = None) -> None:
-        ...
+        """Consume one record."""
 
 
 class ProcessFunction(Function):
@@ -213,7 +213,7 @@ class KeyedProcessFunction(Function):
 
         @abstractmethod
         def time_domain(self) -> str:
-            ...
+            """Return ``TimeDomain.EVENT_TIME`` or ``TimeDomain.PROCESSING_TIME``."""
 
 
 def name_of(fn: Any) -> str:
@@ -257,15 +257,15 @@ class AggregateFunction(Function):
 
     @abstractmethod
     def create_accumulator(self) -> Any:
-        ...
+        """Return a new, empty accumulator."""
 
     @abstractmethod
     def add(self, value: Any, accumulator: Any) -> Any:
-        ...
+        """Return the accumulator with ``value`` added."""
 
     @abstractmethod
     def get_result(self, accumulator: Any) -> Any:
-        ...
+        """Return the result of an accumulator."""
 
     def merge(self, acc_a: Any, acc_b: Any) -> Any:
         """Combine two accumulators (needed by merging windows)."""
@@ -277,7 +277,7 @@ class WindowFunction(Function):
 
     @abstractmethod
     def apply(self, key: Any, window: Any, inputs: Iterable[Any]) -> Iterable[Any]:
-        ...
+        """Return or yield the outputs of one window of ``key``."""
 
 
 class ProcessWindowFunction(Function):
@@ -291,7 +291,7 @@ class ProcessWindowFunction(Function):
     class Context(ABC):
         @abstractmethod
         def window(self) -> Any:
-            ...
+            """Return the window being evaluated."""
 
     @abstractmethod
     def process(self, key: Any, context: "ProcessWindowFunction.Context", elements: Iterable[Any]) -> Iterable[Any]:
@@ -303,7 +303,7 @@ class AllWindowFunction(Function):
 
     @abstractmethod
     def apply(self, window: Any, inputs: Iterable[Any]) -> Iterable[Any]:
-        ...
+        """Return or yield the outputs of one window."""
 
 
 class ProcessAllWindowFunction(Function):
@@ -311,7 +311,7 @@ class ProcessAllWindowFunction(Function):
 
     @abstractmethod
     def process(self, context: Any, elements: Iterable[Any]) -> Iterable[Any]:
-        ...
+        """Return or yield the outputs of one window; ``context.window()`` is the window."""
 
 
 class TimeDomain:

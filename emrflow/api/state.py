@@ -180,39 +180,39 @@ class MapState(ABC):
 
     @abstractmethod
     def put(self, key: Any, value: Any) -> None:
-        ...
+        """Set the value of ``key`` in the current key's map."""
 
     @abstractmethod
     def put_all(self, mapping: dict) -> None:
-        ...
+        """Set every entry of ``mapping``."""
 
     @abstractmethod
     def remove(self, key: Any) -> None:
-        ...
+        """Remove ``key`` (no error if absent)."""
 
     @abstractmethod
     def contains(self, key: Any) -> bool:
-        ...
+        """True if ``key`` is in the current key's map."""
 
     @abstractmethod
     def items(self) -> list:
-        ...
+        """Return the ``(key, value)`` pairs."""
 
     @abstractmethod
     def keys(self) -> list:
-        ...
+        """Return the keys."""
 
     @abstractmethod
     def values(self) -> list:
-        ...
+        """Return the values."""
 
     @abstractmethod
     def is_empty(self) -> bool:
-        ...
+        """True if the current key's map has no entry."""
 
     @abstractmethod
     def clear(self) -> None:
-        ...
+        """Remove the current key's map."""
 
 
 class ReducingState(ABC):
@@ -220,15 +220,15 @@ class ReducingState(ABC):
 
     @abstractmethod
     def get(self) -> Any:
-        ...
+        """Return the current key's reduced value, or ``None``."""
 
     @abstractmethod
     def add(self, value: Any) -> None:
-        ...
+        """Combine ``value`` into the current key's value with the reduce function."""
 
     @abstractmethod
     def clear(self) -> None:
-        ...
+        """Remove the current key's value."""
 
 
 class AggregatingState(ABC):
@@ -236,12 +236,12 @@ class AggregatingState(ABC):
 
     @abstractmethod
     def get(self) -> Any:
-        ...
+        """Return ``get_result`` of the current key's accumulator, or ``None``."""
 
     @abstractmethod
     def add(self, value: Any) -> None:
-        ...
+        """Add ``value`` to the current key's accumulator."""
 
     @abstractmethod
     def clear(self) -> None:
-        ...
+        """Remove the current key's accumulator."""
