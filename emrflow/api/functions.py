@@ -168,7 +168,7 @@ class ProcessFunction(Function):
 
     @abstractmethod
     def process_element(self, value: Any, ctx: "ProcessFunction.Context") -> Iterable[Any] | None:
-        ...
+        """Handle one record; return or yield outputs (or return None)."""
 
 
 class KeyedProcessFunction(Function):
@@ -196,7 +196,7 @@ class KeyedProcessFunction(Function):
 
     @abstractmethod
     def process_element(self, value: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[Any] | None:
-        ...
+        """Handle one record of the current key; return or yield outputs (or return None)."""
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any] | None:
         """Called when a timer registered through ``ctx.timer_service()`` fires.
@@ -295,7 +295,7 @@ class ProcessWindowFunction(Function):
 
     @abstractmethod
     def process(self, key: Any, context: "ProcessWindowFunction.Context", elements: Iterable[Any]) -> Iterable[Any]:
-        ...
+        """Return or yield the outputs of one window of ``key``; ``context.window()`` is the window."""
 
 
 class AllWindowFunction(Function):
