@@ -247,3 +247,20 @@ def test_dry_run_prints_the_spec_and_submits_nothing(yarn_env, tmp_path, target)
     proc = cli("yarn-session", "start", "--dry-run", "--taskmanagers", "3", env=yarn_env)
     assert skein.ApplicationSpec.from_yaml(proc.stdout).services["taskmanager"].instances == 3
     assert os.listdir(tmp_path / "yarn") == []
+
+
+def test_dead_session_is_a_clear_error(yarn_env, tmp_path):
+    out = cli("yarn-session", "start", "-d", "--taskmanagers", "1", env=yarn_env).stdout
+    app_id = out.split()[2]
+    master = read_json(tmp_path / "yarn" / app_id / "master.json")
+    os.killpg(master["pid"], 9)  # the ApplicationMaster dies with its JobManager
+    for c in read_json(tmp_path / "yarn" / app_id / "containers.json"):
+        try:
+            os.killpg(c["pid"], 9)
+        except ProcessLookupError:
+            pass
+    proc = cli("run", "-t", "yarn-session", "examples/latest_rating.py", "--output", str(tmp_path / "o"),
+               env=yarn_env, check=False)
+    assert proc.returncode == 1
+    assert "cannot reach the JobManager" in proc.stderr
+    assert "Traceback" not in proc.stderr
