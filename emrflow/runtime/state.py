@@ -31,9 +31,11 @@ from emrflow.api.state import (
     AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
     MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateDescriptor, StateTtlConfig,
     ValueState, ValueStateDescriptor)
+from emrflow.api.windowing import TimeWindow
 from emrflow.graph.keygroups import assign_to_key_group
 
 MISSING = object()
+_ABSENT = object()  # not in a cache (as opposed to MISSING: known not to exist)
 
 
 class KeyedStateBackend(ABC):
@@ -146,11 +148,17 @@ class RocksDBStateBackend(KeyedStateBackend):
         directory: where the database goes (a fresh temporary directory by default;
             removed on :meth:`close`).
         block_cache_bytes: RocksDB block cache size in bytes.
+        cache_entries: entries kept as Python objects in a write-back cache in front of
+            RocksDB; when it holds more, the changed ones are written in one write batch and
+            the cache is emptied. Bounds memory by entry count; hot keys cost a dict lookup.
     """
 
     def __init__(self, max_parallelism: int, directory: str | None = None,
-                 block_cache_bytes: int = 64 * 2**20):
+                 block_cache_bytes: int = 64 * 2**20, cache_entries: int = 20_000):
         super().__init__(max_parallelism)
+        self.cache_entries = cache_entries
+        self._cache: dict = {}
+        self._dirty: set = set()
         from rocksdict import Options, Rdict
         self.directory = directory or tempfile.mkdtemp(prefix="emrflow-rocksdb-")
         opts = Options(raw_mode=True)
@@ -178,25 +186,76 @@ class RocksDBStateBackend(KeyedStateBackend):
         return self._pack(assign_to_key_group(user_key, self.max_parallelism)) + sid
 
     def _key(self, name: str, key: Any) -> bytes:
-        return self._prefix(name, key) + pickle.dumps(key, protocol=5)
+        if type(key) is tuple and len(key) == 2 and type(key[1]) is TimeWindow:
+            # (key, window): a window as plain ints pickles ~10x faster than the named tuple
+            encoded = pickle.dumps((key[0], tuple(key[1])), protocol=5)
+        else:
+            encoded = pickle.dumps(key, protocol=5)
+        return self._prefix(name, key) + encoded
 
-    def get(self, name, key):
+    def _load(self, name: str, key: Any) -> Any:
         raw = self.db.get(self._key(name, key))
         return MISSING if raw is None else pickle.loads(raw)
 
+    def get(self, name, key):
+        entry = (name, key)
+        try:
+            value = self._cache.get(entry, _ABSENT)
+        except TypeError:  # an unhashable key: no caching
+            return self._load(name, key)
+        if value is _ABSENT:
+            value = self._load(name, key)
+            self._remember(entry, value, dirty=False)
+        return value
+
     def put(self, name, key, value):
-        self.db[self._key(name, key)] = pickle.dumps(value, protocol=5)
+        try:
+            self._remember((name, key), value, dirty=True)
+        except TypeError:
+            self.db[self._key(name, key)] = pickle.dumps(value, protocol=5)
 
     def delete(self, name, key):
-        del self.db[self._key(name, key)]
+        try:
+            self._remember((name, key), MISSING, dirty=True)
+        except TypeError:
+            del self.db[self._key(name, key)]
+
+    def _remember(self, entry: tuple, value: Any, dirty: bool) -> None:
+        self._cache[entry] = value
+        if dirty:
+            self._dirty.add(entry)
+        if len(self._cache) > self.cache_entries:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the changed cached entries to RocksDB in one write batch and empty the cache."""
+        from rocksdict import WriteBatch
+        if self._dirty:
+            batch = WriteBatch(raw_mode=True)
+            cache = self._cache
+            for entry in self._dirty:
+                name, key = entry
+                value = cache[entry]
+                if value is MISSING:
+                    batch.delete(self._key(name, key))
+                else:
+                    batch.put(self._key(name, key), pickle.dumps(value, protocol=5))
+            self.db.write(batch)
+            self._dirty.clear()
+        self._cache.clear()
 
     def items(self, name):
+        self.flush()
         sid = self._ids.get(name)
         if sid is None:
             return
         for raw_key, raw_value in self.db.items():
             if raw_key[2:4] == sid:
-                yield pickle.loads(raw_key[4:]), pickle.loads(raw_value)
+                key = pickle.loads(raw_key[4:])
+                if name.startswith("window") and type(key) is tuple and len(key) == 2 \
+                        and type(key[1]) is tuple and len(key[1]) == 2:
+                    key = (key[0], TimeWindow(*key[1]))
+                yield key, pickle.loads(raw_value)
 
     def state_names(self):
         return list(self._ids)
