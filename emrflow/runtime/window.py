@@ -300,10 +300,17 @@ class WindowOperator(Operator):
             end_ts = heapq.heappop(ends)
             start = end_ts - size + 1
             window = TimeWindow(start, end_ts + 1)
-            for k in due.pop(end_ts):
-                acc = acc_tbl.pop((k, start), MISSING)
-                if acc is not MISSING:
-                    self._emit_result(k, window, acc)
+            keys = due.pop(end_ts)
+            if self.spec.window_function is None:
+                # no window function: the results of a whole window in one comprehension
+                pop = acc_tbl.pop
+                accs = [pop((k, start)) for k in keys]
+                if self.spec.kind != "reduce":
+                    accs = list(map(self.spec.function.get_result, accs))
+                self._out.extend([(end_ts, r) for r in accs])
+            else:
+                for k in keys:
+                    self._emit_result(k, window, acc_tbl.pop((k, start)))
         self._flush()
 
     # -- records ----------------------------------------------------------------
