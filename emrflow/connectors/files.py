@@ -583,8 +583,13 @@ class FileSink(Sink):
         """Write what every part file begins with (nothing here; a header for CSV)."""
 
     def formatter(self, f: io.TextIOBase) -> Callable[[list], None]:
-        """Return the function ``records -> None`` that writes a batch to ``f``."""
-        raise NotImplementedError(f"{type(self).__name__} must define formatter()")
+        """Return the function ``records -> None`` that writes a batch to ``f``.
+
+        Raises:
+            TypeError: a subclass that does not say how it formats records.
+        """
+        raise TypeError(f"{type(self).__name__} must define formatter(): FileSink itself has no "
+                        "record format (use TextFileSink or CsvFileSink)")
 
     def create_writer(self, ctx: SubtaskContext) -> SinkWriter:
         return _FileWriter(self, ctx)
