@@ -1,0 +1,300 @@
+"""``emrflow create-cluster / add-step / run-transient / ...``: Amazon EMR commands over :mod:`emrflow.deploy.emr`.
+
+Every input is validated before the first AWS call; errors print as
+``Error: <message>`` and exit 1. Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+import click
+
+from emrflow.errors import EmrflowError
+
+
+def _fail(exc: Exception):
+    raise click.ClickException(str(exc)) from exc
+
+
+def _progress(line: str) -> None:
+    click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+
+def _aws_options(f):
+    f = click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
+                     help="AWS endpoint (default $AWS_ENDPOINT_URL).")(f)
+    f = click.option("--region", default=None, help="AWS region (default: the profile's or $AWS_DEFAULT_REGION).")(f)
+    f = click.option("--profile", default=None, help="AWS profile (default: the standard credential chain).")(f)
+    return f
+
+
+def _session(profile, region, endpoint_url):
+    from emrflow.deploy.emr import EmrSession
+    return EmrSession(profile, region, endpoint_url)
+
+
+def _spec_options(f):
+    for opt in reversed([
+        click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+                     help="Cluster spec, e.g. configs/emr-batch.yaml."),
+        click.option("--name", default=None, help="Cluster name."),
+        click.option("--release-label", default=None, help="EMR release label, e.g. emr-7.1.0."),
+        click.option("--instance-type", default=None, help="EC2 instance type of every instance group."),
+        click.option("--core-instance-count", type=int, default=None,
+                     help="Instances in the CORE group (0: one-node cluster)."),
+        click.option("--log-uri", default=None, help="S3 URI for the cluster's logs."),
+        click.option("--s3-staging", "staging_uri", default=None,
+                     help="S3 URI for the wheel, bootstrap scripts and job scripts."),
+        click.option("--wheel", default=None,
+                     help="A built emrflow wheel (path or s3:// URI); default: build one with pip wheel."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _load_spec(config_file, name, release_label, instance_type, core_instance_count, log_uri, staging_uri):
+    from emrflow.deploy.emr import load_cluster_spec
+    return load_cluster_spec(config_file, name=name, release_label=release_label,
+                             instance_type=instance_type, core_instance_count=core_instance_count,
+                             log_uri=log_uri, staging_uri=staging_uri)
+
+
+def _table(rows: list[list], headers: list[str]) -> None:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _ts(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else (str(value) if value else "-")
+
+
+@click.command("create-cluster")
+@_spec_options
+@click.option("--dry-run", is_flag=True, help="Print the RunJobFlow request and the aws CLI line; call nothing.")
+@click.option("--wait", is_flag=True, help="Return once the cluster is WAITING (ready for steps).")
+@click.option("--timeout", type=click.IntRange(min=1), default=3600, help="--wait limit, seconds.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=30.0, help="Seconds between polls.")
+@_aws_options
+def create_cluster(config_file, name, release_label, instance_type, core_instance_count, log_uri,
+                   staging_uri, wheel, dry_run, wait, timeout, poll, profile, region, endpoint_url) -> None:
+    """Create an EMR cluster from a cluster spec (RunJobFlow); print its id."""
+    from emrflow.deploy import emr
+    try:
+        spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
+                          log_uri, staging_uri)
+        session = _session(profile, region, endpoint_url)
+        with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
+            staging = emr.plan_staging(spec, staging_uri, wheel, tmp, dry_run=dry_run)
+            request = emr.build_run_job_flow_request(spec, staging)
+            if dry_run:
+                click.echo(json.dumps(request, indent=2))
+                click.echo(emr.aws_cli_command(request, profile=profile, region=region,
+                                               endpoint_url=endpoint_url))
+                return
+            cluster_id = emr.create_cluster(session, request, staging, _progress)
+            click.echo(cluster_id)
+            if wait:
+                emr.wait_for_cluster(session, cluster_id, timeout_s=timeout, poll_s=poll, progress=_progress)
+    except EmrflowError as exc:
+        _fail(exc)
+
+
+@click.command("add-step", context_settings={"allow_interspersed_args": False})
+@click.option("--cluster-id", required=True, help="The cluster, j-....")
+@click.option("--name", default=None, help="Step name (default: emrflow <script>).")
+@click.option("--action-on-failure", type=click.Choice(["CONTINUE", "CANCEL_AND_WAIT", "TERMINATE_CLUSTER"]),
+              default="CONTINUE", show_default=True)
+@click.option("--s3-staging", "staging_uri", default=None, help="S3 URI the job script is uploaded under.")
+@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None, help="Job parallelism.")
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
+@click.option("--yarn-session", is_flag=True, help="Add a step starting a detached YARN session instead of a job.")
+@click.option("--taskmanagers", type=click.IntRange(min=0), default=1, help="--yarn-session: TaskManagers.")
+@click.option("--slots", type=click.IntRange(min=1), default=None, help="--yarn-session: slots per TaskManager.")
+@click.option("--wait", is_flag=True, help="Follow the step to its end; diagnose a failure from its logs.")
+@click.option("--timeout", type=click.IntRange(min=1), default=86400, help="--wait limit, seconds.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=15.0, help="Seconds between polls.")
+@_aws_options
+@click.argument("job", required=False)
+@click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
+def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dynamic, yarn_session,
+             taskmanagers, slots, wait, timeout, poll, profile, region, endpoint_url, job, job_args) -> None:
+    """Add a step running JOB (local path or s3:// URI) with `emrflow run -t yarn-per-job`; print its id."""
+    from emrflow.deploy import emr
+    try:
+        emr.check_cluster_id(cluster_id)
+        staging = None
+        if yarn_session:
+            if job:
+                raise click.UsageError("--yarn-session takes no JOB")
+            step = emr.session_step(taskmanagers=taskmanagers, slots=slots, dynamic=dynamic,
+                                    name=name or "emrflow yarn-session", action_on_failure=action_on_failure)
+        else:
+            if not job:
+                raise click.UsageError("missing JOB (or --yarn-session)")
+            if not job.startswith("s3://") and not staging_uri:
+                raise click.UsageError("--s3-staging s3://bucket/prefix is needed to upload a local JOB")
+            if job.startswith("s3://"):
+                job_uri = emr.check_s3_uri(job, "JOB", "job script", key_required=True)
+            else:
+                staging = emr.Staging(emr.check_s3_uri(staging_uri, "--s3-staging", "staging_uri"))
+                job_uri = staging.add_job(job)
+            step = emr.emrflow_step(job_uri, list(job_args), name=name, parallelism=parallelism,
+                                    dynamic=dynamic, action_on_failure=action_on_failure)
+        with _session(profile, region, endpoint_url) as session:
+            if staging is not None:
+                session.upload_all(staging, _progress)
+            step_id = emr.add_steps(session, cluster_id, [step])[0]
+            click.echo(step_id)
+            if wait:
+                emr.wait_for_step(session, cluster_id, step_id, timeout_s=timeout, poll_s=poll,
+                                  progress=_progress)
+                _progress(f"step {step_id} COMPLETED")
+    except emr.StepFailedError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except EmrflowError as exc:
+        _fail(exc)
+
+
+@click.command("run-transient", context_settings={"allow_interspersed_args": False})
+@_spec_options
+@click.option("--step-name", default=None, help="Step name (default: emrflow <script>).")
+@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None, help="Job parallelism.")
+@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
+@click.option("--timeout", type=click.IntRange(min=1), default=86400, help="Seconds to follow the job.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=30.0, help="Seconds between polls.")
+@_aws_options
+@click.argument("job")
+@click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
+def run_transient(config_file, name, release_label, instance_type, core_instance_count, log_uri,
+                  staging_uri, wheel, step_name, parallelism, dynamic, timeout, poll, profile, region,
+                  endpoint_url, job, job_args) -> None:
+    """Run JOB on a new cluster that terminates after it; exit with the job's status."""
+    from emrflow.deploy import emr
+    try:
+        spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
+                          log_uri, staging_uri)
+        session = _session(profile, region, endpoint_url)
+        with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
+            staging = emr.plan_staging(spec, staging_uri, wheel, tmp)
+            step = emr.emrflow_step(staging.add_job(job), list(job_args), name=step_name,
+                                    parallelism=parallelism, dynamic=dynamic,
+                                    action_on_failure="TERMINATE_CLUSTER")
+            cluster_id, step_id, _ = emr.run_transient(session, spec, staging, step, timeout_s=timeout,
+                                                       poll_s=poll, progress=_progress)
+            logs = spec.get("log_uri")
+            _progress(f"step {step_id} COMPLETED on cluster {cluster_id}" +
+                      (f"; logs: {logs.rstrip('/')}/{cluster_id}/" if logs else ""))
+            click.echo(cluster_id)
+    except emr.StepFailedError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except EmrflowError as exc:
+        _fail(exc)
+
+
+@click.command("list-clusters")
+@click.option("--active", is_flag=True, help="Only STARTING, BOOTSTRAPPING, RUNNING, WAITING, TERMINATING.")
+@_aws_options
+def list_clusters(active, profile, region, endpoint_url) -> None:
+    """List EMR clusters."""
+    from emrflow.deploy import emr
+    try:
+        with _session(profile, region, endpoint_url) as session:
+            clusters = emr.list_clusters(session, active)
+    except EmrflowError as exc:
+        _fail(exc)
+    _table([[c["Id"], c["Name"], c["Status"]["State"],
+             _ts(c["Status"].get("Timeline", {}).get("CreationDateTime"))] for c in clusters],
+           ["ID", "NAME", "STATE", "CREATED"])
+
+
+@click.command("describe-cluster")
+@click.argument("cluster_id")
+@_aws_options
+def describe_cluster(cluster_id, profile, region, endpoint_url) -> None:
+    """Show a cluster: state, release label, applications, log URI, instance groups, steps."""
+    from emrflow.deploy import emr
+    try:
+        emr.check_cluster_id(cluster_id)
+        with _session(profile, region, endpoint_url) as session:
+            c = emr.describe_cluster(session, cluster_id)
+            steps = emr.list_steps(session, cluster_id)
+    except EmrflowError as exc:
+        _fail(exc)
+    status = c["Status"]
+    reason = status.get("StateChangeReason", {}).get("Message", "")
+    _table([["Id", c["Id"]], ["Name", c["Name"]], ["State", status["State"] + (f" ({reason})" if reason else "")],
+            ["Release label", c.get("ReleaseLabel", "-")],
+            ["Applications", ", ".join(a["Name"] for a in c.get("Applications", []))],
+            ["Log URI", c.get("LogUri", "-")], ["Master DNS", c.get("MasterPublicDnsName", "-")],
+            ["Keep alive", not c.get("AutoTerminate", False)], ["Steps", len(steps)],
+            ["Tags", ", ".join(f"{t['Key']}={t['Value']}" for t in c.get("Tags", []))]],
+           ["FIELD", "VALUE"])
+
+
+@click.command("list-steps")
+@click.argument("cluster_id")
+@_aws_options
+def list_steps(cluster_id, profile, region, endpoint_url) -> None:
+    """List a cluster's steps, oldest first."""
+    from emrflow.deploy import emr
+    try:
+        emr.check_cluster_id(cluster_id)
+        with _session(profile, region, endpoint_url) as session:
+            steps = emr.list_steps(session, cluster_id)
+    except EmrflowError as exc:
+        _fail(exc)
+    _table([[i, s["Id"], s["Name"], s["Status"]["State"], s.get("ActionOnFailure", "-"),
+             _ts(s["Status"].get("Timeline", {}).get("CreationDateTime"))]
+            for i, s in enumerate(steps, 1)], ["#", "ID", "NAME", "STATE", "ON FAILURE", "CREATED"])
+
+
+@click.command("cancel-step")
+@click.argument("cluster_id")
+@click.argument("step_id")
+@_aws_options
+def cancel_step(cluster_id, step_id, profile, region, endpoint_url) -> None:
+    """Cancel a pending or running step."""
+    from emrflow.deploy import emr
+    try:
+        emr.check_cluster_id(cluster_id)
+        emr.check_step_id(step_id)
+        with _session(profile, region, endpoint_url) as session:
+            info = emr.cancel_step(session, cluster_id, step_id)
+    except EmrflowError as exc:
+        _fail(exc)
+    click.echo(f"step {step_id}: {info.get('Status', 'SUBMITTED')} {info.get('Reason', '')}".rstrip())
+
+
+@click.command("terminate-cluster")
+@click.argument("cluster_id")
+@_aws_options
+def terminate_cluster(cluster_id, profile, region, endpoint_url) -> None:
+    """Terminate a cluster (its running steps are cancelled)."""
+    from emrflow.deploy import emr
+    try:
+        emr.check_cluster_id(cluster_id)
+        with _session(profile, region, endpoint_url) as session:
+            emr.terminate_cluster(session, cluster_id)
+    except EmrflowError as exc:
+        _fail(exc)
+    click.echo(f"Terminating {cluster_id}.")
+
+
+COMMANDS = (create_cluster, add_step, run_transient, list_clusters, describe_cluster, list_steps,
+            cancel_step, terminate_cluster)
+
+
+def register(main_group: click.Group) -> None:
+    """Add the EMR commands to the ``emrflow`` click group (idempotent)."""
+    for cmd in COMMANDS:
+        if cmd.name not in main_group.commands:
+            main_group.add_command(cmd)

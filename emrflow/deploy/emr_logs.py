@@ -1,0 +1,115 @@
+"""Step log retrieval and failure diagnosis for Amazon EMR.
+
+EMR copies every step's logs to the cluster's log URI, under
+``<log-uri>/<cluster-id>/steps/<step-id>/`` as ``stderr.gz``, ``stdout.gz``,
+``syslog.gz`` and ``controller.gz`` (about every five minutes, and once more
+when the step ends). This module finds those files, decompresses them and
+picks what a user needs to see: the last Python traceback of ``stderr``, or
+else the last lines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from dataclasses import dataclass, field
+
+#: log files of a step, in the order they are searched for a diagnosis
+STEP_LOG_FILES = ("stderr", "syslog", "stdout", "controller")
+
+#: lines of a log tail shown when no traceback is found
+TAIL_LINES = 25
+
+#: most lines of a traceback shown (its end is kept)
+MAX_TRACEBACK_LINES = 60
+
+_TRACEBACK_START = "Traceback (most recent call last):"
+# lines command-runner.jar and EMR's step runner add after the program's own output
+_RUNNER_NOISE = re.compile(r"^(Command exiting with ret|\d{4}-\d\d-\d\d[T ][\d:.,]+Z? ?(INFO|WARN)\b)")
+
+
+@dataclass
+class StepLogs:
+    """What was found of a step's logs at the log URI.
+
+    Attributes:
+        prefix: ``s3://bucket/.../<cluster-id>/steps/<step-id>/``, where the files are.
+        files: log name (``stderr``...) to its decompressed text.
+        missing: log names not found (yet) at ``prefix``.
+    """
+
+    prefix: str
+    files: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def diagnosis(self) -> str:
+        """Return the relevant part of the logs: the last traceback of stderr, else tails.
+
+        Returns:
+            Text to show under the failure message; a note saying where logs will
+            appear if none were found.
+        """
+        stderr = self.files.get("stderr", "")
+        tb = last_traceback(stderr)
+        if tb:
+            return f"last traceback in {self.prefix}stderr.gz:\n{tb}"
+        for name in ("stderr", "syslog", "stdout"):
+            text = self.files.get(name, "").strip()
+            if text:
+                return f"last lines of {self.prefix}{name}.gz:\n{tail(text)}"
+        return (f"no step logs at {self.prefix} yet (EMR copies them to S3 about every "
+                "5 minutes and when the step ends; look again later)")
+
+
+def step_log_prefix(log_uri: str, cluster_id: str, step_id: str) -> str:
+    """Return the S3 prefix of a step's logs.
+
+    Args:
+        log_uri: the cluster's log URI (``s3://bucket/path/`` or ``s3n://...``).
+        cluster_id: ``j-...``.
+        step_id: ``s-...``.
+
+    Returns:
+        ``s3://bucket/path/<cluster-id>/steps/<step-id>/``.
+    """
+    base = re.sub(r"^s3n://", "s3://", log_uri).rstrip("/")
+    return f"{base}/{cluster_id}/steps/{step_id}/"
+
+
+def decode_log(data: bytes) -> str:
+    """Decompress (when gzip'd) and decode a log file's bytes (UTF-8, invalid bytes replaced)."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data.decode("utf-8", errors="replace")
+
+
+def last_traceback(text: str) -> str:
+    """Return the last Python traceback in ``text`` (with its exception line), or "".
+
+    Lines that command-runner.jar appends after the program's own output are
+    dropped; a traceback longer than :data:`MAX_TRACEBACK_LINES` keeps its end.
+    """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK_START]
+    if not starts:
+        return ""
+    block = lines[starts[-1]:]
+    # the traceback ends with the first unindented line after the header (the exception);
+    # keep what follows only while it continues that message
+    end = len(block)
+    for i in range(1, len(block)):
+        if block[i] and not block[i][0].isspace():
+            end = i + 1
+            while end < len(block) and block[end].strip() and not _RUNNER_NOISE.match(block[end]):
+                end += 1
+            break
+    block = block[:end]
+    if len(block) > MAX_TRACEBACK_LINES:
+        block = [block[0], "  ..."] + block[-(MAX_TRACEBACK_LINES - 2):]
+    return "\n".join(block)
+
+
+def tail(text: str, n: int = TAIL_LINES) -> str:
+    """Return the last ``n`` non-noise lines of ``text``."""
+    lines = [line for line in text.rstrip().splitlines() if not _RUNNER_NOISE.match(line)]
+    return "\n".join(lines[-n:])

@@ -1,0 +1,411 @@
+"""The Amazon EMR deploy layer against moto in server mode (no boto3 patching).
+
+Each test checks what EMR recorded (describe_cluster, list_bootstrap_actions,
+list_instance_groups, list_steps) and what landed in S3, field by field.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from emrflow.cli import main
+from emrflow.cli_emr import register
+from emrflow.deploy import emr
+from emrflow.errors import ClusterError, ConfigError
+
+from conftest_emr import (BUCKET, aws, aws_env, built_wheel, counting_endpoint,  # noqa: F401
+                           moto_endpoint)
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:moto.*"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:werkzeug.*")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BATCH = os.path.join(ROOT, "configs", "emr-batch.yaml")
+STREAMING = os.path.join(ROOT, "configs", "emr-streaming.yaml")
+JOB = os.path.join(ROOT, "examples", "latest_rating.py")
+RATINGS = os.path.join(ROOT, "examples", "data", "movielens-latest-small", "ratings.csv")
+STAGING = f"s3://{BUCKET}/emrflow/staging"
+
+register(main)
+
+
+def cli(*args, endpoint=None):
+    """Run ``emrflow ARGS`` in-process; return the click Result."""
+    extra = ["--endpoint-url", endpoint] if endpoint else []
+    return CliRunner().invoke(main, [*args[:1], *extra, *args[1:]], catch_exceptions=False)
+
+
+def s3_text(aws, uri) -> bytes:
+    return aws.read(uri)
+
+
+def request_of(spec_path, **over):
+    spec = emr.load_cluster_spec(spec_path, **over)
+    staging = emr.plan_staging(spec, None, None, None, dry_run=True)
+    return emr.build_run_job_flow_request(spec, staging)
+
+
+def new_cluster(aws, wheel, config=BATCH, **over) -> str:
+    spec = emr.load_cluster_spec(config, **over)
+    staging = emr.plan_staging(spec, None, wheel, None)
+    return emr.create_cluster(aws, emr.build_run_job_flow_request(spec, staging), staging)
+
+
+# --------------------------------------------------------------------------- create-cluster
+
+def test_dry_run_prints_request_and_aws_cli_line_and_calls_nothing(counting_endpoint):
+    url, requests = counting_endpoint
+    r = cli("create-cluster", "--config", BATCH, "--dry-run", endpoint=url)
+    assert r.exit_code == 0, r.output
+    body, _, cli_line = r.output.rpartition("}\n")
+    request = json.loads(body + "}")
+    assert request == request_of(BATCH)
+    assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert [c["Classification"] for c in request["Configurations"]] == ["yarn-site", "capacity-scheduler"]
+    assert cli_line.startswith("aws emr create-cluster --name emrflow-batch --release-label emr-7.1.0")
+    assert "--auto-termination-policy IdleTimeout=3600" in cli_line and "--no-auto-terminate" in cli_line
+    assert requests == []
+
+
+def test_create_cluster_batch_template_builds_and_stages_the_wheel(aws, moto_endpoint):
+    r = cli("create-cluster", "--config", BATCH, endpoint=moto_endpoint)
+    assert r.exit_code == 0, r.output
+    cluster_id = r.stdout.strip().splitlines()[-1]
+    c = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert c["Name"] == "emrflow-batch" and c["ReleaseLabel"] == "emr-7.1.0"
+    assert [a["Name"] for a in c["Applications"]] == ["Hadoop"]
+    assert c["LogUri"] == f"s3://{BUCKET}/emr-logs/"
+    assert c["ServiceRole"] == "EMR_DefaultRole"
+    attrs = c["Ec2InstanceAttributes"]
+    assert attrs["IamInstanceProfile"] == "EMR_EC2_DefaultRole"
+    assert attrs["Ec2KeyName"] == "my-key-pair" and attrs["Ec2SubnetId"] == "subnet-0123456789abcdef0"
+    assert c["AutoTerminate"] is False                       # KeepJobFlowAliveWhenNoSteps true
+    assert {t["Key"]: t["Value"] for t in c["Tags"]} == {"project": "emrflow", "purpose": "batch"}
+    assert [x["Classification"] for x in c["Configurations"]] == ["yarn-site", "capacity-scheduler"]
+    assert c["Configurations"][0]["Properties"] == {"yarn.nodemanager.vmem-check-enabled": "false"}
+    groups = {g["InstanceGroupType"]: g for g in
+              aws.emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
+    assert set(groups) == {"MASTER", "CORE"}
+    assert (groups["MASTER"]["InstanceType"], groups["MASTER"]["RequestedInstanceCount"]) == ("m5.xlarge", 1)
+    assert (groups["CORE"]["InstanceType"], groups["CORE"]["RequestedInstanceCount"]) == ("m5.xlarge", 2)
+    assert groups["CORE"]["Market"] == "ON_DEMAND"
+    actions = aws.emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert [a["Name"] for a in actions] == ["install emrflow", "write emrflow configuration"]
+    wheel_uri = actions[0]["Args"][0]
+    assert actions[0]["ScriptPath"] == f"{STAGING}/bootstrap/install-emrflow.sh"
+    assert wheel_uri == f"{STAGING}/wheels/{emr.expected_wheel_name()}"
+    assert s3_text(aws, wheel_uri)[:2] == b"PK"               # a zip: the wheel
+    for name in ("install-emrflow.sh", "write-emrflow-conf.sh"):
+        with open(os.path.join(ROOT, "bootstrap", name), "rb") as f:
+            assert s3_text(aws, f"{STAGING}/bootstrap/{name}") == f.read()
+    args = actions[1]["Args"]
+    assert actions[1]["ScriptPath"] == f"{STAGING}/bootstrap/write-emrflow-conf.sh"
+    assert args[0] == "--conf-b64" and args[2] == "--log-b64"
+    assert yaml.safe_load(base64.b64decode(args[1])) == {"parallelism.default": 4,
+                                                          "taskmanager.numberOfTaskSlots": 2}
+    assert yaml.safe_load(base64.b64decode(args[3])) == {"root.level": "INFO"}
+
+
+def test_create_cluster_streaming_template_with_overrides(aws, moto_endpoint, built_wheel):
+    r = cli("create-cluster", "--config", STREAMING, "--name", "stream-x", "--release-label", "emr-6.15.0",
+            "--instance-type", "m5.2xlarge", "--core-instance-count", "3", "--log-uri", f"s3://{BUCKET}/other/",
+            "--wheel", built_wheel, endpoint=moto_endpoint)
+    assert r.exit_code == 0, r.output
+    cluster_id = r.stdout.strip().splitlines()[-1]
+    c = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert (c["Name"], c["ReleaseLabel"], c["LogUri"]) == ("stream-x", "emr-6.15.0", f"s3://{BUCKET}/other/")
+    assert [a["Name"] for a in c["Applications"]] == ["Hadoop", "ZooKeeper"]
+    assert c["StepConcurrencyLevel"] == 2
+    assert [x["Classification"] for x in c["Configurations"]] == ["yarn-site", "core-site", "hadoop-env"]
+    assert c["Configurations"][2]["Configurations"][0]["Properties"] == {"PYTHONUNBUFFERED": "1"}
+    groups = {g["InstanceGroupType"]: g for g in
+              aws.emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
+    assert {g["InstanceType"] for g in groups.values()} == {"m5.2xlarge"}
+    assert groups["CORE"]["RequestedInstanceCount"] == 3
+    assert (groups["TASK"]["Market"], groups["TASK"]["BidPrice"]) == ("SPOT", "0.20")
+    assert groups["TASK"]["RequestedInstanceCount"] == 4
+    actions = aws.emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert actions[0]["Args"] == [f"{STAGING}/wheels/{os.path.basename(built_wheel)}"]
+    assert actions[1]["Args"][0] == "--conf-b64" and len(actions[1]["Args"]) == 2
+    conf = yaml.safe_load(base64.b64decode(actions[1]["Args"][1]))
+    assert conf == {"execution.runtime-mode": "STREAMING", "taskmanager.numberOfTaskSlots": 2}
+
+
+def test_instance_fleet_with_spot_options_in_the_request(tmp_path):
+    with open(STREAMING) as f:
+        data = yaml.safe_load(f)
+    del data["instance_groups"]
+    data["instance_fleets"] = [
+        {"role": "MASTER", "on_demand_capacity": 1, "instance_types": [{"instance_type": "m5.xlarge"}]},
+        {"role": "CORE", "on_demand_capacity": 2, "instance_types": [{"instance_type": "r5.xlarge"}]},
+        {"role": "TASK", "spot_capacity": 8, "instance_types": [
+            {"instance_type": "c5.2xlarge", "weight": 2, "bid_percent": 80}],
+         "spot": {"timeout_minutes": 10, "timeout_action": "SWITCH_TO_ON_DEMAND",
+                  "allocation_strategy": "price-capacity-optimized"}}]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    fleets = request_of(str(path), instance_type="m6i.xlarge", core_instance_count=4)["Instances"]["InstanceFleets"]
+    assert fleets[0]["InstanceTypeConfigs"] == [{"InstanceType": "m6i.xlarge", "WeightedCapacity": 1}]
+    assert (fleets[1]["TargetOnDemandCapacity"], fleets[1]["InstanceTypeConfigs"][0]["InstanceType"]) == (4, "m6i.xlarge")
+    assert fleets[2] == {"Name": "Task", "InstanceFleetType": "TASK", "TargetOnDemandCapacity": 0,
+                         "TargetSpotCapacity": 8,
+                         "InstanceTypeConfigs": [{"InstanceType": "c5.2xlarge", "WeightedCapacity": 2,
+                                                  "BidPriceAsPercentageOfOnDemandPrice": 80.0}],
+                         "LaunchSpecifications": {"SpotSpecification": {
+                             "TimeoutDurationMinutes": 10, "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+                             "AllocationStrategy": "price-capacity-optimized"}}}
+
+
+BAD = [  # (text to replace in emr-batch.yaml, replacement, field named, text on the line the error names)
+    ("release_label: emr-7.1.0", "release_label: emr7.1", "release_label", "emr7.1"),
+    ("    instance_type: m5.xlarge\n    count: 1", "    instance_type: huge\n    count: 1", "instance_groups[0].instance_type", "huge"),
+    ("    count: 2", "    count: -1", "instance_groups[1].count", "count: -1"),
+    ("log_uri: s3://my-emrflow-bucket/emr-logs/", "log_uri: https://example.com/logs", "log_uri", "https://example.com"),
+    ("  - Classification: yarn-site\n    Properties:", "  - Classification: yarn-site\n    Props:", "configurations[0].Props", "Props:"),
+    ("      parallelism.default: 4", "      parallelism.defualt: 4", "parallelism.defualt", "defualt"),
+]
+
+
+@pytest.mark.parametrize("old,new,field,marker", BAD, ids=[b[2] for b in BAD])
+def test_validation_errors_name_file_and_line_before_any_aws_call(tmp_path, counting_endpoint, old, new,
+                                                                   field, marker):
+    url, requests = counting_endpoint
+    with open(BATCH) as f:
+        text = f.read()
+    assert old in text
+    path = tmp_path / "bad.yaml"
+    bad = text.replace(old, new)
+    path.write_text(bad)
+    line = bad[:bad.index(marker)].count("\n") + 1  # the line the bad value sits on
+    for command in (["create-cluster", "--config", str(path), "--wheel", "s3://b/w.whl"],
+                    ["run-transient", "--config", str(path), "--wheel", "s3://b/w.whl", JOB]):
+        r = cli(*command, endpoint=url)
+        assert r.exit_code == 1
+        assert f"{path}:{line}" in r.stderr and field in r.stderr, r.stderr
+    assert requests == []
+
+
+def test_override_and_argument_errors_name_the_option(counting_endpoint):
+    url, requests = counting_endpoint
+    r = cli("create-cluster", "--config", BATCH, "--release-label", "emr-7", "--dry-run", endpoint=url)
+    assert r.exit_code == 1 and "--release-label" in r.stderr and "emr-X.Y.Z" in r.stderr
+    r = cli("create-cluster", "--config", BATCH, "--instance-type", "big", endpoint=url)
+    assert r.exit_code == 1 and "--instance-type" in r.stderr
+    r = cli("create-cluster", "--config", BATCH, "--s3-staging", "bucket/x", "--wheel", "s3://b/w.whl",
+            endpoint=url)
+    assert r.exit_code == 1 and "--s3-staging" in r.stderr and "s3://bucket" in r.stderr
+    r = cli("add-step", "--cluster-id", "cluster-1", JOB, endpoint=url)
+    assert r.exit_code == 1 and "j-XXXXXXXX" in r.stderr
+    r = cli("list-clusters", "--region", "Mars", endpoint=url)
+    assert r.exit_code == 1 and "--region" in r.stderr
+    assert requests == []
+
+
+def test_botocore_errors_become_cluster_errors_with_the_aws_code(aws, moto_endpoint):
+    with pytest.raises(ClusterError) as info:
+        emr.describe_cluster(aws, "j-DOESNOTEXIST")
+    assert info.value.code and info.value.code in str(info.value)
+    r = cli("describe-cluster", "j-DOESNOTEXIST", endpoint=moto_endpoint)
+    assert r.exit_code == 1 and "DescribeCluster j-DOESNOTEXIST failed" in r.stderr
+    with pytest.raises(ClusterError, match="NoSuchBucket"):
+        aws.upload(JOB, "s3://no-such-bucket-here/job.py")
+
+
+# --------------------------------------------------------------------------- steps
+
+def test_add_step_uploads_the_job_and_records_the_emrflow_run_arguments(aws, moto_endpoint, built_wheel):
+    cluster_id = new_cluster(aws, built_wheel)
+    r = cli("add-step", "--cluster-id", cluster_id, "--name", "latest rating", "--s3-staging", STAGING,
+            "--action-on-failure", "CANCEL_AND_WAIT", "-p", "2", "-D", "execution.batch.local-aggregation=false",
+            JOB, "--input", "s3://data/ratings.csv", "--output", f"s3://{BUCKET}/out/latest", endpoint=moto_endpoint)
+    assert r.exit_code == 0, r.output
+    step_id = r.stdout.strip()
+    step = aws.emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+    assert step["Name"] == "latest rating" and step["ActionOnFailure"] == "CANCEL_AND_WAIT"
+    assert step["Config"]["Jar"] == "command-runner.jar"
+    args = step["Config"]["Args"]
+    job_uri = args[8]
+    assert args[:8] == ["emrflow", "run", "-t", "yarn-per-job", "-p", "2",
+                        "-D", "execution.batch.local-aggregation=false"]
+    assert job_uri.startswith(f"{STAGING}/jobs/") and job_uri.endswith("/latest_rating.py")
+    assert args[9:] == ["--input", "s3://data/ratings.csv", "--output", f"s3://{BUCKET}/out/latest"]
+    with open(JOB, "rb") as f:
+        assert s3_text(aws, job_uri) == f.read()
+
+
+def test_add_step_yarn_session(aws, moto_endpoint, built_wheel):
+    cluster_id = new_cluster(aws, built_wheel, STREAMING)
+    r = cli("add-step", "--cluster-id", cluster_id, "--yarn-session", "--taskmanagers", "4", "--slots", "2",
+            endpoint=moto_endpoint)
+    assert r.exit_code == 0, r.output
+    step = aws.emr.list_steps(ClusterId=cluster_id)["Steps"][0]
+    assert step["Name"] == "emrflow yarn-session"
+    assert step["Config"]["Args"] == ["emrflow", "yarn-session", "start", "--detached",
+                                      "--taskmanagers", "4", "--slots", "2"]
+
+
+def _fail_step_later(aws, log_uri, find_cluster, stderr_text: bytes):
+    """In a thread: once the cluster and its last step exist, put a gzip'd stderr at the log URI
+    and terminate the cluster (moto never ends steps by itself)."""
+    def run():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cluster_id = find_cluster()
+            steps = aws.emr.list_steps(ClusterId=cluster_id)["Steps"] if cluster_id else []
+            if steps:
+                prefix = emr.step_log_prefix(log_uri, cluster_id, steps[0]["Id"])
+                bucket, key = emr.split_s3_uri(prefix + "stderr.gz")
+                aws.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(stderr_text))
+                aws.emr.terminate_job_flows(JobFlowIds=[cluster_id])
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+STDERR = b"""Job 'latest rating' submitted with JobID 4f2a
+Traceback (most recent call last):
+  File "/mnt/tmp/job.py", line 3, in <module>
+    import missing
+ModuleNotFoundError: an earlier failure
+Traceback (most recent call last):
+  File "/opt/emrflow/venv/lib/python3.11/site-packages/emrflow/runtime/task.py", line 88, in run
+    self.operator.process_batch(batch)
+  File "latest_rating.py", line 40, in later
+    if b[3] > a[3]:
+TypeError: '>' not supported between instances of 'str' and 'int'
+Command exiting with ret '1'
+"""
+
+
+def test_add_step_wait_diagnoses_the_failure_from_the_step_logs(aws, moto_endpoint, built_wheel):
+    cluster_id = new_cluster(aws, built_wheel)
+    emr.add_steps(aws, cluster_id, [emr.session_step()])
+    log_uri = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["LogUri"]
+    job_uri = f"{STAGING}/jobs/x/latest_rating.py"
+
+    def newest_step_cluster():
+        steps = aws.emr.list_steps(ClusterId=cluster_id)["Steps"]
+        return cluster_id if len(steps) == 2 else None
+    t = _fail_step_later(aws, log_uri, newest_step_cluster, STDERR)
+    r = cli("add-step", "--cluster-id", cluster_id, "--wait", "--poll", "0.1", job_uri, endpoint=moto_endpoint)
+    t.join()
+    assert r.exit_code == 1
+    step_id = r.stdout.strip()
+    assert f"step 2 of 2 'emrflow latest_rating.py' ({step_id}) of cluster {cluster_id} ended RUNNING " \
+           "when the cluster ended TERMINATED" in r.stderr
+    assert "TypeError: '>' not supported between instances of 'str' and 'int'" in r.stderr
+    assert 'File "latest_rating.py", line 40, in later' in r.stderr
+    assert "ModuleNotFoundError" not in r.stderr and "Command exiting" not in r.stderr
+    assert f"step logs: {log_uri}{cluster_id}/steps/{step_id}/" in r.stderr
+
+
+def test_diagnosis_without_traceback_shows_the_last_lines_and_missing_logs_say_so():
+    from emrflow.deploy.emr_logs import StepLogs
+    logs = StepLogs("s3://b/l/j-1/steps/s-1/", {"stderr": "\n".join(f"line {i}" for i in range(100))})
+    text = logs.diagnosis()
+    assert "last lines of s3://b/l/j-1/steps/s-1/stderr.gz" in text and "line 99" in text and "line 74" not in text
+    assert "no step logs at s3://b/l/j-1/steps/s-1/ yet" in StepLogs("s3://b/l/j-1/steps/s-1/").diagnosis()
+
+
+def test_run_transient_runs_the_job_as_the_only_step_of_a_cluster_that_ends(aws, moto_endpoint, built_wheel):
+    name = f"transient-{time.monotonic_ns()}"
+
+    def find():
+        return next((c["Id"] for c in aws.emr.list_clusters()["Clusters"] if c["Name"] == name), None)
+    t = _fail_step_later(aws, f"s3://{BUCKET}/emr-logs/", find, STDERR)
+    r = cli("run-transient", "--config", BATCH, "--name", name, "--wheel", built_wheel, "--poll", "0.1",
+            "-p", "2", JOB, "--output", f"s3://{BUCKET}/out/t", endpoint=moto_endpoint)
+    t.join()
+    assert r.exit_code == 1
+    cluster_id = find()
+    c = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert c["AutoTerminate"] is True                          # KeepJobFlowAliveWhenNoSteps false
+    assert c["Status"]["State"] == "TERMINATED"
+    steps = aws.emr.list_steps(ClusterId=cluster_id)["Steps"]
+    assert len(steps) == 1 and steps[0]["ActionOnFailure"] == "TERMINATE_CLUSTER"
+    assert steps[0]["Config"]["Args"][:6] == ["emrflow", "run", "-t", "yarn-per-job", "-p", "2"]
+    assert f"cluster {cluster_id} created (transient" in r.stderr
+    assert "step 1 of 1" in r.stderr and "TypeError" in r.stderr
+    assert f"step logs: s3://{BUCKET}/emr-logs/{cluster_id}/steps/{steps[0]['Id']}/" in r.stderr
+    request = request_of(BATCH)
+    transient = emr.build_run_job_flow_request(emr.load_cluster_spec(BATCH), emr.Staging(STAGING, wheel_uri="s3://b/w.whl"),
+                                               transient=True)
+    assert "AutoTerminationPolicy" in request and "AutoTerminationPolicy" not in transient
+
+
+# --------------------------------------------------------------------------- list / describe / terminate
+
+def test_list_describe_list_steps_terminate(aws, moto_endpoint, built_wheel):
+    cluster_id = new_cluster(aws, built_wheel, name="tables-test")
+    emr.add_steps(aws, cluster_id, [emr.session_step(taskmanagers=2)])
+    r = cli("list-clusters", "--active", endpoint=moto_endpoint)
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].split() == ["ID", "NAME", "STATE", "CREATED"]
+    row = next(line for line in r.stdout.splitlines() if line.startswith(cluster_id))
+    assert "tables-test" in row and "RUNNING" in row
+    r = cli("describe-cluster", cluster_id, endpoint=moto_endpoint)
+    assert r.exit_code == 0
+    fields = {line[:15].strip(): line[15:].strip() for line in r.stdout.splitlines()[1:]}
+    assert fields["Name"] == "tables-test" and fields["Release label"] == "emr-7.1.0"
+    assert fields["Steps"] == "1" and fields["Log URI"] == f"s3://{BUCKET}/emr-logs/"
+    r = cli("list-steps", cluster_id, endpoint=moto_endpoint)
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[0].split()[:4] == ["#", "ID", "NAME", "STATE"]
+    assert "emrflow yarn-session" in r.stdout.splitlines()[1]
+    r = cli("terminate-cluster", cluster_id, endpoint=moto_endpoint)
+    assert r.exit_code == 0 and f"Terminating {cluster_id}." in r.stdout
+    assert aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == "TERMINATED"
+    r = cli("list-clusters", "--active", endpoint=moto_endpoint)
+    assert cluster_id not in r.stdout
+    assert cluster_id in cli("list-clusters", endpoint=moto_endpoint).stdout
+
+
+# --------------------------------------------------------------------------- the step command runs
+
+def test_the_recorded_step_command_runs_latest_rating(aws, moto_endpoint, built_wheel, tmp_path):
+    cluster_id = new_cluster(aws, built_wheel)
+    out_uri = f"s3://{BUCKET}/out/latest-rating"
+    r = cli("add-step", "--cluster-id", cluster_id, "--s3-staging", STAGING, "-p", "2", JOB,
+            "--input", RATINGS, "--output", out_uri, endpoint=moto_endpoint)
+    assert r.exit_code == 0, r.output
+    args = aws.emr.list_steps(ClusterId=cluster_id)["Steps"][0]["Config"]["Args"]
+    assert args[:2] == ["emrflow", "run"]
+    local_job = emr.fetch_job_script(args[6], str(tmp_path / "job"), aws)
+    out_dir = str(tmp_path / "out")
+    local = [a.replace("yarn-per-job", "local") for a in args[2:]]
+    local = [local_job if a == args[6] else out_dir if a == out_uri else a for a in local]
+    proc = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", *local], capture_output=True,
+                          text=True, timeout=90, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    uploaded = emr.upload_directory(aws, out_dir, out_uri)
+    assert sorted(os.path.basename(u) for u in uploaded) == ["part-0-0", "part-1-0"]
+    lines = []
+    for uri in uploaded:
+        lines += s3_text(aws, uri).decode().splitlines()
+    header = [line for line in lines if line.startswith("movieId")]
+    rows = [line for line in lines if not line.startswith("movieId")]
+    assert header and set(header) == {"movieId,userId,rating,timestamp"}
+    with open(RATINGS) as f:
+        pairs = {tuple(line.split(",")[:2]) for line in list(f)[1:]}
+    assert len(rows) == len(pairs) and len(rows) > 1000
+
+
+def test_fetch_job_script_errors(aws, tmp_path):
+    with pytest.raises(ConfigError, match="s3://bucket/key"):
+        emr.fetch_job_script("s3://bucket-only", str(tmp_path), aws)
+    with pytest.raises(ClusterError, match="downloading the job script"):
+        emr.fetch_job_script(f"s3://{BUCKET}/no/such/job.py", str(tmp_path), aws)
