@@ -282,6 +282,27 @@ _DECLARED = [ConfigOption(*args) for args in [
      ("EXACTLY_ONCE", "AT_LEAST_ONCE")),
     ("execution.checkpointing.timeout", "duration", 10 * _MIN,
      "A checkpoint not complete after this long is discarded (Flink option)."),
+    ("execution.checkpointing.max-concurrent-checkpoints", "int", 1,
+     "Checkpoints that may be in progress at the same time (Flink option).", (), 1),
+    ("execution.checkpointing.min-pause", "duration", 0, "Least time between the end of one "
+     "checkpoint and the start of the next (Flink option)."),
+    ("execution.checkpointing.externalized-checkpoint-retention", "enum", "NO_EXTERNALIZED_CHECKPOINTS",
+     "What happens to a job's checkpoints when it ends: NO_EXTERNALIZED_CHECKPOINTS deletes them, "
+     "DELETE_ON_CANCELLATION keeps them if the job failed, RETAIN_ON_CANCELLATION if it failed or "
+     "was cancelled; a JobManager that dies deletes nothing (Flink option).",
+     ("NO_EXTERNALIZED_CHECKPOINTS", "DELETE_ON_CANCELLATION", "RETAIN_ON_CANCELLATION")),
+    ("execution.savepoint.path", "str", None, "Savepoint or retained checkpoint to start the job "
+     "from; `-s` sets it (Flink option)."),
+    ("execution.savepoint.ignore-unclaimed-state", "bool", False, "Start from a savepoint even if "
+     "it holds state of operators the job no longer has; `--allow-non-restored-state` sets it "
+     "(Flink option)."),
+    ("jobmanager.execution.failover-strategy", "enum", "region", "What restarts after a task "
+     "failure: `full` restarts every task, `region` only the pipelined region (connected "
+     "operators) of the failed task (Flink option).", ("full", "region")),
+    ("sink.rolling-policy.file-size", "memory", 128 * _MIB, "A file sink's in-progress part file "
+     "rolls when it reaches this size, with checkpoints (Flink's file sink option)."),
+    ("sink.rolling-policy.rollover-interval", "duration", 30 * _MIN, "A file sink's in-progress "
+     "part file rolls when it is older than this, with checkpoints (Flink's file sink option)."),
     ("taskmanager.numberOfTaskSlots", "int", 1, "Task slots per TaskManager, each one OS process; "
      "the local target starts as many as the job's parallelism needs (Flink option).", (), 1),
     ("local.number-taskmanager", "int", 1,
@@ -316,12 +337,31 @@ _DECLARED = [ConfigOption(*args) for args in [
      "Directory (local path or s3:// URI) for checkpoints (Flink option)."),
     ("state.savepoints.dir", "str", None, "Default directory for savepoints (Flink option)."),
     ("state.checkpoints.num-retained", "int", 1, "Completed checkpoints to keep (Flink option).", (), 1),
-    ("restart-strategy.type", "enum", "none", "How a failed job restarts (Flink option).",
+    ("restart-strategy.type", "enum", None, "How a failed job restarts; unset means "
+     "`exponential-delay` with checkpointing and `none` without (Flink option).",
      ("none", "fixed-delay", "exponential-delay", "failure-rate")),
     ("restart-strategy.fixed-delay.attempts", "int", 1,
      "Restarts before the job is declared failed, with `fixed-delay` (Flink option).", (), 0),
     ("restart-strategy.fixed-delay.delay", "duration", 1 * _S,
      "Pause before each restart, with `fixed-delay` (Flink option)."),
+    ("restart-strategy.failure-rate.max-failures-per-interval", "int", 1, "Failures allowed within "
+     "`failure-rate-interval` before the job fails, with `failure-rate` (Flink option).", (), 1),
+    ("restart-strategy.failure-rate.failure-rate-interval", "duration", 1 * _MIN,
+     "The window failures are counted in, with `failure-rate` (Flink option)."),
+    ("restart-strategy.failure-rate.delay", "duration", 1 * _S,
+     "Pause before each restart, with `failure-rate` (Flink option)."),
+    ("restart-strategy.exponential-delay.initial-backoff", "duration", 1 * _S,
+     "First pause before a restart, with `exponential-delay` (Flink option)."),
+    ("restart-strategy.exponential-delay.max-backoff", "duration", 1 * _MIN,
+     "Longest pause before a restart, with `exponential-delay` (Flink option)."),
+    ("restart-strategy.exponential-delay.backoff-multiplier", "float", 1.5,
+     "Factor the pause grows by after each failure, with `exponential-delay` (Flink option).", (), 1.0),
+    ("restart-strategy.exponential-delay.reset-backoff-threshold", "duration", 60 * _MIN,
+     "A job running this long without failure starts again from the initial backoff (Flink option)."),
+    ("restart-strategy.exponential-delay.jitter-factor", "float", 0.1,
+     "Random share (0-1) added to or taken from each pause (Flink option).", (), 0.0, 1.0),
+    ("restart-strategy.exponential-delay.attempts-before-reset-backoff", "int", 2**31 - 1,
+     "Restarts allowed before the job fails, with `exponential-delay` (Flink option).", (), 0),
     ("log.dir", "str", None, "Directory for the daemons' log files (Flink option)."),
     ("python.executable", "str", None, "Interpreter for JobManager, TaskManager and slot processes; "
      "unset means the client's own (Flink option)."),

@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from typing import Any
 
 from emrflow.connectors.base import Sink, SinkWriter, Source, SourceReader, SubtaskContext
@@ -86,20 +87,34 @@ def execute_and_collect(stream, job_name: str | None = None, limit: int | None =
 
 
 class _GeneratedReader(SourceReader):
-    def __init__(self, count: int, make, batch_size: int, start: int, step: int):
+    def __init__(self, count: int, make, batch_size: int, start: int, step: int,
+                 rate: float | None = None):
         self._count, self._make, self._batch = count, make, batch_size
         self._start, self._step = start, step
+        self._rate = rate
 
     def read_batches(self):
-        make = self._make
-        batch: list = []
-        for i in range(self._start, self._count, self._step):
-            batch.append(make(i))
-            if len(batch) >= self._batch:
-                yield batch
-                batch = []
-        if batch:
+        make, step = self._make, self._step
+        t0, emitted = time.monotonic(), 0
+        i = self._start
+        while i < self._count:
+            stop = min(self._count, i + self._batch * step)
+            batch = [make(j) for j in range(i, stop, step)]
+            i = stop
+            self._start = i
+            if self._rate:
+                emitted += len(batch)
+                ahead = emitted / self._rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
             yield batch
+
+    def snapshot_position(self) -> int:
+        """The next index this subtask produces."""
+        return self._start
+
+    def restore_position(self, position: int) -> None:
+        self._start = int(position)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -115,16 +130,22 @@ class GeneratedSource(Source):
         make: ``int -> record`` (default: the index itself).
         batch_size: records per batch handed to the runtime.
         max_parallelism: cap on the source's parallelism (1: ordered, non-parallel).
+        rate: records per second per subtask at most (``None``: as fast as possible),
+            for jobs that must run long enough to be checkpointed and killed.
+
+    Checkpointable: its position is the next index a subtask produces.
     """
 
     default_name = "Generated Source"
 
-    def __init__(self, count: int, make=None, batch_size: int = 1024, max_parallelism: int | None = None):
+    def __init__(self, count: int, make=None, batch_size: int = 1024, max_parallelism: int | None = None,
+                 rate: float | None = None):
         self.count = count
         self.make = make or (lambda i: i)
         self.batch_size = batch_size
         self.max_parallelism = max_parallelism
+        self.rate = rate
 
     def create_reader(self, ctx: SubtaskContext):
         return _GeneratedReader(self.count, self.make, self.batch_size, ctx.subtask_index,
-                                ctx.parallelism)
+                                ctx.parallelism, self.rate)

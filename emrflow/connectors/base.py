@@ -35,6 +35,8 @@ class SubtaskContext:
         config: the job's configuration as a plain ``dict`` of key -> typed value.
         report_bad_record: callback ``(path: str, line: int, reason: str) -> None``
             that counts a skipped bad record; the runtime keeps the first few in full.
+        checkpointing: the job takes checkpoints (STREAMING with a checkpoint interval),
+            so sinks commit per checkpoint rather than at the end of the job.
     """
 
     operator_name: str
@@ -43,6 +45,7 @@ class SubtaskContext:
     attempt: int = 0
     config: dict = field(default_factory=dict)
     report_bad_record: Callable[[str, int, str], None] = lambda path, line, reason: None
+    checkpointing: bool = False
 
 
 class SourceReader(ABC):
@@ -57,6 +60,22 @@ class SourceReader(ABC):
 
     def close(self) -> None:
         """Release files and connections; called once, also after a failure."""
+
+    def snapshot_position(self) -> Any:
+        """Return where reading stands after the last batch :meth:`read_batches` yielded.
+
+        Called between batches at a checkpoint barrier (Flink's split state);
+        the value must be picklable. The default means "cannot checkpoint", and a
+        job with checkpointing enabled fails at start with a message naming the source.
+
+        Raises:
+            NotImplementedError: the reader keeps no position.
+        """
+        raise NotImplementedError
+
+    def restore_position(self, position: Any) -> None:
+        """Continue after ``position`` (from :meth:`snapshot_position`); called before :meth:`read_batches`."""
+        raise NotImplementedError
 
 
 class Source(ABC):
@@ -99,6 +118,25 @@ class SinkWriter(ABC):
 
     def abort(self) -> None:
         """Remove everything this writer wrote that is not committed."""
+
+    def snapshot_state(self, checkpoint_id: int) -> Any:
+        """Phase one of the two-phase commit at a checkpoint barrier (Flink's ``preCommit``).
+
+        Close what was written since the last checkpoint so it can be committed once
+        checkpoint ``checkpoint_id`` completes; return picklable state (what is
+        pending, counters) or ``None`` if the writer keeps none.
+        """
+        return None
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Phase two: checkpoint ``checkpoint_id`` completed, publish what it covers (idempotent)."""
+
+    def restore_state(self, states: list) -> None:
+        """Restore from :meth:`snapshot_state` values of former subtasks, before the first record.
+
+        Publishes what those snapshots held pending (their checkpoint completed, the
+        commit may not have happened) and discards what was written after them.
+        """
 
 
 class Sink(ABC):

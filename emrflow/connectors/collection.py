@@ -11,11 +11,20 @@ class _CollectionReader(SourceReader):
     def __init__(self, records: list, batch_size: int):
         self._records = records
         self._batch_size = batch_size
+        self._next = 0
 
     def read_batches(self) -> Iterator[list]:
         n = self._batch_size
-        for i in range(0, len(self._records), n):
+        for i in range(self._next, len(self._records), n):
+            self._next = min(i + n, len(self._records))
             yield self._records[i:i + n]
+
+    def snapshot_position(self) -> int:
+        """Index of the next element to emit."""
+        return self._next
+
+    def restore_position(self, position: int) -> None:
+        self._next = int(position)
 
 
 class CollectionSource(Source):

@@ -27,8 +27,11 @@ import enum
 import io
 import operator
 import os
+import re
+import time
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
+from emrflow import fs
 from emrflow.connectors.base import Sink, SinkWriter, Source, SourceReader, SubtaskContext
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
 
@@ -47,6 +50,13 @@ def list_input_files(path: str) -> list[str]:
     Raises:
         InputNotFoundError: ``path`` does not exist (or is neither a file nor a directory).
     """
+    if fs.is_s3(path):
+        if fs.is_file(path):
+            return [path]
+        files = [f for f in fs.list_files(path) if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+        if files or fs.exists(path):
+            return files
+        raise InputNotFoundError(f"input path does not exist: {path}", path)
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
@@ -63,8 +73,13 @@ def split_range(size: int, parallelism: int, index: int) -> tuple[int, int]:
     return size * index // parallelism, size * (index + 1) // parallelism
 
 
-def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Yield blocks (``>= block_bytes``, but the last) of ``f``'s whole lines starting in ``[start, end)``."""
+def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYTES,
+                 reached: list | None = None) -> Iterator[bytes]:
+    """Yield blocks (``>= block_bytes``, but the last) of ``f``'s whole lines starting in ``[start, end)``.
+
+    With ``reached`` (a one-element list), ``reached[0]`` is the file offset just after
+    the block last yielded, whenever a block is yielded (a checkpointable read position).
+    """
     if start > 0:
         f.seek(start - 1)
         if f.read(1) != b"\n":
@@ -79,10 +94,14 @@ def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYT
             return
         j = buf.find(b"\n", min(i + block_bytes, limit) - 1)
         if j >= 0:
+            if reached is not None:
+                reached[0] = base + j + 1
             yield buf[i:j + 1]
             i = j + 1
         elif eof:
             if i < len(buf):
+                if reached is not None:
+                    reached[0] = base + len(buf)
                 yield buf[i:]
             return
         else:
@@ -99,7 +118,7 @@ class _Split:
 
     def __init__(self, path: str, parallelism: int, index: int):
         self.path = path
-        self.start, self.end = split_range(os.path.getsize(path), parallelism, index)
+        self.start, self.end = split_range(fs.size(path), parallelism, index)
         self._first_line: int | None = None
 
     def first_line_number(self) -> int:
@@ -108,7 +127,7 @@ class _Split:
             self._first_line = 1
             if self.start > 0:  # n newlines before byte start - 1: it is on line n + 1,
                 n, left = 0, self.start - 1  # and the first line starting after it is n + 2
-                with open(self.path, "rb") as f:
+                with fs.open_input(self.path) as f:
                     while left > 0 and (data := f.read(min(left, _READ_BYTES))):
                         n += data.count(b"\n")
                         left -= len(data)
@@ -129,16 +148,40 @@ class _BlockReader(SourceReader):
         self._ctx = ctx
         self._encoding = encoding
         self._file: BinaryIO | None = None
+        self._reached = [0]
+        #: (split number, file offset to continue at, lines of the split before it)
+        self._position: tuple[int, int | None, int] = (0, None, 0)
 
-    def _blocks(self, split: _Split) -> Iterator[bytes]:
-        if split.start >= split.end:
+    def _resume(self) -> Iterator[tuple[int, _Split, int | None, int]]:
+        """Yield ``(n, split, start offset or None, first line index)`` from the restored position."""
+        first, offset, index = self._position
+        for n, split in enumerate(self._splits):
+            if n >= first:
+                yield n, split, offset if n == first else None, index if n == first else 0
+
+    def _blocks(self, split: _Split, start: int | None = None) -> Iterator[bytes]:
+        start = split.start if start is None else start
+        if start >= split.end:
             return
-        with open(split.path, "rb") as f:
+        with fs.open_input(split.path) as f:
             self._file = f
             try:
-                yield from _line_blocks(f, split.start, split.end, BLOCK_BYTES)
+                yield from _line_blocks(f, start, split.end, BLOCK_BYTES, self._reached)
             finally:
                 self._file = None
+
+    def snapshot_position(self) -> tuple[str, int, int, int]:
+        """``(first file, split number, offset, line index)`` after the last batch yielded."""
+        n, offset, index = self._position
+        return (self._splits[0].path if self._splits else "", n, offset, index)
+
+    def restore_position(self, position: tuple) -> None:
+        """Continue at a position from :meth:`snapshot_position` (same files, same parallelism)."""
+        first, n, offset, index = position
+        if self._splits and first != self._splits[0].path:
+            raise ValueError(f"the restored read position is for {first}, this source reads "
+                             f"{self._splits[0].path}")
+        self._position = (n, offset, index)
 
     def _decode_lines(self, block: bytes) -> list[str]:
         """Decode a block and split it into lines without ``\\n`` / ``\\r\\n`` terminators."""
@@ -160,10 +203,10 @@ class _BlockReader(SourceReader):
 
 class _TextReader(_BlockReader):
     def read_batches(self) -> Iterator[list]:
-        decode = self._decode_lines
-        for split in self._splits:
-            index = 0  # line index within the range of the block's first line
-            for block in self._blocks(split):
+        decode, reached = self._decode_lines, self._reached
+        for n, split, start, index in self._resume():
+            # index: line index within the range of the block's first line
+            for block in self._blocks(split, start):
                 try:
                     lines = decode(block)
                 except UnicodeDecodeError as e:
@@ -171,8 +214,10 @@ class _TextReader(_BlockReader):
                     raise BadRecordError(split.path, line,
                                          f"could not decode line as {self._encoding}: {e.reason}") from None
                 index += len(lines)
+                self._position = (n, reached[0], index)
                 if lines:
                     yield lines
+            self._position = (n + 1, None, 0)
 
 
 class TextFileSource(Source):
@@ -340,10 +385,10 @@ class _CsvReader(_BlockReader):
         self._split_fields = operator.methodcaller("split", source.delimiter)
 
     def read_batches(self) -> Iterator[list]:
-        header = self._src.header
-        for split in self._splits:
-            index = 0  # line index within the range of the block's first line
-            for block in self._blocks(split):
+        header, reached = self._src.header, self._reached
+        for n, split, start, index in self._resume():
+            # index: line index within the range of the block's first line
+            for block in self._blocks(split, start):
                 if header and index == 0 and split.start == 0:
                     nl = block.find(b"\n")
                     block = block[nl + 1:] if nl >= 0 else b""
@@ -353,8 +398,10 @@ class _CsvReader(_BlockReader):
                 except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
                     batch = self._slow(block, split, index)
                 index += block.count(b"\n")
+                self._position = (n, reached[0], index)
                 if batch:
                     yield batch
+            self._position = (n + 1, None, 0)
 
     def _fast(self, block: bytes) -> list:
         """Convert a block at C speed; raises if anything is wrong with any of its lines."""
@@ -474,17 +521,63 @@ def _not_a_directory(path: str) -> OutputExistsError:
 
 
 class _FileWriter(SinkWriter):
-    """Writes ``.part-<i>-0.inprogress`` and publishes it as ``part-<i>-0<suffix>`` on commit."""
+    """Part files of one subtask, committed at the end of the job or checkpoint by checkpoint.
+
+    Without checkpoints (BATCH, or STREAMING with checkpointing off) the subtask
+    writes one in-progress file ``.part-<i>-0<suffix>.inprogress`` and renames it to
+    ``part-<i>-0<suffix>`` in :meth:`commit`, after the whole job finished.
+
+    With checkpoints it follows Flink's ``FileSink`` with a rolling policy: the
+    in-progress file rolls when it reaches ``sink.rolling-policy.file-size`` bytes,
+    is older than ``sink.rolling-policy.rollover-interval`` ms, or a checkpoint
+    barrier arrives; rolled files are pending until the checkpoint that covers
+    them completes (:meth:`notify_checkpoint_complete`), then renamed to
+    ``part-<i>-<n><suffix>``. A restore commits what the checkpoint held pending and
+    deletes this subtask's in-progress files of the failed attempt.
+    """
 
     def __init__(self, sink: "FileSink", ctx: SubtaskContext):
         self._sink = sink
         self._ctx = ctx
-        if os.path.isfile(sink.path):
-            raise _not_a_directory(sink.path)
-        os.makedirs(sink.path, exist_ok=True)
-        self._tmp = os.path.join(sink.path, f".part-{ctx.subtask_index}-0.inprogress")
-        self._final = os.path.join(sink.path, sink.part_name(ctx.subtask_index))
-        self._f = open(self._tmp, "w", encoding=sink.encoding, newline="", buffering=_WRITE_BUFFER)
+        self._path = sink.path
+        self._local = not fs.is_s3(sink.path)
+        if self._local:
+            if os.path.isfile(sink.path):
+                raise _not_a_directory(sink.path)
+            os.makedirs(sink.path, exist_ok=True)
+        config = ctx.config or {}
+        self._checkpointing = ctx.checkpointing
+        if self._checkpointing and sink.write_mode is WriteMode.OVERWRITE:
+            raise ValueError(f"{sink.path}: write mode OVERWRITE needs a job without checkpoints; "
+                             "with checkpoints a file sink adds part files, as Flink's FileSink does")
+        self._max_bytes = int(config.get("sink.rolling-policy.file-size") or (128 << 20))
+        self._max_age_s = int(config.get("sink.rolling-policy.rollover-interval") or 60_000) / 1000.0
+        self._counter = 0
+        self._f: io.TextIOBase | None = None
+        self._raw = None
+        self._current: tuple[str, str] | None = None  # (in-progress uri, final uri)
+        self._opened = 0.0
+        self._closed: list[tuple[str, str]] = []     # rolled since the last checkpoint
+        self._pending: list[tuple[int, list]] = []   # (checkpoint id, files) awaiting commit
+        self._write: Callable[[list], None] | None = None
+        self._prepared: list[tuple[str, str]] = []
+        if not self._checkpointing:
+            self._open()  # one file per subtask, even if empty (a CSV header at least)
+
+    # -- files -----------------------------------------------------------------------
+    def _names(self, n: int) -> tuple[str, str]:
+        i, sfx = self._ctx.subtask_index, self._sink.suffix
+        return (fs.join(self._path, f".part-{i}-{n}{sfx}.inprogress"),
+                fs.join(self._path, f"part-{i}-{n}{sfx}"))
+
+    def _open(self) -> None:
+        tmp, final = self._current = self._names(self._counter)
+        self._counter += 1
+        sink = self._sink
+        self._raw = _RawStream(open(tmp, "wb", buffering=0) if self._local else fs.open_output(tmp))
+        self._f = io.TextIOWrapper(io.BufferedWriter(self._raw, _WRITE_BUFFER),
+                                   encoding=sink.encoding, newline="")
+        self._opened = time.monotonic()
         try:
             sink.start(self._f)
             self._write = sink.formatter(self._f)
@@ -492,23 +585,43 @@ class _FileWriter(SinkWriter):
             self.abort()
             raise
 
-    def write_batch(self, records: list) -> None:
-        self._write(records)
+    def _close_current(self) -> tuple[str, str] | None:
+        """Flush, sync and close the in-progress file; return its names."""
+        cur, f = self._current, self._f
+        if cur is None or f is None:
+            return None
+        if not f.closed:
+            f.flush()
+            if self._local:
+                os.fsync(self._raw.fileno())
+            f.close()
+        self._f = self._current = self._write = None
+        return cur
 
+    def write_batch(self, records: list) -> None:
+        if self._f is None:
+            self._open()
+        self._write(records)
+        if self._checkpointing and (self._raw.written >= self._max_bytes
+                                    or time.monotonic() - self._opened >= self._max_age_s):
+            self._closed.append(self._close_current())
+
+    # -- end of the job (no checkpoints, or the last records after the last checkpoint) --------
     def prepare_commit(self) -> Any:
-        """Flush, fsync and close the in-progress file; returns its path."""
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-        return self._tmp
+        """Close the in-progress file; returns the in-progress and final names still to publish."""
+        cur = self._close_current()
+        if cur is not None:
+            self._closed.append(cur)
+        self._prepared = [f for _, files in self._pending for f in files] + self._closed
+        return [tmp for tmp, _ in self._prepared]
 
     def commit(self) -> None:
-        """Rename the in-progress file to its final name (idempotent)."""
-        if self._sink.write_mode is WriteMode.OVERWRITE and self._ctx.subtask_index == 0:
+        """Publish every file written (rename its in-progress file; idempotent)."""
+        if self._sink.write_mode is WriteMode.OVERWRITE and self._ctx.subtask_index == 0 and self._local:
             self._remove_stale()
-        if os.path.exists(self._tmp) or not os.path.exists(self._final):
-            os.replace(self._tmp, self._final)
+        for tmp, final in self._prepared:
+            _publish(tmp, final)
+        self._pending, self._closed = [], []
 
     def _remove_stale(self) -> None:
         """Delete ``part-*`` files no subtask of this job writes, and a ``_SUCCESS`` marker."""
@@ -520,13 +633,112 @@ class _FileWriter(SinkWriter):
                     os.remove(full)
 
     def abort(self) -> None:
-        """Close and delete the in-progress file, if any."""
-        try:
-            self._f.close()
-        except OSError:
-            pass  # e.g. the disk is full: the file goes anyway
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        """Close and delete the in-progress and uncommitted files (committed ones stay)."""
+        f, cur = self._f, self._current
+        self._f = self._current = None
+        if f is not None:
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass  # e.g. the disk is full: the file goes anyway
+        for tmp, _ in ([cur] if cur else []) + self._closed + \
+                [x for _, files in self._pending for x in files]:
+            try:
+                fs.delete(tmp)
+            except OSError:
+                pass
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot_state(self, checkpoint_id: int) -> dict:
+        """Roll the in-progress file; what was rolled since the last checkpoint is pending on this one."""
+        cur = self._close_current()
+        if cur is not None:
+            self._closed.append(cur)
+        if self._closed:
+            self._pending.append((checkpoint_id, self._closed))
+            self._closed = []
+        return {"subtask": self._ctx.subtask_index, "counter": self._counter,
+                "pending": [(cid, list(files)) for cid, files in self._pending]}
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Publish the files of checkpoints up to ``checkpoint_id``."""
+        keep = []
+        for cid, files in self._pending:
+            if cid <= checkpoint_id:
+                for tmp, final in files:
+                    _publish(tmp, final)
+            else:
+                keep.append((cid, files))
+        self._pending = keep
+
+    def restore_state(self, states: list) -> None:
+        """Publish the restored pending files, continue the part counter, drop stale in-progress files."""
+        me = self._ctx.subtask_index
+        counter = 0
+        for st in states:
+            for _, files in st["pending"]:
+                for tmp, final in files:
+                    _publish(tmp, final)
+            if st["subtask"] == me:
+                counter = max(counter, st["counter"])
+        self._cleanup_in_progress()
+        self._counter = max(self._counter, counter, self._next_free())
+
+    def _cleanup_in_progress(self) -> None:
+        """Delete in-progress files of this subtask (and, in subtask 0, of subtasks beyond the parallelism)."""
+        me, p = self._ctx.subtask_index, self._ctx.parallelism
+        for name in fs.listdir(self._path):
+            m = _IN_PROGRESS.match(name)
+            if m and (int(m.group(1)) == me or (me == 0 and int(m.group(1)) >= p)):
+                if self._current is None or not self._current[0].endswith("/" + name) \
+                        and not self._current[0].endswith(os.sep + name):
+                    fs.delete(fs.join(self._path, name))
+
+    def _next_free(self) -> int:
+        """One past the highest part number of this subtask's committed files."""
+        me, top = self._ctx.subtask_index, -1
+        for name in fs.listdir(self._path):
+            m = _COMMITTED.match(name)
+            if m and int(m.group(1)) == me:
+                top = max(top, int(m.group(2)))
+        return top + 1
+
+
+_IN_PROGRESS = re.compile(r"^\.part-(\d+)-(\d+).*\.inprogress$")
+_COMMITTED = re.compile(r"^part-(\d+)-(\d+)")
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Rename an in-progress file to its final name; nothing if that already happened."""
+    if fs.exists(tmp):
+        fs.move(tmp, final)
+    elif not fs.exists(final):
+        raise FileNotFoundError(f"cannot commit {final}: its in-progress file {tmp} is gone")
+
+
+class _RawStream(io.RawIOBase):
+    """A writable raw stream over a local file or a pyarrow output stream; counts bytes written."""
+
+    def __init__(self, sink):
+        self._sink = sink
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sink.fileno()
+
+    def write(self, b) -> int:
+        self._sink.write(b)
+        n = len(b)
+        self.written += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sink.close()
+        super().close()
 
 
 class FileSink(Sink):

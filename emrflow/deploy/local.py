@@ -9,10 +9,12 @@ left of the process tree. Mirrors Flink's ``MiniCluster``.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import socket
 import subprocess
+import threading
 import time
 
 import psutil
@@ -21,6 +23,8 @@ from emrflow.config import Configuration
 from emrflow.deploy.client import ClusterClient, wait_until
 from emrflow.errors import ClusterError
 from emrflow.runtime.process import spawn
+
+log = logging.getLogger("emrflow.local")
 
 
 class LocalCluster:
@@ -47,6 +51,11 @@ class LocalCluster:
         self.address: tuple[str, int] | None = None
         self.processes: list[subprocess.Popen] = []
         self._client: ClusterClient | None = None
+        self._taskmanagers: dict[str, subprocess.Popen] = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        #: TaskManagers started to replace ones that died, as ``(id, exit status)``
+        self.replaced: list[tuple[str, int]] = []
 
     @classmethod
     def for_parallelism(cls, config: Configuration, parallelism: int) -> "LocalCluster":
@@ -72,12 +81,7 @@ class LocalCluster:
                  "--heartbeat-timeout-ms", str(self.config.get("heartbeat.timeout"))],
                 self.secret, python, new_session=True, pass_fds=(listener.fileno(),)))
             for i in range(self.num_taskmanagers):
-                self.processes.append(spawn(
-                    "emrflow.runtime.taskmanager",
-                    ["--jobmanager", jm_address, "--slots", str(self.slots_per_taskmanager),
-                     "--id", f"tm-{i}", "--die-with-parent",
-                     "--heartbeat-interval-ms", str(self.config.get("heartbeat.interval"))],
-                    self.secret, python, new_session=True))
+                self._start_taskmanager(f"tm-{i}")
         finally:
             listener.close()
         try:
@@ -95,7 +99,47 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        threading.Thread(target=self._replace_dead_taskmanagers, daemon=True,
+                         name="taskmanager-watch").start()
         return self
+
+    def _start_taskmanager(self, tm_id: str) -> None:
+        jm_address = f"{self.address[0]}:{self.address[1]}"
+        proc = spawn("emrflow.runtime.taskmanager",
+                     ["--jobmanager", jm_address, "--slots", str(self.slots_per_taskmanager),
+                      "--id", tm_id, "--die-with-parent",
+                      "--heartbeat-interval-ms", str(self.config.get("heartbeat.interval"))],
+                     self.secret, self.config.get("python.executable"), new_session=True)
+        with self._lock:
+            self.processes.append(proc)
+            self._taskmanagers[tm_id] = proc
+
+    def _replace_dead_taskmanagers(self) -> None:
+        """Start a new TaskManager for each one that exits while the cluster runs.
+
+        Flink's active resource managers (YARN, Kubernetes) do the same, so a job
+        with a restart strategy gets its slots back after a TaskManager is lost.
+        """
+        n = 0
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                dead = [(i, p) for i, p in self._taskmanagers.items() if p.poll() is not None]
+            for tm_id, proc in dead:
+                if self._stopping.is_set():
+                    return
+                n += 1
+                base = tm_id.split("-r")[0]
+                new_id = f"{base}-r{n}"
+                log.warning("TaskManager %s (pid %d) exited with status %s; starting %s in its place",
+                            tm_id, proc.pid, proc.returncode, new_id)
+                with self._lock:
+                    self._taskmanagers.pop(tm_id, None)
+                    self.processes.remove(proc)
+                self.replaced.append((tm_id, proc.returncode))
+                try:
+                    self._start_taskmanager(new_id)
+                except OSError as exc:
+                    log.error("cannot start a replacement TaskManager: %s", exc)
 
     def client(self) -> ClusterClient:
         """Return the client connection of this cluster."""
@@ -105,6 +149,7 @@ class LocalCluster:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop every process of the cluster; kill what does not stop within ``timeout_s``."""
+        self._stopping.set()
         tree: list[psutil.Process] = []
         for p in self.processes:
             try:

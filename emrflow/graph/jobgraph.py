@@ -132,6 +132,8 @@ class JobGraph:
     edges: list[JobEdge]
     config: dict
     batch: bool
+    #: the restore plan of ``emrflow run -s`` (see :func:`emrflow.runtime.checkpoint.plan_restore`)
+    restore: dict | None = None
 
     @property
     def max_vertex_parallelism(self) -> int:
@@ -161,8 +163,12 @@ class JobGraph:
 
     def topology(self) -> dict:
         """Return the graph without user code, as plain data (what the JobManager needs)."""
+        jm_keys = ("execution.checkpointing.", "state.", "restart-strategy", "jobmanager.execution.",
+                   "execution.savepoint.")
         return {
             "job_id": self.job_id, "name": self.name, "batch": self.batch,
+            "checkpointing": bool(self.config.get("execution.checkpointing.interval")) and not self.batch,
+            "config": {k: v for k, v in self.config.items() if k.startswith(jm_keys)},
             "vertices": [{"id": v.id, "name": v.name, "parallelism": v.parallelism,
                           "max_parallelism": v.max_parallelism,
                           "operators": [{"id": o.id, "name": o.name, "uid": o.uid, "kind": o.kind}
@@ -171,6 +177,7 @@ class JobGraph:
             "edges": [{"source": e.source_vertex, "target": e.target_vertex,
                        "ship_strategy": e.partitioner.upper(),
                        "local_aggregation": e.combine is not None} for e in self.edges],
+            "restore": self.restore,
         }
 
     def to_json(self) -> str:

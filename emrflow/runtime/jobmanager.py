@@ -22,14 +22,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from emrflow import fs
+from emrflow.runtime import checkpoint as chk
 from emrflow.runtime import rpc
 from emrflow.runtime.process import die_with_parent, setup_logging
+from emrflow.runtime.restart import RestartStrategy
 
 log = logging.getLogger("emrflow.jobmanager")
 
@@ -88,6 +93,85 @@ class JobState:
     metric_times: dict[tuple[int, int], float] = field(default_factory=dict)
     pending_acks: set[str] = field(default_factory=set)
     finish_errors: list[str] = field(default_factory=list)
+    attempt: int = 0
+    restore: dict | None = None          # restore plan of the next deployment
+    restart: RestartStrategy | None = None
+    restarts: int = 0
+    restarting: bool = False
+    coordinator: "CheckpointCoordinator | None" = None
+    stop_savepoint: str | None = None    # stop-with-savepoint: ends FINISHED
+    restart_pause: float = 0.0           # seconds before the pending restart
+    last_failure: dict | None = None     # the failure that caused the last restart
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint triggered and not yet complete (Flink's ``PendingCheckpoint``)."""
+
+    id: int
+    target: str
+    savepoint: bool
+    started: float
+    waiting: set
+    entries: list = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict | None = None
+    error: str | None = None
+
+
+class CheckpointCoordinator:
+    """Triggers checkpoints of one job, collects acknowledgements, completes them (Flink's).
+
+    A checkpoint completes when every subtask acknowledged it; then its
+    ``_metadata`` is written (last, so an incomplete checkpoint is never used),
+    sinks are told (the second phase of their commit), and checkpoints beyond
+    ``state.checkpoints.num-retained`` are deleted.
+    """
+
+    def __init__(self, job_id: str, config: dict):
+        self.job_id = job_id
+        self.interval_s = int(config.get("execution.checkpointing.interval") or 0) / 1000.0
+        self.timeout_s = int(config.get("execution.checkpointing.timeout") or 600_000) / 1000.0
+        self.max_concurrent = int(config.get("execution.checkpointing.max-concurrent-checkpoints") or 1)
+        self.min_pause_s = int(config.get("execution.checkpointing.min-pause") or 0) / 1000.0
+        self.retained = int(config.get("state.checkpoints.num-retained") or 1)
+        self.retention = config.get("execution.checkpointing.externalized-checkpoint-retention",
+                                    "NO_EXTERNALIZED_CHECKPOINTS")
+        base = config.get("state.checkpoints.dir") or os.path.join(tempfile.gettempdir(),
+                                                                   "emrflow-checkpoints")
+        self.savepoint_dir = config.get("state.savepoints.dir")
+        self.job_dir = fs.join(base, job_id)
+        self.next_id = 1
+        self.pending: dict[int, PendingCheckpoint] = {}
+        self.completed: list[dict] = []   # metadata of retained checkpoints, oldest first
+        self.last_end = 0.0
+        self.last_trigger = time.monotonic()
+        self.stats = {"completed": 0, "failed": 0, "last": None}
+
+    def due(self, now: float) -> bool:
+        """True if a periodic checkpoint should be triggered now."""
+        periodic = [p for p in self.pending.values() if not p.savepoint]
+        return (self.interval_s > 0 and len(periodic) < self.max_concurrent
+                and now - self.last_trigger >= self.interval_s and now - self.last_end >= self.min_pause_s)
+
+    def start(self, tasks: list, savepoint_dir: str | None = None) -> PendingCheckpoint:
+        """Create a pending checkpoint (or savepoint into ``savepoint_dir``) waiting for ``tasks``."""
+        cid = self.next_id
+        self.next_id += 1
+        if savepoint_dir is not None:
+            target = fs.join(savepoint_dir, f"savepoint-{self.job_id[:6]}-{secrets.token_hex(6)}")
+        else:
+            target = fs.join(self.job_dir, f"chk-{cid}")
+        p = PendingCheckpoint(cid, target, savepoint_dir is not None, time.monotonic(), set(tasks))
+        self.pending[cid] = p
+        if savepoint_dir is None:
+            self.last_trigger = p.started
+        return p
+
+    def latest(self) -> dict | None:
+        """Metadata of the newest completed checkpoint or savepoint, or ``None``."""
+        return self.completed[-1] if self.completed else None
+
 
 
 class JobManager:
@@ -123,12 +207,15 @@ class JobManager:
             "task_state": self._on_task_state,
             "metrics": self._on_metrics,
             "finished_ack": self._on_finished_ack,
+            "checkpoint_ack": self._on_checkpoint_ack,
         }
+        self.client_handlers.update(savepoint=self.savepoint, stop=self.stop)
 
     # -- network shell -------------------------------------------------------------
     def serve(self) -> None:
         """Accept connections until :meth:`shutdown`."""
         threading.Thread(target=self._watch_heartbeats, daemon=True, name="heartbeats").start()
+        threading.Thread(target=self._trigger_checkpoints, daemon=True, name="checkpoints").start()
         self.listener.settimeout(0.5)
         while not self.stopping.is_set():
             try:
@@ -231,46 +318,72 @@ class JobManager:
         """Accept a job, wait for enough free slots, deploy it; returns ``{"job_id"}``."""
         job = JobState(id=topology["job_id"], name=topology["name"], topology=topology,
                        job_bytes=job_bytes)
-        need = max(v["parallelism"] for v in topology["vertices"])
-        deadline = time.monotonic() + self.slot_request_timeout_s
+        config = topology.get("config", {})
+        job.restart = RestartStrategy(config)
+        job.restore = topology.get("restore")
+        if topology.get("checkpointing"):
+            job.coordinator = CheckpointCoordinator(job.id, config)
+            if job.restore:  # continue the numbering of the checkpoint restored from
+                job.coordinator.next_id = int(job.restore["checkpoint_id"]) + 1
         with self.cond:
             if job.id in self.jobs:
                 return f"job {job.id} was already submitted"
             self.jobs[job.id] = job
-            while True:
-                free = [s for s in self.slots.values() if s.job_id is None]
-                if len(free) >= need:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    total = len(self.slots)
-                    self._set_terminal(job, "FAILED", failure={
-                        "message": f"not enough task slots: the job needs {need} (its largest "
-                                   f"parallelism), the cluster has {len(free)} free of {total}; "
-                                   "add TaskManagers or lower the parallelism",
-                        "operator": None, "subtask_index": None, "parallelism": None,
-                        "traceback": ""})
-                    return {"job_id": job.id}
-                self.cond.wait(min(left, 0.5))
-            free.sort(key=lambda s: (s.taskmanager_id, s.index))
-            job.slots = free[:need]
-            for s in job.slots:
-                s.job_id = job.id
-            for v in topology["vertices"]:
-                for i in range(v["parallelism"]):
-                    job.tasks[(v["id"], i)] = "DEPLOYING"
-            job.state = "RUNNING"
+            self._deploy(job)
+        return {"job_id": job.id}
+
+    def _needed_slots(self, job: JobState) -> int:
+        return max(v["parallelism"] for v in job.topology["vertices"])
+
+    def _deploy(self, job: JobState) -> None:
+        """Wait (releasing the lock) for enough free slots, then deploy attempt ``job.attempt``.
+
+        Called with ``self.cond`` held; on a slot timeout the job fails.
+        """
+        topology = job.topology
+        need = self._needed_slots(job)
+        deadline = time.monotonic() + self.slot_request_timeout_s
+        while True:
+            if job.state in TERMINAL or job.state in ("CANCELLING", "CANCELED_ABORTING"):
+                return
+            free = [s for s in self.slots.values() if s.job_id is None]
+            if len(free) >= need:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                total = len(self.slots)
+                self._set_terminal(job, "FAILED", failure={
+                    "message": f"not enough task slots: the job needs {need} (its largest "
+                               f"parallelism), the cluster has {len(free)} free of {total}; "
+                               "add TaskManagers or lower the parallelism",
+                    "operator": None, "subtask_index": None, "parallelism": None,
+                    "traceback": ""})
+                return
+            self.cond.wait(min(left, 0.5))
+        free.sort(key=lambda s: (s.taskmanager_id, s.index))
+        job.slots = free[:need]
+        for s in job.slots:
+            s.job_id = job.id
+        job.tasks = {}
+        for v in topology["vertices"]:
+            for i in range(v["parallelism"]):
+                job.tasks[(v["id"], i)] = "DEPLOYING"
+        job.state = "RUNNING"
+        job.restarting = False
+        if job.start is None:
             job.start = time.time()
-            self.cond.notify_all()
+        if job.coordinator is not None:
+            job.coordinator.last_trigger = time.monotonic()
+        self.cond.notify_all()
         addresses = {i: list(s.data_address) for i, s in enumerate(job.slots)}
         for i, s in enumerate(job.slots):
             subtasks = [(v["id"], i) for v in topology["vertices"] if v["parallelism"] > i]
             try:
-                s.conn.send("deploy", job_id=job.id, job_bytes=job_bytes, subtasks=subtasks,
-                            attempt=0, slot_addresses=addresses)
+                s.conn.send("deploy", job_id=job.id, job_bytes=job.job_bytes, subtasks=subtasks,
+                            attempt=job.attempt, slot_addresses=addresses, restore=job.restore)
             except rpc.ConnectionClosed:
-                self._slot_lost(s.id, f"slot {s.id} disconnected during deployment")
-        return {"job_id": job.id}
+                threading.Thread(target=self._slot_lost, daemon=True,
+                                 args=(s.id, f"slot {s.id} disconnected during deployment")).start()
 
     def job_status(self, job_id: str, wait_s: float = 0.0) -> dict | str:
         """Return a job's status; with ``wait_s`` > 0 return early only if it ends."""
@@ -300,10 +413,55 @@ class JobManager:
                 return f"no job with id {job_id}"
             if job.state in TERMINAL:
                 return {"state": job.state}
+            if job.state == "RESTARTING_WAIT":
+                self._set_terminal(job, "CANCELED")
+            elif job.state in ("RUNNING", "RESTARTING"):
+                job.state = "CANCELLING"
+                self._cancel_tasks(job)
+            elif job.state == "RESTARTING_ABORTING":
+                job.state = "CANCELED_ABORTING"
+            return {"state": self._public_state(job)}
+
+    def savepoint(self, job_id: str, directory: str | None = None, timeout_s: float = 600.0) -> dict | str:
+        """Take a savepoint of a running job; returns ``{"path"}`` once it is complete (Flink's).
+
+        Args:
+            job_id: the job.
+            directory: where the ``savepoint-<job>-<id>`` directory goes; default
+                ``state.savepoints.dir``.
+            timeout_s: how long to wait for completion, in seconds.
+        """
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return f"no job with id {job_id}"
+            if job.coordinator is None:
+                return (f"job {job_id} runs in BATCH mode: savepoints are for STREAMING jobs "
+                        "(Flink takes no savepoints of batch jobs)")
+            if job.state != "RUNNING" or any(st != "RUNNING" for st in job.tasks.values()):
+                return f"job {job_id} is {self._public_state(job)}, not running with all its tasks: try again"
+            directory = directory or job.coordinator.savepoint_dir
+            if not directory:
+                return "no savepoint directory: give one, or set state.savepoints.dir"
+            p = self._trigger(job, directory)
+        if not p.done.wait(timeout_s):
+            return f"savepoint {p.target} did not complete within {timeout_s:.0f} s"
+        if p.error:
+            return f"savepoint failed: {p.error}"
+        return {"path": p.target, "checkpoint_id": p.id}
+
+    def stop(self, job_id: str, directory: str | None = None, timeout_s: float = 600.0) -> dict | str:
+        """Stop a job with a final savepoint (Flink's stop-with-savepoint); the job ends FINISHED."""
+        reply = self.savepoint(job_id, directory, timeout_s)
+        if isinstance(reply, str):
+            return reply
+        with self.cond:
+            job = self.jobs[job_id]
+            job.stop_savepoint = reply["path"]
             if job.state == "RUNNING":
                 job.state = "CANCELLING"
                 self._cancel_tasks(job)
-            return {"state": job.state}
+        return reply
 
     def cluster_status(self) -> dict:
         """Return TaskManagers and slot counts."""
@@ -335,10 +493,10 @@ class JobManager:
 
     # -- slot messages -------------------------------------------------------------
     def _on_task_state(self, slot: SlotInfo, job_id: str, vertex: int, subtask: int, state: str,
-                       metrics: dict, failure: dict | None = None) -> None:
+                       metrics: dict, failure: dict | None = None, attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None or job.state in TERMINAL:
+            if job is None or job.state in TERMINAL or attempt != job.attempt:
                 return
             job.tasks[(vertex, subtask)] = state
             if metrics:
@@ -348,10 +506,10 @@ class JobManager:
             self._progress(job)
             self.cond.notify_all()
 
-    def _on_metrics(self, slot: SlotInfo, job_id: str, tasks: dict) -> None:
+    def _on_metrics(self, slot: SlotInfo, job_id: str, tasks: dict, attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None:
+            if job is None or attempt != job.attempt:
                 return
             now = time.monotonic()
             for key, m in tasks.items():
@@ -362,10 +520,11 @@ class JobManager:
                     self._update_rates(job, k, m, now)
                     job.metrics[k] = m
 
-    def _on_finished_ack(self, slot: SlotInfo, job_id: str, commit: bool, error: str | None) -> None:
+    def _on_finished_ack(self, slot: SlotInfo, job_id: str, commit: bool, error: str | None,
+                         attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None:
+            if job is None or attempt != job.attempt:
                 return
             job.pending_acks.discard(slot.id)
             if error:
@@ -395,11 +554,27 @@ class JobManager:
 
     # -- state machine (called with self.cond held) ----------------------------------
     def _fail(self, job: JobState, failure: dict) -> None:
-        if job.failure is None:
+        if job.state == "RUNNING" and job.stop_savepoint is None and job.restart is not None:
+            pause = job.restart.on_failure()
+            if pause is not None:
+                log.warning("job %s: %s; restarting in %.1f s (%s)", job.id, failure.get("message"),
+                            pause, job.restart.describe())
+                job.state = "RESTARTING"
+                job.restart_pause = pause
+                job.last_failure = failure
+                self._abort_pending_checkpoints(job, "the job is restarting")
+                self._cancel_tasks(job)
+                return
+            if job.restart.kind != "none":
+                failure = dict(failure)
+                failure["message"] = (f"{failure.get('message')} (no more restarts: restart strategy "
+                                      f"{job.restart.describe()})")
+        if job.failure is None and job.state not in ("RESTARTING", "RESTARTING_ABORTING"):
             job.failure = failure
             job.failure_time = time.time()
         if job.state in ("RUNNING", "CANCELLING"):
             job.state = "FAILING"
+            self._abort_pending_checkpoints(job, "the job failed")
             self._cancel_tasks(job)
 
     def _cancel_tasks(self, job: JobState) -> None:
@@ -413,15 +588,17 @@ class JobManager:
         states = job.tasks.values()
         if job.state == "RUNNING" and all(s == "FINISHED" for s in states):
             job.state = "COMMITTING"
+            self._abort_pending_checkpoints(job, "the job finished")
             self._finish_on_slots(job, "commit")
-        elif job.state in ("FAILING", "CANCELLING") and all(
+        elif job.state in ("FAILING", "CANCELLING", "RESTARTING") and all(
                 s in ("FINISHED", "FAILED", "CANCELED") for s in states):
             self._finish_on_slots(job, "abort")
 
     def _finish_on_slots(self, job: JobState, what: str) -> None:
         job.pending_acks = {s.id for s in job.slots if s.id in self.slots}
         if what == "abort":
-            job.state = "FAILED_ABORTING" if job.state == "FAILING" else "CANCELED_ABORTING"
+            job.state = {"FAILING": "FAILED_ABORTING", "RESTARTING": "RESTARTING_ABORTING"}.get(
+                job.state, "CANCELED_ABORTING")
         for s in job.slots:
             if s.id in job.pending_acks:
                 try:
@@ -441,7 +618,151 @@ class JobManager:
         elif job.state == "FAILED_ABORTING":
             self._set_terminal(job, "FAILED")
         elif job.state == "CANCELED_ABORTING":
-            self._set_terminal(job, "CANCELED")
+            self._set_terminal(job, "FINISHED" if job.stop_savepoint else "CANCELED")
+        elif job.state == "RESTARTING_ABORTING":
+            job.state = "RESTARTING_WAIT"
+            for s in job.slots:
+                if s.job_id == job.id:
+                    s.job_id = None
+            job.slots = []
+            threading.Thread(target=self._restart, args=(job,), daemon=True,
+                             name=f"restart-{job.id[:8]}").start()
+
+    def _restart(self, job: JobState) -> None:
+        """After the restart pause, redeploy the job from its latest valid checkpoint."""
+        time.sleep(job.restart_pause)
+        plan = self._restore_plan(job)
+        with self.cond:
+            if job.state != "RESTARTING_WAIT":
+                return  # cancelled meanwhile
+            job.attempt += 1
+            job.restarts += 1
+            if plan is not None:
+                job.restore = plan
+            log.info("job %s: attempt %d starts from %s", job.id, job.attempt,
+                     plan["path"] if plan else "the beginning (no checkpoint yet)")
+            self._deploy(job)
+
+    def _restore_plan(self, job: JobState) -> dict | None:
+        """The restore plan of the newest checkpoint that checks out; corrupt ones are skipped, with a log line."""
+        c = job.coordinator
+        while c is not None:
+            with self.cond:
+                meta = c.latest()
+            if meta is None:
+                break
+            try:
+                verified = chk.load_metadata(meta["path"], verify=True)
+                return chk.plan_restore(verified, job.topology, allow_non_restored=True)
+            except chk.CheckpointError as exc:
+                log.warning("job %s: skipping checkpoint %s: %s; falling back to the previous one",
+                            job.id, meta["path"], exc)
+                with self.cond:
+                    if c.completed and c.completed[-1] is meta:
+                        c.completed.pop()
+        return job.restore
+
+    # -- checkpoints (called with self.cond held unless said otherwise) --------------------------
+    def _trigger(self, job: JobState, savepoint_dir: str | None = None) -> PendingCheckpoint:
+        c = job.coordinator
+        p = c.start(list(job.tasks), savepoint_dir)
+        for s in job.slots:
+            try:
+                s.conn.send("trigger_checkpoint", job_id=job.id, checkpoint_id=p.id,
+                            timestamp_ms=chk.now_ms(), target=p.target, savepoint=p.savepoint)
+            except rpc.ConnectionClosed:
+                pass
+        return p
+
+    def _trigger_checkpoints(self) -> None:
+        """The coordinators' clock: trigger periodic checkpoints, expire those past the timeout."""
+        while not self.stopping.wait(0.05):
+            now = time.monotonic()
+            with self.cond:
+                for job in list(self.jobs.values()):
+                    c = job.coordinator
+                    if c is None or job.state != "RUNNING":
+                        continue
+                    for p in list(c.pending.values()):
+                        if now - p.started > c.timeout_s:
+                            self._abort_checkpoint(job, p, f"not complete after {c.timeout_s:.0f} s "
+                                                   "(execution.checkpointing.timeout)")
+                    if c.due(now) and all(st == "RUNNING" for st in job.tasks.values()):
+                        self._trigger(job)
+
+    def _abort_checkpoint(self, job: JobState, p: PendingCheckpoint, why: str) -> None:
+        c = job.coordinator
+        if c.pending.pop(p.id, None) is None:
+            return
+        c.stats["failed"] += 1
+        c.last_end = time.monotonic()
+        p.error = why
+        p.done.set()
+        log.warning("job %s: checkpoint %d aborted: %s", job.id, p.id, why)
+        threading.Thread(target=chk.remove, args=(p.target,), daemon=True).start()
+
+    def _abort_pending_checkpoints(self, job: JobState, why: str) -> None:
+        if job.coordinator is not None:
+            for p in list(job.coordinator.pending.values()):
+                self._abort_checkpoint(job, p, why)
+
+    def _on_checkpoint_ack(self, slot: SlotInfo, job_id: str, attempt: int, checkpoint_id: int,
+                           vertex: int, subtask: int, entry: dict | None, error: str | None) -> None:
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None or job.coordinator is None or attempt != job.attempt:
+                return
+            c = job.coordinator
+            p = c.pending.get(checkpoint_id)
+            if p is None:
+                return
+            if error is not None:
+                self._abort_checkpoint(job, p, f"subtask {subtask} of vertex {vertex} declined: {error}")
+                return
+            p.waiting.discard((vertex, subtask))
+            p.entries.append(entry)
+            if p.waiting:
+                return
+            del c.pending[checkpoint_id]
+        meta = {"format": chk.FORMAT_VERSION, "job_id": job.id, "job_name": job.name,
+                "checkpoint_id": p.id, "kind": "savepoint" if p.savepoint else "checkpoint",
+                "attempt": attempt, "timestamp_ms": chk.now_ms(),
+                "duration_ms": int((time.monotonic() - p.started) * 1000),
+                "size_bytes": sum(e["size"] for e in p.entries),
+                "tasks": sorted(p.entries, key=lambda e: (e["vertex"], e["subtask"]))}
+        try:
+            chk.write_metadata(p.target, meta)
+        except OSError as exc:
+            with self.cond:
+                c.pending[p.id] = p
+                self._abort_checkpoint(job, p, f"cannot write its metadata: {exc!r}")
+            return
+        meta["path"] = p.target
+        drop = []
+        with self.cond:
+            c.completed.append(meta)
+            regular = [m for m in c.completed if m["kind"] == "checkpoint"]
+            while len(regular) > c.retained:
+                old = regular.pop(0)
+                c.completed.remove(old)
+                drop.append(old["path"])
+            c.stats["completed"] += 1
+            c.stats["last"] = {k: meta[k] for k in ("checkpoint_id", "kind", "timestamp_ms",
+                                                    "duration_ms", "size_bytes")}
+            c.stats["last"]["path"] = p.target
+            c.last_end = time.monotonic()
+            if attempt == job.attempt and job.state in ("RUNNING", "CANCELLING"):
+                for s in job.slots:
+                    try:
+                        s.conn.send("notify_checkpoint_complete", job_id=job.id, checkpoint_id=p.id)
+                    except rpc.ConnectionClosed:
+                        pass
+            p.result = meta
+            p.done.set()
+        log.info("job %s: %s %d complete (%d bytes, %d ms) at %s", job.id, meta["kind"], p.id,
+                 meta["size_bytes"], meta["duration_ms"], p.target)
+        for d in drop:
+            chk.remove(d)
 
     def _set_terminal(self, job: JobState, state: str, failure: dict | None = None) -> None:
         job.state = state
@@ -452,7 +773,20 @@ class JobManager:
         for s in job.slots:
             if s.job_id == job.id:
                 s.job_id = None
+        c = job.coordinator
+        if c is not None:
+            for p in list(c.pending.values()):
+                self._abort_checkpoint(job, p, f"the job is {state}")
+            keep = {"NO_EXTERNALIZED_CHECKPOINTS": (), "DELETE_ON_CANCELLATION": ("FAILED",),
+                    "RETAIN_ON_CANCELLATION": ("FAILED", "CANCELED")}.get(c.retention, ())
+            if state not in keep:
+                threading.Thread(target=chk.remove, args=(c.job_dir,), daemon=True).start()
         self.cond.notify_all()
+
+    @staticmethod
+    def _public_state(job: JobState) -> str:
+        """The job state as Flink names it (RESTARTING for every phase of a restart)."""
+        return "RESTARTING" if job.state.startswith("RESTARTING") else job.state
 
     def _slot_lost(self, slot_id: str, reason: str) -> None:
         with self.cond:
@@ -486,9 +820,17 @@ class JobManager:
     def _describe(self, job: JobState, details: bool = True) -> dict:
         now = time.time()
         duration = ((job.end or now) - (job.start or job.submitted)) * 1000
-        out: dict[str, Any] = {"job_id": job.id, "name": job.name, "state": job.state,
+        out: dict[str, Any] = {"job_id": job.id, "name": job.name, "state": self._public_state(job),
                                "start_time": job.start, "end_time": job.end,
-                               "duration_ms": int(duration), "failure": job.failure}
+                               "duration_ms": int(duration), "failure": job.failure,
+                               "restarts": job.restarts}
+        if job.coordinator is not None:
+            c = job.coordinator
+            latest = c.latest()
+            out["checkpoints"] = {"completed": c.stats["completed"], "failed": c.stats["failed"],
+                                  "in_progress": len(c.pending), "latest": c.stats["last"],
+                                  "latest_path": latest["path"] if latest else None,
+                                  "directory": c.job_dir}
         if not details:
             return out
         ops: dict[int, list[int]] = {}

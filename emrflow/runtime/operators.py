@@ -18,6 +18,7 @@ an :class:`~emrflow.runtime.aggregators.Aggregator`, windows in
 from __future__ import annotations
 
 import heapq
+import pickle
 import time
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from emrflow.api.functions import (
     ProcessFunction, RuntimeContext, TimeDomain)
 from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.network.events import Watermark, WatermarkStatus
+from emrflow.graph.keygroups import assign_to_key_group
 from emrflow.runtime.state import create_backend
 
 class Output:
@@ -93,6 +95,9 @@ class Operator:
 
     #: operators that need :meth:`tick` calls (processing-time timers, periodic watermarks)
     wants_ticks = False
+    #: state is keyed (redistributed by key group when rescaled); else operator state,
+    #: which a rescaled job hands out round-robin by former subtask index
+    keyed_state = True
 
     def __init__(self, name: str, function: Any, timestamped: bool = False):
         self.name = name
@@ -143,6 +148,26 @@ class Operator:
         """Close the user function (``Function.close``)."""
         if isinstance(self.function, Function):
             self.function.close()
+
+    # -- checkpoints ------------------------------------------------------------------
+    def snapshot_state(self, checkpoint_id: int) -> bytes | Callable[[], bytes] | None:
+        """Snapshot the operator's state at a checkpoint barrier (Flink's ``snapshotState``).
+
+        ``checkpoint_id`` numbers the checkpoint (savepoints included). Runs in the task thread while the task is stopped at the barrier (the
+        synchronous part). Returns ``None`` (no state), the snapshot as bytes, or a
+        function that produces the bytes later in a background thread (the
+        asynchronous part), which must not read anything the task changes meanwhile.
+        """
+        return None
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        """Load state from snapshots before the first record (Flink's ``initializeState``).
+
+        Args:
+            parts: :meth:`snapshot_state` outputs of the former subtasks this subtask
+                takes state from (one at the same parallelism; all after rescaling).
+            key_groups: the key groups this subtask owns when rescaled, else ``None``.
+        """
 
 
 class MapOperator(Operator):
@@ -308,6 +333,21 @@ class TimerService:
     def current_processing_time(self) -> int:
         return int(time.time() * 1000)
 
+    def snapshot(self) -> tuple[list, list]:
+        """Return the live timers: ``([(time, key)] event time, [(time, key)] processing time)``."""
+        return list(self.event_set), list(self.proc_set)
+
+    def restore(self, event: list, proc: list, keep: Callable[[Any], bool]) -> None:
+        """Re-register restored timers whose key ``keep(key)`` accepts."""
+        for heap, members, timers in ((self.event, self.event_set, event), (self.proc, self.proc_set, proc)):
+            for t, key in timers:
+                if keep(key) and (t, key) not in members:
+                    members.add((t, key))
+                    self._seq += 1
+                    heapq.heappush(heap, (t, self._seq, key))
+        if self.proc:
+            self._op.wants_ticks = True
+
     @staticmethod
     def due(heap: list, members: set, upto: int):
         """Pop and yield ``(time, key)`` of live timers ``<= upto``, in time order."""
@@ -380,6 +420,27 @@ class KeyedProcessOperator(Operator):
         super().close()
         self.backend.close()
 
+    def snapshot_state(self, checkpoint_id: int) -> Callable[[], bytes]:
+        take = self.backend.snapshot()
+        timers = pickle.dumps(self.timers.snapshot(), protocol=5)
+        return lambda: pickle.dumps((take(), timers), protocol=5)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        keep = key_filter(key_groups, self.backend.max_parallelism)
+        states = []
+        for raw in parts:
+            backend_bytes, timers = pickle.loads(raw)
+            states.append(backend_bytes)
+            self.timers.restore(*pickle.loads(timers), keep)
+        self.backend.restore(states, key_groups)
+
+
+def key_filter(key_groups: range | None, max_parallelism: int) -> Callable[[Any], bool]:
+    """Return ``key -> bool``: is the key in ``key_groups`` (always true for ``None``)."""
+    if key_groups is None:
+        return lambda key: True
+    return lambda key: assign_to_key_group(key, max_parallelism) in key_groups
+
 
 class KeyedAggregateOperator(Operator):
     """Keyed reduce and built-in aggregations.
@@ -391,9 +452,10 @@ class KeyedAggregateOperator(Operator):
     """
 
     def __init__(self, name: str, kind: str, function: Any, key_selector: Callable, batch: bool,
-                 timestamped: bool = False):
+                 timestamped: bool = False, max_parallelism: int = 128):
         super().__init__(name, function, timestamped)
         self.key_selector = key_selector
+        self.max_parallelism = max_parallelism
         self.batch = batch
         self.aggregator = make_aggregator(kind, function)
         self.table = self.aggregator.new_table()
@@ -412,6 +474,20 @@ class KeyedAggregateOperator(Operator):
         else:
             out = self.aggregator.fold_emit(self.table, keys, records)
             self.output.emit(list(zip(stamps, out)) if self.timestamped else out)
+
+    def snapshot_state(self, checkpoint_id: int) -> bytes:
+        return pickle.dumps((self.table, self.last_ts), protocol=5)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        keep = key_filter(key_groups, self.max_parallelism)
+        for raw in parts:
+            table, last_ts = pickle.loads(raw)
+            if isinstance(table, dict):
+                self.table.update((k, v) for k, v in table.items() if keep(k))
+            else:  # running sums and the keys' first records
+                self.table.sums.update((k, v) for k, v in table.sums.items() if keep(k))
+                self.table.firsts.update((k, v) for k, v in table.firsts.items() if keep(k))
+            self.last_ts.update((k, v) for k, v in last_ts.items() if keep(k))
 
     def end_input(self) -> None:
         if self.batch:
@@ -488,6 +564,8 @@ class TimestampsOperator(Operator):
 class SinkOperator(Operator):
     """Hands batches to a :class:`~emrflow.connectors.base.SinkWriter` (values only)."""
 
+    keyed_state = False
+
     def __init__(self, name: str, sink: Any, writer: Any, timestamped: bool = False):
         super().__init__(name, sink, timestamped)
         self.writer = writer
@@ -498,6 +576,13 @@ class SinkOperator(Operator):
 
     def process_watermark(self, timestamp_ms: int) -> None:
         self.current_watermark = timestamp_ms
+
+    def snapshot_state(self, checkpoint_id: int) -> bytes | None:
+        state = self.writer.snapshot_state(checkpoint_id)
+        return None if state is None else pickle.dumps(state, protocol=5)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        self.writer.restore_state([pickle.loads(p) for p in parts])
 
 
 def create_operator(node, batch: bool, max_parallelism: int, sink_writer=None,
@@ -517,7 +602,8 @@ def create_operator(node, batch: bool, max_parallelism: int, sink_writer=None,
     if kind == T.KEYED_PROCESS:
         return KeyedProcessOperator(node.name, node.function, node.key_selector, max_parallelism, ts, backend)
     if kind in (T.KEYED_REDUCE, T.KEYED_AGGREGATE):
-        return KeyedAggregateOperator(node.name, kind, node.function, node.key_selector, batch, ts)
+        return KeyedAggregateOperator(node.name, kind, node.function, node.key_selector, batch, ts,
+                                      max_parallelism)
     if kind == T.TIMESTAMPS:
         return TimestampsOperator(node.name, node.function,
                                   int(config.get("pipeline.auto-watermark-interval", 200)), ts)

@@ -28,7 +28,9 @@ from emrflow.graph.jobgraph import JobGraph
 from emrflow.runtime import rpc
 from emrflow.runtime.network.channels import (
     Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel)
+from emrflow.runtime.network.events import CheckpointBarrier
 from emrflow.runtime.network.writers import make_writer
+from emrflow.runtime.checkpoint import StateReader
 from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.process import die_with_parent, setup_logging
 from emrflow.runtime.task import StreamTask, TaskFailure, describe_failure
@@ -41,6 +43,8 @@ class _Deployment:
     job: JobGraph
     attempt: int
     slot_addresses: dict[int, tuple[str, int]]
+    restore: dict | None = None
+    completed_checkpoint: int = -1
     cancel: threading.Event = field(default_factory=threading.Event)
     tasks: dict[tuple[int, int], StreamTask] = field(default_factory=dict)
     gates: dict[tuple[int, int], InputGate] = field(default_factory=dict)
@@ -73,6 +77,8 @@ class SlotProcess:
             "cancel": self._on_cancel,
             "commit": self._on_commit,
             "abort": self._on_abort,
+            "trigger_checkpoint": self._on_trigger_checkpoint,
+            "notify_checkpoint_complete": self._on_checkpoint_complete,
             "shutdown": self._on_shutdown,
         }
 
@@ -97,7 +103,7 @@ class SlotProcess:
 
     # -- handlers -----------------------------------------------------------------
     def _on_deploy(self, job_id: str, job_bytes: bytes, subtasks: list, attempt: int,
-                   slot_addresses: dict) -> None:
+                   slot_addresses: dict, restore: dict | None = None) -> None:
         try:
             job: JobGraph = cloudpickle.loads(job_bytes)
         except Exception as exc:  # noqa: BLE001 - report any unpickling problem to the user
@@ -108,10 +114,11 @@ class SlotProcess:
                                    "operator": "(deployment)", "subtask_index": index,
                                    "parallelism": None, "task": "deployment",
                                    "message": f"cannot load the job in slot {self.slot_id}: {exc}",
-                                   "traceback": format_user_traceback(exc)})
+                                   "traceback": format_user_traceback(exc)}, attempt=attempt)
             return
         dep = _Deployment(job=job, attempt=attempt,
-                          slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()})
+                          slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()},
+                          restore=restore)
         with self._lock:
             self.deployments[job_id] = dep
         # gates first, so producers anywhere can connect as soon as they start
@@ -124,7 +131,9 @@ class SlotProcess:
         for vertex_id, index in subtasks:
             v = job.vertices[vertex_id]
             task = StreamTask(job, v, index, attempt, dep.gates.get((vertex_id, index)),
-                              lambda v=v, index=index: self._make_writers(dep, v, index), dep.cancel)
+                              lambda v=v, index=index: self._make_writers(dep, v, index), dep.cancel,
+                              restore=StateReader(restore) if restore else None,
+                              acknowledge=lambda _j=job_id, **kw: self._acknowledge(_j, attempt, **kw))
             dep.tasks[(vertex_id, index)] = task
         for (vertex_id, index), task in dep.tasks.items():
             threading.Thread(target=self._run_task, args=(dep, task), daemon=True,
@@ -166,9 +175,34 @@ class SlotProcess:
         try:
             self.conn.send("task_state", job_id=job_id, vertex=task.vertex.id,
                            subtask=task.subtask_index, state=task.state, metrics=task.metrics(),
-                           failure=failure)
+                           failure=failure, attempt=dep.attempt)
         except rpc.ConnectionClosed:
             pass  # the JobManager is gone; serve() ends the process
+
+    def _acknowledge(self, job_id: str, attempt: int, **body) -> None:
+        try:
+            self.conn.send("checkpoint_ack", job_id=job_id, attempt=attempt, **body)
+        except rpc.ConnectionClosed:
+            pass
+
+    def _on_trigger_checkpoint(self, job_id: str, checkpoint_id: int, timestamp_ms: int, target: str,
+                               savepoint: bool = False) -> None:
+        dep = self.deployments.get(job_id)
+        if dep is None:
+            return
+        barrier = CheckpointBarrier(checkpoint_id, timestamp_ms, target, savepoint)
+        for task in dep.tasks.values():
+            if task.vertex.is_source and task.state in ("CREATED", "RUNNING"):
+                task.control.put(("trigger", barrier))
+
+    def _on_checkpoint_complete(self, job_id: str, checkpoint_id: int) -> None:
+        dep = self.deployments.get(job_id)
+        if dep is None:
+            return
+        dep.completed_checkpoint = max(dep.completed_checkpoint, checkpoint_id)
+        for task in dep.tasks.values():
+            if task.sink_writers and task.state in ("CREATED", "RUNNING"):
+                task.control.put(("notify", checkpoint_id))
 
     def _on_cancel(self, job_id: str) -> None:
         dep = self.deployments.get(job_id)
@@ -183,10 +217,14 @@ class SlotProcess:
             for task in dep.tasks.values():
                 for w in task.sink_writers:
                     try:
+                        if not commit and dep.completed_checkpoint >= 0:
+                            # the task may have ended before it saw the last completion notice
+                            w.notify_checkpoint_complete(dep.completed_checkpoint)
                         w.commit() if commit else w.abort()
                     except Exception as exc:  # noqa: BLE001 - reported to the JobManager
                         error = f"{'commit' if commit else 'abort'} of {task.label} failed: {exc!r}"
-        self.conn.send("finished_ack", job_id=job_id, commit=commit, error=error)
+        self.conn.send("finished_ack", job_id=job_id, commit=commit, error=error,
+                       attempt=dep.attempt if dep is not None else -1)
 
     def _on_commit(self, job_id: str) -> None:
         self._finish(job_id, True)
@@ -206,7 +244,7 @@ class SlotProcess:
                            if t.state == "RUNNING"}
                 if running:
                     try:
-                        self.conn.send("metrics", job_id=job_id, tasks=running)
+                        self.conn.send("metrics", job_id=job_id, tasks=running, attempt=dep.attempt)
                     except rpc.ConnectionClosed:
                         return
 

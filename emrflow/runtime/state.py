@@ -25,7 +25,7 @@ import struct
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from emrflow.api.state import (
     AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
@@ -89,6 +89,38 @@ class KeyedStateBackend(ABC):
     @abstractmethod
     def state_names(self) -> list[str]:
         """Names of the states that have entries."""
+
+    # checkpoints
+    def snapshot(self) -> Callable[[], bytes]:
+        """Take a checkpoint snapshot of every entry (Flink's snapshot of keyed state).
+
+        The synchronous part runs now, while the task is stopped at the barrier;
+        the returned function is the asynchronous part, which may run in another
+        thread while processing goes on and returns the snapshot as bytes: a pickled
+        ``{state name: [(key, value), ...]}``, the same for every backend, so a
+        snapshot of one backend restores into the other.
+        """
+        data = pickle.dumps({n: list(self.items(n)) for n in self.state_names()}, protocol=5)
+        return lambda: data
+
+    def restore(self, snapshots: list[bytes], key_groups: range | None) -> None:
+        """Load entries from :meth:`snapshot` outputs, keeping only keys in ``key_groups``.
+
+        Args:
+            snapshots: snapshots of one or more former subtasks.
+            key_groups: the key groups this subtask owns, or ``None`` for all
+                (restoring at the same parallelism).
+        """
+        maxp = self.max_parallelism
+        for raw in snapshots:
+            for name, entries in pickle.loads(raw).items():
+                windowed = name.startswith("window")
+                for k, v in entries:
+                    if key_groups is not None:
+                        user_key = k[0] if windowed and type(k) is tuple and len(k) == 2 else k
+                        if assign_to_key_group(user_key, maxp) not in key_groups:
+                            continue
+                    self.put(name, k, v)
 
     # handles
     def get_state(self, descriptor: StateDescriptor) -> Any:
@@ -259,6 +291,30 @@ class RocksDBStateBackend(KeyedStateBackend):
 
     def state_names(self):
         return list(self._ids)
+
+    def snapshot(self) -> Callable[[], bytes]:
+        """Write the cache back, take a RocksDB snapshot now; read it in the asynchronous part."""
+        self.flush()
+        snap = self.db.snapshot()
+        names = dict(self._names)
+
+        def materialize() -> bytes:
+            out: dict[str, list] = {}
+            for raw_key, raw_value in snap.items():
+                name = names.get(raw_key[2:4])
+                if name is None:
+                    continue
+                key = pickle.loads(raw_key[4:])
+                if name.startswith("window") and type(key) is tuple and len(key) == 2 \
+                        and type(key[1]) is tuple and len(key[1]) == 2:
+                    key = (key[0], TimeWindow(*key[1]))
+                out.setdefault(name, []).append((key, pickle.loads(raw_value)))
+            return pickle.dumps(out, protocol=5)
+        return materialize
+
+    def restore(self, snapshots: list[bytes], key_groups: range | None) -> None:
+        super().restore(snapshots, key_groups)
+        self.flush()
 
     def close(self) -> None:
         try:

@@ -12,12 +12,15 @@ goes to the JobManager through the slot process.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import queue
 import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from emrflow.api import transformations as T
@@ -26,11 +29,13 @@ from emrflow.connectors.base import SubtaskContext
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
 from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
-from emrflow.runtime.network.events import END_OF_PARTITION, Watermark, WatermarkStatus
+from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
+from emrflow.runtime import checkpoint as chk
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
 from emrflow.runtime.operators import Operator, Output, create_operator
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("emrflow.task")
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -73,7 +78,8 @@ class StreamTask:
 
     def __init__(self, job: JobGraph, vertex: JobVertex, subtask_index: int, attempt: int,
                  gate: InputGate | None, make_writers: Callable[[], dict[int, RecordWriter]],
-                 cancel: threading.Event):
+                 cancel: threading.Event, restore: "chk.StateReader | None" = None,
+                 acknowledge: Callable[..., None] | None = None):
         self.job = job
         self.vertex = vertex
         self.subtask_index = subtask_index
@@ -90,6 +96,20 @@ class StreamTask:
         self.busy_s = 0.0
         self.start_time = time.time()
         self._limit = int(job.config.get("emrflow.bad-records.report-limit", 10))
+        # checkpoints (STREAMING with an interval): see _checkpoint
+        # every STREAMING task can take part in a savepoint; periodic checkpoints need an interval
+        self.checkpointing = not job.batch
+        self.periodic = bool(job.config.get("execution.checkpointing.interval")) and not job.batch
+        self._positions_ok = True
+        self.exactly_once = job.config.get("execution.checkpointing.mode", "EXACTLY_ONCE") == "EXACTLY_ONCE"
+        #: ("trigger", CheckpointBarrier) for source tasks, ("notify", checkpoint id) for all
+        self.control: queue.SimpleQueue = queue.SimpleQueue()
+        self._restore = restore
+        self._acknowledge = acknowledge or (lambda **kw: None)
+        self._async: ThreadPoolExecutor | None = None
+        self._source_position: Any = None
+        self._restored_position: Any = None
+        self.last_checkpoint_ms = 0.0
 
     @property
     def label(self) -> str:
@@ -117,7 +137,8 @@ class StreamTask:
     def _subtask_context(self, name: str) -> SubtaskContext:
         return SubtaskContext(operator_name=name, subtask_index=self.subtask_index,
                               parallelism=self.vertex.parallelism, attempt=self.attempt,
-                              config=self.job.config, report_bad_record=self._report_bad_record)
+                              config=self.job.config, report_bad_record=self._report_bad_record,
+                              checkpointing=self.periodic)
 
     def _build_chain(self) -> None:
         v = self.vertex
@@ -154,6 +175,8 @@ class StreamTask:
         try:
             self.writers = self._make_writers()
             self._build_chain()
+            if self._restore is not None:
+                self._restore_state()
             head = self.operators[self.vertex.head]
             current = head.name
             if self.vertex.is_source:
@@ -173,6 +196,7 @@ class StreamTask:
             self.committables = [w.prepare_commit() for w in self.sink_writers]
             for w in self.writers.values():
                 w.close()
+            self._drain_async()
             self.state = "FINISHED"
         except Cancelled:
             self.state = "CANCELED"
@@ -204,6 +228,8 @@ class StreamTask:
         return found
 
     def _abort(self) -> None:
+        if self._async is not None:
+            self._async.shutdown(wait=False, cancel_futures=True)
         for w in self.sink_writers:
             try:
                 w.abort()
@@ -225,11 +251,22 @@ class StreamTask:
         tickers = [op for op in self.operators.values() if op.wants_ticks]
         # a reader may block; only idleness detection needs the clock to go on meanwhile
         needs_clock = any(getattr(op, "needs_clock", False) for op in tickers)
-        batches = self._read_ahead(reader, tickers) if needs_clock else reader.read_batches()
+        if self._restored_position is not None:
+            reader.restore_position(self._restored_position)
+        checkpointing, control = self.checkpointing, self.control
+        if checkpointing:
+            self._check_checkpointable(reader, node)
+            batches = self._with_positions(reader)
+        else:
+            batches = reader.read_batches()
+        if needs_clock:
+            batches = self._read_ahead(batches, tickers)
         try:
             for batch in batches:
                 if cancel.is_set():
                     raise Cancelled()
+                if checkpointing:
+                    batch, self._source_position = batch
                 t0 = clock()
                 head.process_batch(batch)
                 if tickers:
@@ -238,10 +275,32 @@ class StreamTask:
                 if streaming and timer.due():
                     for w in self.writers.values():
                         w.flush()
+                if checkpointing and not control.empty():
+                    self._on_control()
         finally:
             reader.close()
 
-    def _read_ahead(self, reader, tickers: list):
+    def _with_positions(self, reader):
+        """Pair each batch with the reader's position after it (taken while the reader is suspended)."""
+        if not self._positions_ok:
+            for batch in reader.read_batches():
+                yield batch, None
+            return
+        position = reader.snapshot_position
+        for batch in reader.read_batches():
+            yield batch, position()
+
+    def _check_checkpointable(self, reader, node) -> None:
+        try:
+            self._source_position = reader.snapshot_position()
+        except (NotImplementedError, AttributeError):  # AttributeError: a reader of its own kind
+            if self.periodic:
+                raise TaskFailure(node.name, "", f"source {node.name!r} ({type(node.function).__name__}) "
+                                  "cannot checkpoint its read position, so a job reading it cannot take "
+                                  "checkpoints; unset execution.checkpointing.interval") from None
+            self._positions_ok = False
+
+    def _read_ahead(self, batches, tickers: list):
         """Read batches in a helper thread, so timers and idleness run while the reader blocks.
 
         Used only when an operator of the chain must see time pass without records
@@ -253,7 +312,7 @@ class StreamTask:
 
         def pump() -> None:
             try:
-                for b in reader.read_batches():
+                for b in batches:
                     while True:
                         try:
                             q.put(b, timeout=0.2)
@@ -297,9 +356,14 @@ class StreamTask:
         clock = time.perf_counter
         valve = WatermarkValve(gate.num_channels)
         tickers = [op for op in self.operators.values() if op.wants_ticks]
+        checkpointing, control = self.checkpointing, self.control
+        align = _Alignment(gate.num_channels, self.exactly_once)
+        replay = align.replay
         while open_channels:
-            item = gate.get(wait_s)
+            item = replay.popleft() if replay else gate.get(wait_s)
             tickers = tickers or [op for op in self.operators.values() if op.wants_ticks]
+            if checkpointing and not control.empty():
+                self._on_control()
             if item is None:
                 for w in self.writers.values():
                     w.flush()
@@ -307,6 +371,9 @@ class StreamTask:
                     self._tick(tickers)
                 continue
             channel, kind, payload = item
+            if align.blocked and channel in align.blocked:
+                align.held.append(item)  # not acknowledged: its producer runs out of credit
+                continue
             if kind == BYTES:
                 t0 = clock()
                 process(loads(payload))
@@ -316,9 +383,17 @@ class StreamTask:
                 process(payload)
                 self.busy_s += clock() - t0
             elif kind == EVENT:
-                if payload is END_OF_PARTITION:
+                if type(payload) is CheckpointBarrier:
+                    advanced = None
+                    if align.barrier(channel, payload):
+                        self._checkpoint(align.current)
+                        align.complete()
+                elif payload is END_OF_PARTITION:
                     open_channels -= 1
                     advanced = valve.finish(channel)
+                    if align.finish(channel):
+                        self._checkpoint(align.current)
+                        align.complete()
                 elif type(payload) is Watermark:
                     advanced = valve.watermark(channel, payload.timestamp_ms)
                 elif type(payload) is WatermarkStatus:
@@ -341,6 +416,161 @@ class StreamTask:
             if streaming and timer.due():
                 for w in self.writers.values():
                     w.flush()
+
+
+    # -- checkpoints ---------------------------------------------------------------
+    def _on_control(self) -> None:
+        """Handle checkpoint triggers (source tasks) and completion notices, between batches."""
+        while True:
+            try:
+                what, arg = self.control.get_nowait()
+            except queue.Empty:
+                return
+            if what == "trigger":
+                if not self._positions_ok:
+                    self._acknowledge(checkpoint_id=arg.checkpoint_id, vertex=self.vertex.id,
+                                      subtask=self.subtask_index, entry=None,
+                                      error=f"source {self.vertex.name!r} cannot checkpoint its read position")
+                    continue
+                self._checkpoint(arg)
+            elif what == "notify":
+                for w in self.sink_writers:
+                    w.notify_checkpoint_complete(arg)
+
+    def _checkpoint(self, barrier: CheckpointBarrier) -> None:
+        """Snapshot every operator of the chain, forward the barrier, write and acknowledge asynchronously.
+
+        The synchronous part (operator snapshots, the barrier sent downstream) runs
+        here, in the task thread; writing the state file and acknowledging to the
+        JobManager run in a background thread while records flow again.
+        """
+        t0 = time.perf_counter()
+        snaps: dict[str, Any] = {}
+        described: dict[str, dict] = {}
+        v = self.vertex
+        for op_id, op in self.operators.items():
+            node = v.operators[op_id]
+            uid = chk.operator_uid(node)
+            if node.kind == T.SOURCE:
+                snap = pickle.dumps({"position": self._source_position}, protocol=5)
+            else:
+                snap = op.snapshot_state(barrier.checkpoint_id)
+            if snap is not None:
+                snaps[uid] = snap
+                described[uid] = {"parallelism": v.parallelism, "max_parallelism": v.max_parallelism,
+                                  "name": node.name, "kind": node.kind}
+        for w in self.writers.values():
+            w.broadcast_event(barrier)
+        sync_ms = (time.perf_counter() - t0) * 1000
+        if self._async is None:
+            self._async = ThreadPoolExecutor(1, thread_name_prefix=f"checkpoint-{self.label}")
+        self._async.submit(self._write_snapshot, barrier, snaps, described, sync_ms)
+
+    def _write_snapshot(self, barrier: CheckpointBarrier, snaps: dict, described: dict,
+                        sync_ms: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            data = {uid: (s() if callable(s) else s) for uid, s in snaps.items()}
+            entry = chk.write_task_state(barrier.target, self.vertex.id, self.subtask_index, data)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint is declined, the job goes on
+            log.warning("%s: checkpoint %d failed: %r", self.label, barrier.checkpoint_id, exc)
+            self._acknowledge(checkpoint_id=barrier.checkpoint_id, vertex=self.vertex.id,
+                              subtask=self.subtask_index, entry=None, error=repr(exc))
+            return
+        entry.update(vertex=self.vertex.id, subtask=self.subtask_index, operators=described,
+                     sync_ms=round(sync_ms, 3), async_ms=round((time.perf_counter() - t0) * 1000, 3))
+        self._acknowledge(checkpoint_id=barrier.checkpoint_id, vertex=self.vertex.id,
+                          subtask=self.subtask_index, entry=entry, error=None)
+
+    def _drain_async(self) -> None:
+        if self._async is not None:
+            self._async.shutdown(wait=True)
+
+    def _restore_state(self) -> None:
+        """Load the chain's operators' state from the checkpoint being restored (before any record)."""
+        reader, v, i = self._restore, self.vertex, self.subtask_index
+        for op_id, op in self.operators.items():
+            node = v.operators[op_id]
+            uid = chk.operator_uid(node)
+            try:
+                found = reader.parts(uid, i, v.parallelism)
+            except Exception as exc:  # noqa: BLE001 - unreadable state names the operator
+                raise TaskFailure(node.name, "", f"cannot read the state of {node.name!r} (uid {uid}) "
+                                  f"from {reader.plan['path']}: {exc!r}") from exc
+            if found is None:
+                continue
+            parts, key_groups, old_p = found
+            if node.kind == T.SOURCE:
+                if old_p != v.parallelism:
+                    raise TaskFailure(node.name, "", f"source {node.name!r} ran at parallelism {old_p} "
+                                      f"in {reader.plan['path']}, now {v.parallelism}: its read "
+                                      "positions cannot be redistributed; keep the source's parallelism "
+                                      "(set_parallelism on the source) and change the others'")
+                if parts:
+                    self._restored_position = pickle.loads(parts[0][1])["position"]
+                continue
+            if op.keyed_state:
+                op.restore_state([b for _, b in parts], key_groups)
+            else:  # operator state: former subtask j goes to subtask j mod parallelism
+                mine = [b for j, b in parts if key_groups is None or j % v.parallelism == i]
+                op.restore_state(mine, None)
+
+
+class _Alignment:
+    """Checkpoint barrier alignment at a task with several input channels (Flink's barrier handlers).
+
+    Exactly-once: a channel that delivered the barrier of the checkpoint being
+    aligned is blocked (its items are held back, unacknowledged) until every open
+    channel delivered it; then the task snapshots and the held items are replayed.
+    At-least-once: nothing is blocked; the task snapshots when the last barrier
+    arrives. A barrier of a newer checkpoint abandons an unfinished alignment.
+    """
+
+    def __init__(self, num_channels: int, exactly_once: bool):
+        from collections import deque
+        self.n = num_channels
+        self.exactly_once = exactly_once
+        self.current: CheckpointBarrier | None = None
+        self.seen: set[int] = set()
+        self.finished: set[int] = set()
+        self.blocked: set[int] = set()
+        self.held: list = []
+        self.replay = deque()
+        self.last_done = -1
+
+    def _aligned(self) -> bool:
+        return self.current is not None and len(self.seen | self.finished) >= self.n
+
+    def barrier(self, channel: int, b: CheckpointBarrier) -> bool:
+        """A barrier arrived; True when the checkpoint is aligned and the task must snapshot."""
+        cid = b.checkpoint_id
+        if cid <= self.last_done or (self.current is not None and cid < self.current.checkpoint_id):
+            return False  # stale: an abandoned or finished checkpoint
+        if self.current is None or cid > self.current.checkpoint_id:
+            self._release()
+            self.current = b
+            self.seen = set()
+        self.seen.add(channel)
+        if self.exactly_once:
+            self.blocked.add(channel)
+        return self._aligned()
+
+    def finish(self, channel: int) -> bool:
+        """A channel ended; True if that completes an alignment in progress."""
+        self.finished.add(channel)
+        return self._aligned()
+
+    def complete(self) -> None:
+        """The snapshot was taken: unblock and replay the held items."""
+        self.last_done = self.current.checkpoint_id
+        self.current = None
+        self._release()
+
+    def _release(self) -> None:
+        self.blocked = set()
+        if self.held:
+            self.replay.extend(self.held)
+            self.held = []
 
 
 class WatermarkValve:

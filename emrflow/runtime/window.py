@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import pickle
 import time
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from emrflow.api.functions import (
     RuntimeContext, WindowFunction)
 from emrflow.api.windowing import (
     GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows)
-from emrflow.runtime.operators import Operator
+from emrflow.runtime.operators import Operator, key_filter
 from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
 
 CONTENTS = "window-contents"
@@ -454,3 +455,37 @@ class WindowOperator(Operator):
 
     def tick(self, now_ms: int) -> None:
         self._on_timers(self.proc_timers, self.proc_set, now_ms, False)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def snapshot_state(self, checkpoint_id: int):
+        """Window contents and trigger state (the backend's entries) and the live timers."""
+        take = self.backend.snapshot()
+        timers = pickle.dumps((list(self.event_set), list(self.proc_set)), protocol=5)
+        return lambda: pickle.dumps((take(), timers), protocol=5)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        keep = key_filter(key_groups, self.backend.max_parallelism)
+        states = []
+        for raw in parts:
+            backend_bytes, timers = pickle.loads(raw)
+            states.append(backend_bytes)
+            event, proc = pickle.loads(timers)
+            for heap, members, entries in ((self.event_timers, self.event_set, event),
+                                           (self.proc_timers, self.proc_set, proc)):
+                for t, key, window in entries:
+                    if keep(key) and (t, key, window) not in members:
+                        members.add((t, key, window))
+                        heapq.heappush(heap, (t, next(self._seq), key, window))
+        self.backend.restore(states, key_groups)
+        if self.fast:  # the fast path's timers follow from its accumulators' (key, window start)
+            self._due.clear()
+            self._ends.clear()
+            last = self.assigner.size - 1
+            for k, start in self._acc:
+                end_ts = start + last
+                keys = self._due.get(end_ts)
+                if keys is None:
+                    self._due[end_ts] = [k]
+                    heapq.heappush(self._ends, end_ts)
+                else:
+                    keys.append(k)

@@ -175,7 +175,7 @@ def test_required_keys_and_defaults():
         "state.backend.type": "hashmap", "state.checkpoints.dir": None, "state.savepoints.dir": None,
         "state.checkpoints.num-retained": 1, "execution.checkpointing.interval": None,
         "execution.checkpointing.mode": "EXACTLY_ONCE", "execution.checkpointing.timeout": 600_000,
-        "restart-strategy.type": "none", "restart-strategy.fixed-delay.attempts": 1,
+        "restart-strategy.type": None, "restart-strategy.fixed-delay.attempts": 1,
         "restart-strategy.fixed-delay.delay": 1000, "jobmanager.memory.process.size": 1600 * 2**20,
         "taskmanager.memory.process.size": 1728 * 2**20, "log.dir": None, "python.executable": None,
         "yarn.application.name": None, "yarn.application.queue": "default",

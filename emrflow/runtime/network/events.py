@@ -39,10 +39,17 @@ class Watermark:
 
 @dataclass(frozen=True)
 class CheckpointBarrier:
-    """Separates the records before checkpoint ``checkpoint_id`` from those after it."""
+    """Separates the records before checkpoint ``checkpoint_id`` from those after it.
+
+    ``target`` is the directory (local path or s3:// URI) the subtasks write their
+    state to; ``savepoint`` tells a savepoint from a checkpoint (Flink's
+    ``CheckpointOptions``).
+    """
 
     checkpoint_id: int
     timestamp_ms: int
+    target: str = ""
+    savepoint: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,188 @@
+"""File systems behind checkpoints, savepoints, file sources and file sinks.
+
+A location is a local path (or ``file://`` URI) or an ``s3://bucket/key`` URI.
+S3 goes through pyarrow's :class:`pyarrow.fs.S3FileSystem`, which takes the
+standard AWS credential chain (environment, profile, instance role); the
+endpoint comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (as the AWS
+CLI and boto3 read them), so tests and S3-compatible stores work unchanged.
+This mirrors Flink's ``FileSystem`` abstraction with its ``s3://`` scheme.
+
+S3 has no rename: :func:`move` copies and deletes, so a commit that moves a
+file is atomic per object (readers never see half an object), not per directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from typing import IO
+
+import pyarrow.fs as pafs
+
+from emrflow.errors import ConfigError
+
+
+def is_s3(uri: str) -> bool:
+    """True if ``uri`` is an ``s3://``, ``s3a://`` or ``s3n://`` URI."""
+    return uri.startswith(("s3://", "s3a://", "s3n://"))
+
+
+def _split_s3(uri: str) -> str:
+    rest = uri.split("://", 1)[1]
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise ConfigError(f"bad S3 URI {uri!r}: expected s3://bucket/key")
+    return rest.rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region or "us-east-1"}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """Return the S3 file system for the current environment (endpoint and region variables)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _s3(endpoint, region)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://`` URI.
+
+    Raises:
+        ConfigError: an unsupported scheme (the message names it) or a bucket-less S3 URI.
+    """
+    if is_s3(uri):
+        return s3_filesystem(), _split_s3(uri)
+    if uri.startswith("file://"):
+        return pafs.LocalFileSystem(), uri[len("file://"):]
+    if "://" in uri:
+        raise ConfigError(f"unsupported file system in {uri!r}: expected a local path, file:// or s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with ``/`` (URIs) or the OS separator (local paths)."""
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(base, *parts)
+
+
+def exists(uri: str) -> bool:
+    """True if a file or directory is at ``uri``."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str) -> bool:
+    """True if a file (S3: an object) is at ``uri``."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def size(uri: str) -> int:
+    """Size of the file at ``uri`` in bytes.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+    """
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(uri)
+    return int(info.size)
+
+
+def makedirs(uri: str) -> None:
+    """Create the directory ``uri`` and its parents (nothing to do on S3)."""
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        fs.create_dir(path, recursive=True)
+
+
+def listdir(uri: str) -> list[str]:
+    """Names (not paths) of the entries directly under ``uri``, sorted; empty if it does not exist."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return sorted(i.base_name for i in infos)
+
+
+def list_files(uri: str) -> list[str]:
+    """URIs of the regular files directly under ``uri``, sorted by name."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return [join(uri, i.base_name) for i in sorted(infos, key=lambda i: i.base_name)
+            if i.type == pafs.FileType.File]
+
+
+def open_input(uri: str) -> IO[bytes]:
+    """Open ``uri`` for random-access binary reading (seek, read)."""
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        return open(path, "rb")
+    return fs.open_input_file(path)
+
+
+def open_output(uri: str) -> IO[bytes]:
+    """Open ``uri`` for binary writing (creates parent directories of local paths)."""
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "wb")
+    return fs.open_output_stream(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Return the whole content of ``uri``."""
+    with open_input(uri) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``; on local disk through a temporary file and a rename (atomic)."""
+    if is_s3(uri):
+        with open_output(uri) as f:
+            f.write(data)
+        return
+    path = resolve(uri)[1]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def move(src: str, dst: str) -> None:
+    """Move a file (S3: copy then delete)."""
+    fs, s = resolve(src)
+    _, d = resolve(dst)
+    if is_s3(src):
+        fs.copy_file(s, d)
+        fs.delete_file(s)
+    else:
+        os.replace(s, d)
+
+
+def delete(uri: str) -> None:
+    """Delete a file, or a directory with everything under it; nothing if absent."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        if is_s3(uri):  # an S3 "directory" exists only through its keys
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        return
+    if info.type == pafs.FileType.Directory:
+        if is_s3(uri):
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    else:
+        fs.delete_file(path)
