@@ -6,9 +6,13 @@
 #            command-runner.jar steps can run `emrflow run -t yarn-per-job s3://.../job.py`.
 # Arguments: $1  S3 URI of the wheel, e.g. s3://bucket/emrflow/wheels/emrflow-0.1.0-py3-none-any.whl
 #            $2  optional: install directory (default /opt/emrflow)
-#            $3  optional: python interpreter (default python3; needs >= 3.10)
+#            $3  optional: python interpreter (needs >= 3.10; default: the first of python3,
+#                python3.12, python3.11 that is >= 3.10, else python3.11 installed with dnf,
+#                since Amazon Linux 2023 (EMR 7) has python3 3.9)
 # Defaults:  venv /opt/emrflow/venv, command /usr/local/bin/emrflow (and /usr/bin/emrflow),
-#            configuration directory /etc/emrflow/conf (see write-emrflow-conf.sh).
+#            configuration directory /etc/emrflow/conf (see write-emrflow-conf.sh); the
+#            command's wrapper exports EMRFLOW_CONF_DIR and, from logging.yaml's root.level,
+#            EMRFLOW_LOG_LEVEL (unless already set).
 # Caveats:   runs as the hadoop user before applications are installed; uses sudo for
 #            system paths. Needs outbound access to the Python package index for the
 #            dependencies (or a mirror configured in /etc/pip.conf). Rerunnable: an existing
@@ -17,7 +21,7 @@ set -euo pipefail
 
 WHEEL_URI="${1:?usage: install-emrflow.sh s3://bucket/path/emrflow-X.Y.Z-py3-none-any.whl [install dir] [python]}"
 PREFIX="${2:-/opt/emrflow}"
-PYTHON="${3:-python3}"
+PYTHON="${3:-}"
 CONF_DIR=/etc/emrflow/conf
 
 log() { echo "install-emrflow: $*" >&2; }
@@ -25,8 +29,19 @@ log() { echo "install-emrflow: $*" >&2; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || {
-  log "$PYTHON is older than 3.10; install python3.11 (dnf install -y python3.11) and pass it as \$3"
+recent() { command -v "$1" >/dev/null 2>&1 && "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; }
+if [ -z "$PYTHON" ]; then
+  for candidate in python3 python3.12 python3.11; do
+    if recent "$candidate"; then PYTHON="$candidate"; break; fi
+  done
+  if [ -z "$PYTHON" ] && command -v dnf >/dev/null 2>&1; then
+    log "python3 is older than 3.10: installing python3.11 with dnf"
+    $SUDO dnf install -y -q python3.11 >&2 && PYTHON=python3.11
+  fi
+  PYTHON="${PYTHON:-python3}"
+fi
+recent "$PYTHON" || {
+  log "$PYTHON is missing or older than 3.10; install python3.11 (dnf install -y python3.11) and pass it as \$3"
   exit 1
 }
 
@@ -50,6 +65,11 @@ fi
 $SUDO tee /usr/local/bin/emrflow >/dev/null <<WRAPPER
 #!/usr/bin/env bash
 export EMRFLOW_CONF_DIR="\${EMRFLOW_CONF_DIR:-$CONF_DIR}"
+# the emrflow-log classification (logging.yaml, root.level) sets the log level
+if [ -z "\${EMRFLOW_LOG_LEVEL:-}" ] && [ -f "\$EMRFLOW_CONF_DIR/logging.yaml" ]; then
+  level="\$(sed -n 's/^root\.level:[[:space:]]*//p' "\$EMRFLOW_CONF_DIR/logging.yaml" | tr -d "'\\"" | head -n 1)"
+  if [ -n "\$level" ]; then export EMRFLOW_LOG_LEVEL="\$level"; fi
+fi
 exec "$PREFIX/venv/bin/emrflow" "\$@"
 WRAPPER
 $SUDO chmod 0755 /usr/local/bin/emrflow

@@ -112,13 +112,19 @@ def main() -> None:
               help="Print what would be submitted (the YARN application spec, else the JobGraph); run nothing.")
 @click.option("--py-files", "py_files", multiple=True, type=click.Path(dir_okay=False),
               help="Python modules to ship with the job to YARN (yarn-application); repeatable.")
+@click.option("-s", "--fromSavepoint", "savepoint_path", default=None, metavar="PATH",
+              help="Start from a savepoint, a retained checkpoint, or the newest valid checkpoint "
+                   "of a job's checkpoint directory (execution.savepoint.path).")
+@click.option("-n", "--allowNonRestoredState", "--allow-non-restored-state", "allow_non_restored",
+              is_flag=True, help="Drop savepoint state of operators the job no longer has.")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dry_run, py_files, job,
-        job_args) -> None:
+def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dry_run, py_files,
+        savepoint_path, allow_non_restored, job, job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
-    Options go before JOB; everything after JOB belongs to the job.
+    Options go before JOB; everything after JOB belongs to the job. JOB may be an
+    s3://bucket/key.py URI (what EMR steps run): it is downloaded for the run.
     """
     from emrflow.api.environment import (
         ExecutionContext, reset_execution_context, set_execution_context)
@@ -141,10 +147,16 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
             extra.update(_rest_address_options(ClusterInfo.load(default_workdir()).rest))
     if detached:
         extra["execution.attached"] = False
+    if savepoint_path is not None:
+        extra["execution.savepoint.path"] = savepoint_path
+    if allow_non_restored:
+        extra["execution.savepoint.ignore-unclaimed-state"] = True
     try:
         config = _load_config(conf_file, dynamic, extra)
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
+    if job.startswith("s3://"):
+        job = _fetch_s3_job(job)
     if not os.path.isfile(job):
         raise click.BadParameter(f"job script not found: {job}", param_hint="JOB")
     if config.get("execution.target") == "yarn-application":
@@ -181,6 +193,22 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
             click.echo(f"Job has been submitted with JobID {r.job_id}")
         elif not quiet:
             _print_result(r)
+
+
+def _fetch_s3_job(uri: str) -> str:
+    """Download an ``s3://`` job script (what an EMR step runs) into a temporary directory.
+
+    The directory lives as long as the command; the AWS session follows the standard
+    credential chain, ``AWS_DEFAULT_REGION`` and ``AWS_ENDPOINT_URL``.
+    """
+    import tempfile
+
+    from emrflow.deploy.emr import fetch_job_script
+    tmp = click.get_current_context().with_resource(tempfile.TemporaryDirectory(prefix="emrflow-job-"))
+    try:
+        return fetch_job_script(uri, tmp)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc           # the message names the URI
 
 
 def _run_yarn_application(config, job, job_args, py_files, detached, quiet, dry_run=False) -> None:
@@ -263,6 +291,44 @@ def cancel(job_id, jobmanager, workdir) -> None:
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Cancelled job {job_id}.")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("target_directory", required=False)
+@_jobmanager_option
+@_workdir_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds to wait for the savepoint.")
+def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s) -> None:
+    """Take a savepoint of the running job JOB_ID into TARGET_DIRECTORY (default state.savepoints.dir).
+
+    Prints the savepoint's path, which `emrflow run -s PATH` starts a job from.
+    """
+    try:
+        path = _rest_client(jobmanager, workdir).savepoint(job_id, target_directory, timeout_s=timeout_s)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Savepoint completed. Path: {path}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-p", "--savepointPath", "--savepoint-path", "savepoint_path", default=None,
+              metavar="DIR", help="Directory of the final savepoint (default state.savepoints.dir).")
+@_jobmanager_option
+@_workdir_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds to wait for the savepoint.")
+def stop(job_id, savepoint_path, jobmanager, workdir, timeout_s) -> None:
+    """Stop the job JOB_ID with a final savepoint (Flink's stop-with-savepoint); it ends FINISHED."""
+    try:
+        path = _rest_client(jobmanager, workdir).savepoint(job_id, savepoint_path, stop=True,
+                                                           timeout_s=timeout_s)
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Savepoint completed. Path: {path}")
+    click.echo(f"Stopped job {job_id}.")
 
 
 @main.group()
@@ -365,9 +431,10 @@ def config_show(dynamic, conf_file) -> None:
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
 
 
-from emrflow import cli_yarn  # noqa: E402  (command modules register themselves on the group)
+from emrflow import cli_emr, cli_yarn  # noqa: E402  (command modules register themselves on the group)
 
 cli_yarn.register(main)
+cli_emr.register(main)
 
 if __name__ == "__main__":
     main()

@@ -84,7 +84,12 @@ def _ts(value) -> str:
 @_aws_options
 def create_cluster(config_file, name, release_label, instance_type, core_instance_count, log_uri,
                    staging_uri, wheel, dry_run, wait, timeout, poll, profile, region, endpoint_url) -> None:
-    """Create an EMR cluster from a cluster spec (RunJobFlow); print its id."""
+    """Create an EMR cluster from a cluster spec (RunJobFlow); print its id.
+
+    Validates the spec, builds the emrflow wheel (unless --wheel), uploads it and the
+    bootstrap scripts under the staging URI, then calls RunJobFlow, like `aws emr
+    create-cluster`. --dry-run prints the request as JSON and the equivalent aws CLI line.
+    """
     from emrflow.deploy import emr
     try:
         spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
@@ -114,18 +119,31 @@ def create_cluster(config_file, name, release_label, instance_type, core_instanc
 @click.option("--s3-staging", "staging_uri", default=None, help="S3 URI the job script is uploaded under.")
 @click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None, help="Job parallelism.")
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
+@click.option("-t", "--target", type=click.Choice(["yarn-per-job", "yarn-session", "yarn-application"]),
+              default="yarn-per-job", show_default=True,
+              help="emrflow run -t on the cluster; yarn-session needs an earlier --yarn-session step.")
 @click.option("--yarn-session", is_flag=True, help="Add a step starting a detached YARN session instead of a job.")
 @click.option("--taskmanagers", type=click.IntRange(min=0), default=1, help="--yarn-session: TaskManagers.")
 @click.option("--slots", type=click.IntRange(min=1), default=None, help="--yarn-session: slots per TaskManager.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the AddJobFlowSteps request and the aws CLI line (steps/*.json shape); "
+                   "upload and call nothing.")
 @click.option("--wait", is_flag=True, help="Follow the step to its end; diagnose a failure from its logs.")
 @click.option("--timeout", type=click.IntRange(min=1), default=86400, help="--wait limit, seconds.")
 @click.option("--poll", type=click.FloatRange(min=0.01), default=15.0, help="Seconds between polls.")
 @_aws_options
 @click.argument("job", required=False)
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dynamic, yarn_session,
-             taskmanagers, slots, wait, timeout, poll, profile, region, endpoint_url, job, job_args) -> None:
-    """Add a step running JOB (local path or s3:// URI) with `emrflow run -t yarn-per-job`; print its id."""
+def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dynamic, target, yarn_session,
+             taskmanagers, slots, dry_run, wait, timeout, poll, profile, region, endpoint_url, job,
+             job_args) -> None:
+    """Add a step running JOB (local path or s3:// URI) with `emrflow run -t TARGET`; print its id.
+
+    EMR's AddJobFlowSteps with a command-runner.jar step, like `aws emr add-steps`
+    (templates: steps/). A local JOB is uploaded under --s3-staging first; JOB_ARGS
+    follow JOB unchanged. --yarn-session adds a step starting a detached YARN session
+    instead. With --wait, a failed step exits 1 with the tail of its logs.
+    """
     from emrflow.deploy import emr
     try:
         emr.check_cluster_id(cluster_id)
@@ -146,7 +164,12 @@ def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dyna
                 staging = emr.Staging(emr.check_s3_uri(staging_uri, "--s3-staging", "staging_uri"))
                 job_uri = staging.add_job(job)
             step = emr.emrflow_step(job_uri, list(job_args), name=name, parallelism=parallelism,
-                                    dynamic=dynamic, action_on_failure=action_on_failure)
+                                    dynamic=dynamic, action_on_failure=action_on_failure, target=target)
+        if dry_run:
+            click.echo(json.dumps({"JobFlowId": cluster_id, "Steps": [step]}, indent=2))
+            click.echo(emr.aws_cli_add_steps_command(cluster_id, [step], profile=profile, region=region,
+                                                     endpoint_url=endpoint_url))
+            return
         with _session(profile, region, endpoint_url) as session:
             if staging is not None:
                 session.upload_all(staging, _progress)
@@ -176,19 +199,30 @@ def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dyna
 def run_transient(config_file, name, release_label, instance_type, core_instance_count, log_uri,
                   staging_uri, wheel, step_name, parallelism, dynamic, timeout, poll, profile, region,
                   endpoint_url, job, job_args) -> None:
-    """Run JOB on a new cluster that terminates after it; exit with the job's status."""
+    """Run JOB on a new cluster that terminates after it; exit with the job's status.
+
+    RunJobFlow with the job as the only step (ActionOnFailure TERMINATE_CLUSTER) and
+    KeepJobFlowAliveWhenNoSteps false, then follows the step; prints the cluster id, and
+    where the logs are. A failed step exits 1 with the tail of its logs. Ctrl-C asks
+    whether to terminate the cluster and exits 130.
+    """
     from emrflow.deploy import emr
     try:
         spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
                           log_uri, staging_uri)
         session = _session(profile, region, endpoint_url)
+        created: list[str] = []
         with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
             staging = emr.plan_staging(spec, staging_uri, wheel, tmp)
             step = emr.emrflow_step(staging.add_job(job), list(job_args), name=step_name,
                                     parallelism=parallelism, dynamic=dynamic,
                                     action_on_failure="TERMINATE_CLUSTER")
-            cluster_id, step_id, _ = emr.run_transient(session, spec, staging, step, timeout_s=timeout,
-                                                       poll_s=poll, progress=_progress)
+            try:
+                cluster_id, step_id, _ = emr.run_transient(session, spec, staging, step, timeout_s=timeout,
+                                                           poll_s=poll, progress=_progress,
+                                                           on_created=created.append)
+            except KeyboardInterrupt:
+                _interrupted(session, created)
             logs = spec.get("log_uri")
             _progress(f"step {step_id} COMPLETED on cluster {cluster_id}" +
                       (f"; logs: {logs.rstrip('/')}/{cluster_id}/" if logs else ""))
@@ -200,11 +234,32 @@ def run_transient(config_file, name, release_label, instance_type, core_instance
         _fail(exc)
 
 
+def _interrupted(session, created: list[str]) -> None:
+    """Ctrl-C in run-transient: ask whether to terminate the cluster, then exit 130."""
+    from emrflow.deploy import emr
+    if created:
+        cluster_id = created[0]
+        try:
+            terminate = click.confirm(f"\nInterrupted. Terminate cluster {cluster_id}?", default=True,
+                                      err=True)
+        except click.Abort:          # no answer (stdin closed, or a second Ctrl-C)
+            terminate = False
+        if terminate:
+            emr.terminate_cluster(session, cluster_id)
+            click.echo(f"Terminating {cluster_id}.", err=True)
+        else:
+            click.echo(f"Cluster {cluster_id} goes on and ends after its step; "
+                       f"`emrflow terminate-cluster {cluster_id}` ends it now.", err=True)
+    else:
+        click.echo("\nInterrupted before the cluster was created.", err=True)
+    sys.exit(130)
+
+
 @click.command("list-clusters")
 @click.option("--active", is_flag=True, help="Only STARTING, BOOTSTRAPPING, RUNNING, WAITING, TERMINATING.")
 @_aws_options
 def list_clusters(active, profile, region, endpoint_url) -> None:
-    """List EMR clusters."""
+    """List EMR clusters (ListClusters): id, name, state, creation time."""
     from emrflow.deploy import emr
     try:
         with _session(profile, region, endpoint_url) as session:
@@ -220,7 +275,7 @@ def list_clusters(active, profile, region, endpoint_url) -> None:
 @click.argument("cluster_id")
 @_aws_options
 def describe_cluster(cluster_id, profile, region, endpoint_url) -> None:
-    """Show a cluster: state, release label, applications, log URI, instance groups, steps."""
+    """Show a cluster (DescribeCluster): state, release label, applications, log URI, steps, tags."""
     from emrflow.deploy import emr
     try:
         emr.check_cluster_id(cluster_id)
@@ -244,7 +299,7 @@ def describe_cluster(cluster_id, profile, region, endpoint_url) -> None:
 @click.argument("cluster_id")
 @_aws_options
 def list_steps(cluster_id, profile, region, endpoint_url) -> None:
-    """List a cluster's steps, oldest first."""
+    """List a cluster's steps (ListSteps), oldest first: id, name, state, action on failure."""
     from emrflow.deploy import emr
     try:
         emr.check_cluster_id(cluster_id)
@@ -262,7 +317,7 @@ def list_steps(cluster_id, profile, region, endpoint_url) -> None:
 @click.argument("step_id")
 @_aws_options
 def cancel_step(cluster_id, step_id, profile, region, endpoint_url) -> None:
-    """Cancel a pending or running step."""
+    """Cancel a pending or running step (CancelSteps); print EMR's answer."""
     from emrflow.deploy import emr
     try:
         emr.check_cluster_id(cluster_id)
@@ -278,7 +333,7 @@ def cancel_step(cluster_id, step_id, profile, region, endpoint_url) -> None:
 @click.argument("cluster_id")
 @_aws_options
 def terminate_cluster(cluster_id, profile, region, endpoint_url) -> None:
-    """Terminate a cluster (its running steps are cancelled)."""
+    """Terminate a cluster (TerminateJobFlows); its running steps are cancelled."""
     from emrflow.deploy import emr
     try:
         emr.check_cluster_id(cluster_id)
@@ -294,7 +349,11 @@ COMMANDS = (create_cluster, add_step, run_transient, list_clusters, describe_clu
 
 
 def register(main_group: click.Group) -> None:
-    """Add the EMR commands to the ``emrflow`` click group (idempotent)."""
+    """Add the EMR commands to the ``emrflow`` click group (idempotent).
+
+    Args:
+        main_group: the group (``emrflow.cli.main``).
+    """
     for cmd in COMMANDS:
         if cmd.name not in main_group.commands:
             main_group.add_command(cmd)

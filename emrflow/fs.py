@@ -14,6 +14,7 @@ file is atomic per object (readers never see half an object), not per directory.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import shutil
 from typing import IO
@@ -126,7 +127,7 @@ def open_input(uri: str) -> IO[bytes]:
     fs, path = resolve(uri)
     if not is_s3(uri):
         return open(path, "rb")
-    return fs.open_input_file(path)
+    return io.BufferedReader(fs.open_input_file(path), 1 << 20)  # readline(), peek()
 
 
 def open_output(uri: str) -> IO[bytes]:

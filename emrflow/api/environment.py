@@ -297,10 +297,23 @@ class StreamExecutionEnvironment:
             InputNotFoundError, OutputExistsError: a source or sink failed its checks.
             JobExecutionError: the job failed; carries the remote traceback.
             ClusterError: the cluster could not be started or reached.
+            CheckpointError: ``execution.savepoint.path`` (``-s``) names no usable
+                savepoint or checkpoint, or one that does not fit the job.
+
+        With ``execution.savepoint.path`` the job starts from that savepoint or retained
+        checkpoint (or the newest valid checkpoint of a job's checkpoint directory),
+        matching operator state by ``uid`` (Flink's ``flink run -s``).
         """
         from emrflow.deploy import execute_job
         job_graph = self.get_job_graph(job_name)
-        job_graph.validate_connectors()
+        config = self.get_config()
+        savepoint = config.get("execution.savepoint.path")
+        if savepoint:
+            from emrflow.runtime.checkpoint import find_latest_valid, plan_restore
+            meta = find_latest_valid(savepoint)
+            job_graph.restore = plan_restore(
+                meta, job_graph.topology(), bool(config.get("execution.savepoint.ignore-unclaimed-state")))
+        job_graph.validate_connectors(sinks=not savepoint)
         try:
             result = execute_job(job_graph, self.get_config(), self._context)
             if self._context is not None:

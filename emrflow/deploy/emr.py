@@ -282,7 +282,17 @@ def check_s3_uri(value: Any, where: str, name: str, key_required: bool = False) 
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """Return ``(bucket, key)`` of ``s3://bucket/key`` (key without its leading slash)."""
+    """Split an S3 URI.
+
+    Args:
+        uri: ``s3://bucket[/key]``.
+
+    Returns:
+        ``(bucket, key)``, the key without its leading slash ("" for a bare bucket).
+
+    Raises:
+        ConfigError: ``uri`` is not an S3 URI.
+    """
     m = S3_URI_RE.match(uri)
     if not m:
         raise ConfigError(f"expected an S3 URI s3://bucket/key, got {uri!r}")
@@ -318,7 +328,19 @@ def _validate_classifications(c: _Checker, value: Any, path: tuple) -> None:
 
 
 def validate_spec(spec: ClusterSpec) -> ClusterSpec:
-    """Check every field of ``spec``; return it unchanged.
+    """Check every field of ``spec`` before any AWS call; return it unchanged.
+
+    Checks the release label (``emr-X.Y.Z``), instance types and counts (one MASTER of 1 or
+    3 instances, at most one CORE), markets and bid prices, instance fleets and their Spot
+    options, S3 URIs, roles, the idle timeout (60..604800 s), configuration classifications
+    (EMR's shape; ``emrflow-conf`` keys against emrflow's own options), bootstrap actions,
+    tags and steps.
+
+    Args:
+        spec: the spec to check.
+
+    Returns:
+        ``spec``.
 
     Raises:
         ConfigError: the first wrong field, with its name, ``file:line`` (or the
@@ -530,6 +552,22 @@ def load_cluster_spec(path: str, *, name: str | None = None, release_label: str 
 
 # --------------------------------------------------------------------------- building requests
 
+def _check_action_on_failure(action_on_failure: str) -> None:
+    if action_on_failure not in ACTIONS_ON_FAILURE:
+        raise ConfigError(f"--action-on-failure: expected one of {', '.join(ACTIONS_ON_FAILURE)}, "
+                          f"got {action_on_failure!r}", source="--action-on-failure")
+
+
+def _dynamic_args(dynamic: list[str] | tuple[str, ...]) -> list[str]:
+    """``-D key=value`` arguments of a step; raise ConfigError on a malformed one."""
+    args: list[str] = []
+    for d in dynamic:
+        if "=" not in d or not d.split("=", 1)[0].strip():
+            raise ConfigError(f"-D: expected key=value, got {d!r}", source="-D")
+        args += ["-D", d]
+    return args
+
+
 def emrflow_step(job_uri: str, job_args: list[str] | tuple[str, ...] = (), *, name: str | None = None,
                  parallelism: int | None = None, dynamic: list[str] | tuple[str, ...] = (),
                  action_on_failure: str = "CONTINUE", target: str = "yarn-per-job") -> dict:
@@ -542,24 +580,25 @@ def emrflow_step(job_uri: str, job_args: list[str] | tuple[str, ...] = (), *, na
         parallelism: ``-p``, or ``None``.
         dynamic: ``-D key=value`` options.
         action_on_failure: CONTINUE, CANCEL_AND_WAIT or TERMINATE_CLUSTER.
-        target: the ``-t`` deploy target on the cluster.
+        target: the ``-t`` deploy target on the cluster: ``yarn-per-job`` (one YARN application
+            for the job), ``yarn-session`` (the session a :func:`session_step` started) or
+            ``yarn-application``.
+
+    Returns:
+        ``{"Name", "ActionOnFailure", "HadoopJarStep": {"Jar": "command-runner.jar", "Args":
+        ["emrflow", "run", "-t", target, ...options, job_uri, ...job_args]}}``, as RunJobFlow's
+        and AddJobFlowSteps' ``Steps`` take it (``steps/emrflow-job.json`` in the CLI's shape).
 
     Raises:
         ConfigError: a bad action on failure, parallelism or ``-D`` option.
     """
-    if action_on_failure not in ACTIONS_ON_FAILURE:
-        raise ConfigError(f"--action-on-failure: expected one of {', '.join(ACTIONS_ON_FAILURE)}, "
-                          f"got {action_on_failure!r}", source="--action-on-failure")
+    _check_action_on_failure(action_on_failure)
     if parallelism is not None and (not isinstance(parallelism, int) or parallelism < 1):
         raise ConfigError(f"-p: expected an integer >= 1, got {parallelism!r}", source="-p")
     args = ["emrflow", "run", "-t", target]
     if parallelism is not None:
         args += ["-p", str(parallelism)]
-    for d in dynamic:
-        if "=" not in d or not d.split("=", 1)[0].strip():
-            raise ConfigError(f"-D: expected key=value, got {d!r}", source="-D")
-        args += ["-D", d]
-    args += [job_uri, *map(str, job_args)]
+    args += [*_dynamic_args(dynamic), job_uri, *map(str, job_args)]
     return {"Name": name or f"emrflow {job_uri.rsplit('/', 1)[-1]}",
             "ActionOnFailure": action_on_failure,
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}}
@@ -576,12 +615,15 @@ def session_step(*, taskmanagers: int = 1, slots: int | None = None, name: str =
         dynamic: ``-D key=value`` options for the session.
         action_on_failure: CONTINUE, CANCEL_AND_WAIT or TERMINATE_CLUSTER.
 
+    Returns:
+        A ``command-runner.jar`` StepConfig running ``emrflow yarn-session start --detached
+        ...`` (the seed's ``flink-yarn-session`` step; ``steps/yarn-session.json``). The step
+        ends once the session runs; later steps use it with ``-t yarn-session``.
+
     Raises:
-        ConfigError: a bad count or action on failure.
+        ConfigError: a bad count, slot count, ``-D`` option or action on failure.
     """
-    if action_on_failure not in ACTIONS_ON_FAILURE:
-        raise ConfigError(f"--action-on-failure: expected one of {', '.join(ACTIONS_ON_FAILURE)}, "
-                          f"got {action_on_failure!r}", source="--action-on-failure")
+    _check_action_on_failure(action_on_failure)
     if not isinstance(taskmanagers, int) or taskmanagers < 0:
         raise ConfigError(f"--taskmanagers: expected an integer >= 0, got {taskmanagers!r}")
     args = ["emrflow", "yarn-session", "start", "--detached", "--taskmanagers", str(taskmanagers)]
@@ -589,8 +631,7 @@ def session_step(*, taskmanagers: int = 1, slots: int | None = None, name: str =
         if not isinstance(slots, int) or slots < 1:
             raise ConfigError(f"--slots: expected an integer >= 1, got {slots!r}")
         args += ["--slots", str(slots)]
-    for d in dynamic:
-        args += ["-D", d]
+    args += _dynamic_args(dynamic)
     return {"Name": name, "ActionOnFailure": action_on_failure,
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}}
 
@@ -621,7 +662,17 @@ class Staging:
         return uri
 
     def add_job(self, job: str) -> str:
-        """Plan a job script's upload under ``jobs/<content hash>/``; return its URI (s3:// kept)."""
+        """Plan a job script's upload under ``jobs/<content hash>/``.
+
+        Args:
+            job: a local script, or an ``s3://`` URI (kept as it is, nothing uploaded).
+
+        Returns:
+            The script's S3 URI, ``<uri>/jobs/<first 12 hex digits of its SHA-256>/<name>``.
+
+        Raises:
+            ConfigError: the local script does not exist, or a malformed S3 URI.
+        """
         if job.startswith("s3://"):
             return check_s3_uri(job, "JOB", "job script", key_required=True)
         if not os.path.isfile(job):
@@ -651,7 +702,10 @@ def build_run_job_flow_request(spec: ClusterSpec, staging: Staging, *,
         bootstrap_dir: directory holding install-emrflow.sh and write-emrflow-conf.sh.
 
     Returns:
-        Keyword arguments of ``emr.run_job_flow``.
+        Keyword arguments of ``emr.run_job_flow`` (EMR's RunJobFlow; ``aws emr create-cluster``).
+
+    Raises:
+        ConfigError: a local job script of the spec's ``steps`` is missing.
     """
     d = spec.data
     apps = ["Hadoop"] + [a for a in d.get("applications", []) if a != "Hadoop"]
@@ -761,9 +815,63 @@ def _instance_fleet(f: dict) -> dict:
     return out
 
 
+def aws_cli_step(step: dict) -> dict:
+    """Return a step (EMR's StepConfig, as RunJobFlow/AddJobFlowSteps take it) in the AWS CLI's shape.
+
+    The AWS CLI's ``--steps`` of ``aws emr create-cluster`` and ``aws emr add-steps`` takes
+    ``{"Type": "CUSTOM_JAR", "Name", "ActionOnFailure", "Jar", "Args"}``: the shape of the
+    templates in ``steps/`` (usable as ``--steps file://steps/emrflow-job.json``).
+
+    Args:
+        step: ``{"Name", "ActionOnFailure", "HadoopJarStep": {"Jar", "Args"}}``.
+
+    Returns:
+        The step as the AWS CLI takes it.
+    """
+    return {"Type": "CUSTOM_JAR", "Name": step["Name"], "ActionOnFailure": step["ActionOnFailure"],
+            "Jar": step["HadoopJarStep"]["Jar"], "Args": list(step["HadoopJarStep"]["Args"])}
+
+
+def aws_cli_add_steps_command(cluster_id: str, steps: list[dict], *, profile: str | None = None,
+                              region: str | None = None, endpoint_url: str | None = None) -> str:
+    """Return the ``aws emr add-steps`` command line equivalent to an AddJobFlowSteps request.
+
+    Args:
+        cluster_id: ``j-...``.
+        steps: the steps (EMR's StepConfig shape).
+        profile: ``--profile`` to repeat on the line, or ``None``.
+        region: ``--region`` to repeat, or ``None``.
+        endpoint_url: ``--endpoint-url`` to repeat, or ``None``.
+
+    Returns:
+        The shell-quoted command line.
+    """
+    parts = ["aws", "emr", "add-steps", "--cluster-id", cluster_id,
+             "--steps", json.dumps([aws_cli_step(s) for s in steps])]
+    return " ".join(shlex.quote(p) for p in parts + _aws_cli_globals(profile, region, endpoint_url))
+
+
+def _aws_cli_globals(profile: str | None, region: str | None, endpoint_url: str | None) -> list[str]:
+    out: list[str] = []
+    for opt, value in (("--profile", profile), ("--region", region), ("--endpoint-url", endpoint_url)):
+        if value:
+            out += [opt, value]
+    return out
+
+
 def aws_cli_command(request: dict, *, profile: str | None = None, region: str | None = None,
                     endpoint_url: str | None = None) -> str:
-    """Return the ``aws emr create-cluster`` command line equivalent to a RunJobFlow request."""
+    """Return the ``aws emr create-cluster`` command line equivalent to a RunJobFlow request.
+
+    Args:
+        request: the RunJobFlow request (:func:`build_run_job_flow_request`).
+        profile: ``--profile`` to repeat on the line, or ``None``.
+        region: ``--region`` to repeat, or ``None``.
+        endpoint_url: ``--endpoint-url`` to repeat, or ``None``.
+
+    Returns:
+        The shell-quoted command line (what ``create-cluster --dry-run`` prints last).
+    """
     inst = request["Instances"]
     parts = ["aws", "emr", "create-cluster", "--name", request["Name"],
              "--release-label", request["ReleaseLabel"],
@@ -792,10 +900,7 @@ def aws_cli_command(request: dict, *, profile: str | None = None, region: str | 
                                                   "Args": a["ScriptBootstrapAction"]["Args"]}
                                                  for a in request["BootstrapActions"]])]
     if "Steps" in request:
-        parts += ["--steps", json.dumps([{"Type": "CUSTOM_JAR", "Name": s["Name"],
-                                          "ActionOnFailure": s["ActionOnFailure"],
-                                          "Jar": s["HadoopJarStep"]["Jar"], "Args": s["HadoopJarStep"]["Args"]}
-                                         for s in request["Steps"]])]
+        parts += ["--steps", json.dumps([aws_cli_step(s) for s in request["Steps"]])]
     if request.get("Tags"):
         parts += ["--tags", *[f"{t['Key']}={t['Value']}" for t in request["Tags"]]]
     parts.append("--no-auto-terminate" if inst["KeepJobFlowAliveWhenNoSteps"] else "--auto-terminate")
@@ -805,9 +910,7 @@ def aws_cli_command(request: dict, *, profile: str | None = None, region: str | 
         parts += ["--auto-termination-policy", f"IdleTimeout={request['AutoTerminationPolicy']['IdleTimeout']}"]
     if "StepConcurrencyLevel" in request:
         parts += ["--step-concurrency-level", str(request["StepConcurrencyLevel"])]
-    for opt, value in (("--profile", profile), ("--region", region), ("--endpoint-url", endpoint_url)):
-        if value:
-            parts += [opt, value]
+    parts += _aws_cli_globals(profile, region, endpoint_url)
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
@@ -839,7 +942,7 @@ def build_wheel(out_dir: str, project_dir: str = REPO_ROOT) -> str:
 
 
 def expected_wheel_name() -> str:
-    """Return the file name ``pip wheel`` gives this version's wheel."""
+    """Return the file name ``pip wheel`` gives this version's wheel (``emrflow-X.Y.Z-py3-none-any.whl``)."""
     from emrflow import __version__
     return f"emrflow-{__version__}-py3-none-any.whl"
 
@@ -854,6 +957,9 @@ def plan_staging(spec: ClusterSpec, staging_uri: str | None, wheel: str | None, 
         wheel: a built wheel (path or s3:// URI), overriding the spec, or ``None`` to build one.
         work_dir: directory for a built wheel (required unless ``dry_run``).
         dry_run: do not build; name the wheel the build would produce.
+
+    Returns:
+        The :class:`Staging` plan: prefix, wheel URI and the uploads planned so far.
 
     Raises:
         ConfigError: no staging URI, a bad wheel path, or the build failed.
@@ -889,23 +995,34 @@ def aws_errors(action: str) -> Iterator[None]:
     Args:
         action: what was being done (``"RunJobFlow"``), for the message.
 
+    boto3's S3 transfer manager (``upload_file``/``download_file``) wraps the
+    ClientError of a failed upload in ``boto3.exceptions.S3UploadFailedError``;
+    the ClientError it wraps (its ``__context__``) gives the AWS code.
+
     Raises:
-        ClusterError: with ``code`` (the AWS error code, or the botocore class name) and
-            the AWS message.
+        ClusterError: with ``code`` (the AWS error code, such as ``NoSuchBucket``, or the
+            botocore/boto3 class name) and the AWS message.
     """
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
-    try:
-        yield
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        code, msg = err.get("Code", "Unknown"), err.get("Message", str(exc))
+
+    def translated(exc: BaseException) -> ClusterError:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code, msg = err.get("Code", "Unknown"), err.get("Message", str(exc))
+        else:
+            code, msg = type(exc).__name__, str(exc)
         error = ClusterError(f"{action} failed: {code}: {msg}")
         error.code = code
-        raise error from None
-    except BotoCoreError as exc:
-        error = ClusterError(f"{action} failed: {type(exc).__name__}: {exc}")
-        error.code = type(exc).__name__
-        raise error from None
+        return error
+
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise translated(exc) from None
+    except Boto3Error as exc:
+        cause = exc.__cause__ or exc.__context__
+        raise translated(cause if isinstance(cause, ClientError) else exc) from None
 
 
 class EmrSession:
@@ -968,19 +1085,46 @@ class EmrSession:
 
     # ---- S3
     def upload(self, local: str, uri: str) -> None:
-        """Upload a local file to ``uri``."""
+        """Upload a local file to the S3 object ``uri`` (PutObject, multipart when large).
+
+        Args:
+            local: the local file.
+            uri: ``s3://bucket/key``.
+
+        Raises:
+            ConfigError: ``uri`` is not an S3 URI.
+            ClusterError: S3 refused, with the AWS code (``NoSuchBucket``, ``AccessDenied``...).
+        """
         bucket, key = split_s3_uri(uri)
         with aws_errors(f"uploading {local} to {uri}"):
             self.s3.upload_file(local, bucket, key)
 
     def upload_all(self, staging: Staging, log: Callable[[str], None] = lambda s: None) -> None:
-        """Upload every file ``staging`` plans, in order."""
+        """Upload every file ``staging`` plans, in order.
+
+        Args:
+            staging: the plan.
+            log: receives a line per upload.
+
+        Raises:
+            ClusterError: an upload failed (the AWS code).
+        """
         for local, uri in staging.uploads:
             log(f"uploading {local} -> {uri}")
             self.upload(local, uri)
 
     def read(self, uri: str) -> bytes | None:
-        """Return the bytes of the S3 object ``uri``, or ``None`` when it does not exist."""
+        """Read an S3 object (GetObject).
+
+        Args:
+            uri: ``s3://bucket/key``.
+
+        Returns:
+            Its bytes, or ``None`` when there is no such key.
+
+        Raises:
+            ClusterError: any other S3 error (a missing bucket, access denied...).
+        """
         from botocore.exceptions import ClientError
         bucket, key = split_s3_uri(uri)
         with aws_errors(f"reading {uri}"):
@@ -1024,7 +1168,20 @@ def fetch_job_script(uri: str, dest_dir: str, session: EmrSession | None = None)
 
 
 def upload_directory(session: EmrSession, local_dir: str, uri: str) -> list[str]:
-    """Upload every file below ``local_dir`` to ``uri/<relative path>``; return the URIs."""
+    """Upload every file below ``local_dir`` to ``uri/<relative path>``.
+
+    Args:
+        session: the AWS session.
+        local_dir: the directory.
+        uri: the S3 prefix, ``s3://bucket/prefix``.
+
+    Returns:
+        The URIs written, in upload order.
+
+    Raises:
+        ConfigError: ``uri`` is not an S3 URI.
+        ClusterError: an upload failed.
+    """
     check_s3_uri(uri, "output", "output URI")
     out = []
     for root, _, files in os.walk(local_dir):
@@ -1041,40 +1198,102 @@ def upload_directory(session: EmrSession, local_dir: str, uri: str) -> list[str]
 
 def create_cluster(session: EmrSession, request: dict, staging: Staging,
                    log: Callable[[str], None] = lambda s: None) -> str:
-    """Upload the staged files, call RunJobFlow, return the cluster id (``j-...``)."""
+    """Create a cluster: upload the staged files, then call EMR's RunJobFlow.
+
+    Args:
+        session: the AWS session.
+        request: the RunJobFlow request (:func:`build_run_job_flow_request`).
+        staging: the uploads the request refers to (wheel, bootstrap scripts, jobs).
+        log: receives a line per upload.
+
+    Returns:
+        The cluster id, ``j-...``.
+
+    Raises:
+        ClusterError: an upload or RunJobFlow failed (the AWS code, e.g. ``ValidationException``).
+    """
     session.upload_all(staging, log)
     with aws_errors("RunJobFlow"):
         return session.emr.run_job_flow(**request)["JobFlowId"]
 
 
 def check_cluster_id(cluster_id: str) -> str:
-    """Check ``j-...``; raise ConfigError otherwise."""
+    """Check a cluster id (EMR's ``j-`` followed by upper-case letters and digits).
+
+    Returns:
+        ``cluster_id``.
+
+    Raises:
+        ConfigError: anything else.
+    """
     if not isinstance(cluster_id, str) or not CLUSTER_ID_RE.match(cluster_id):
         raise ConfigError(f"cluster id: expected j-XXXXXXXX, got {cluster_id!r}", source="CLUSTER_ID")
     return cluster_id
 
 
 def check_step_id(step_id: str) -> str:
-    """Check ``s-...``; raise ConfigError otherwise."""
+    """Check a step id (EMR's ``s-`` followed by upper-case letters and digits).
+
+    Returns:
+        ``step_id``.
+
+    Raises:
+        ConfigError: anything else.
+    """
     if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
         raise ConfigError(f"step id: expected s-XXXXXXXX, got {step_id!r}", source="STEP_ID")
     return step_id
 
 
 def add_steps(session: EmrSession, cluster_id: str, steps: list[dict]) -> list[str]:
-    """Add steps to a running cluster; return their ids."""
+    """Add steps to a cluster (EMR's AddJobFlowSteps; ``aws emr add-steps``).
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+        steps: StepConfigs (:func:`emrflow_step`, :func:`session_step`).
+
+    Returns:
+        The new steps' ids (``s-...``), in the order given.
+
+    Raises:
+        ClusterError: EMR refused (an ended cluster, too many steps...).
+    """
     with aws_errors(f"AddJobFlowSteps on {cluster_id}"):
         return session.emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=steps)["StepIds"]
 
 
 def describe_cluster(session: EmrSession, cluster_id: str) -> dict:
-    """Return DescribeCluster's ``Cluster``."""
+    """Describe a cluster (EMR's DescribeCluster).
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+
+    Returns:
+        DescribeCluster's ``Cluster``: ``Status`` (``State``, ``StateChangeReason``, ``Timeline``),
+        ``LogUri``, ``ReleaseLabel``, ``Applications``, ``Tags``...
+
+    Raises:
+        ClusterError: no such cluster (``InvalidRequestException``) or another AWS error.
+    """
     with aws_errors(f"DescribeCluster {cluster_id}"):
         return session.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
 
 
 def list_clusters(session: EmrSession, active: bool = False) -> list[dict]:
-    """Return the clusters (ListClusters summaries), only active ones with ``active``."""
+    """List clusters (EMR's ListClusters, all pages).
+
+    Args:
+        session: the AWS session.
+        active: only clusters STARTING, BOOTSTRAPPING, RUNNING, WAITING or TERMINATING.
+
+    Returns:
+        ListClusters' summaries (``Id``, ``Name``, ``Status``), newest first as EMR lists them.
+
+    Raises:
+        ClusterError: an AWS error.
+    """
     kwargs = {"ClusterStates": list(CLUSTER_ACTIVE_STATES)} if active else {}
     with aws_errors("ListClusters"):
         pages = session.emr.get_paginator("list_clusters").paginate(**kwargs)
@@ -1082,7 +1301,19 @@ def list_clusters(session: EmrSession, active: bool = False) -> list[dict]:
 
 
 def list_steps(session: EmrSession, cluster_id: str) -> list[dict]:
-    """Return the cluster's steps, oldest first."""
+    """List a cluster's steps (EMR's ListSteps, all pages).
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+
+    Returns:
+        The step summaries (``Id``, ``Name``, ``Config``, ``ActionOnFailure``, ``Status``),
+        oldest first (EMR lists the newest first).
+
+    Raises:
+        ClusterError: an AWS error.
+    """
     with aws_errors(f"ListSteps {cluster_id}"):
         pages = session.emr.get_paginator("list_steps").paginate(ClusterId=cluster_id)
         steps = [s for page in pages for s in page.get("Steps", [])]
@@ -1090,21 +1321,48 @@ def list_steps(session: EmrSession, cluster_id: str) -> list[dict]:
 
 
 def cancel_step(session: EmrSession, cluster_id: str, step_id: str) -> dict:
-    """Cancel a pending or running step; return EMR's CancelStepsInfo for it."""
+    """Cancel a pending or running step (EMR's CancelSteps).
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+        step_id: ``s-...``.
+
+    Returns:
+        EMR's CancelStepsInfo for the step (``Status`` SUBMITTED or FAILED, ``Reason``).
+
+    Raises:
+        ClusterError: an AWS error.
+    """
     with aws_errors(f"CancelSteps {step_id} on {cluster_id}"):
         info = session.emr.cancel_steps(ClusterId=cluster_id, StepIds=[step_id])
     return (info.get("CancelStepsInfoList") or [{}])[0]
 
 
 def terminate_cluster(session: EmrSession, cluster_id: str) -> None:
-    """Terminate a cluster (TerminateJobFlows)."""
+    """Terminate a cluster (EMR's TerminateJobFlows); its running steps are cancelled.
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+
+    Raises:
+        ClusterError: an AWS error (a termination-protected cluster is refused by EMR).
+    """
     with aws_errors(f"TerminateJobFlows {cluster_id}"):
         session.emr.terminate_job_flows(JobFlowIds=[cluster_id])
 
 
 def wait_for_cluster(session: EmrSession, cluster_id: str, *, timeout_s: float = 3600,
                      poll_s: float = 30, progress: Callable[[str], None] = lambda s: None) -> str:
-    """Poll until the cluster is WAITING or RUNNING (ready for steps) or has ended.
+    """Poll DescribeCluster until the cluster is WAITING or RUNNING (ready for steps) or has ended.
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+        timeout_s: give up after this many seconds.
+        poll_s: seconds between DescribeCluster calls.
+        progress: called with a line whenever the state changes.
 
     Returns:
         The cluster's state.
@@ -1131,7 +1389,21 @@ def wait_for_cluster(session: EmrSession, cluster_id: str, *, timeout_s: float =
 
 
 def step_logs(session: EmrSession, log_uri: str, cluster_id: str, step_id: str) -> StepLogs:
-    """Fetch a step's log files (gzip'd or not) from the cluster's log URI."""
+    """Fetch a step's log files from the cluster's log URI.
+
+    Args:
+        session: the AWS session.
+        log_uri: the cluster's ``LogUri``.
+        cluster_id: ``j-...``.
+        step_id: ``s-...``.
+
+    Returns:
+        :class:`StepLogs` with the decompressed text of the files found (``stderr.gz`` or
+        ``stderr``, and so on) and the names of those missing.
+
+    Raises:
+        ClusterError: an S3 error other than a missing key.
+    """
     prefix = step_log_prefix(log_uri, cluster_id, step_id)
     logs = StepLogs(prefix)
     for name in STEP_LOG_FILES:
@@ -1146,7 +1418,21 @@ def step_logs(session: EmrSession, log_uri: str, cluster_id: str, step_id: str) 
 
 
 def step_failure(session: EmrSession, cluster_id: str, step_id: str, state: str | None = None) -> StepFailedError:
-    """Build the StepFailedError of a step: its position, EMR's reason and the log diagnosis."""
+    """Build the error of a step that did not complete.
+
+    Args:
+        session: the AWS session.
+        cluster_id: ``j-...``.
+        step_id: ``s-...``.
+        state: the state to report, else the step's recorded state.
+
+    Returns:
+        A :class:`StepFailedError` with the step's position among the cluster's steps, EMR's
+        failure reason and the diagnosis from its logs at the log URI.
+
+    Raises:
+        ClusterError: an AWS error while looking.
+    """
     cluster = describe_cluster(session, cluster_id)
     steps = list_steps(session, cluster_id)
     ids = [s["Id"] for s in steps]
@@ -1213,7 +1499,8 @@ def wait_for_step(session: EmrSession, cluster_id: str, step_id: str, *, timeout
 
 def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step: dict, *,
                   timeout_s: float = 86400, poll_s: float = 30,
-                  progress: Callable[[str], None] = lambda s: None) -> tuple[str, str, dict]:
+                  progress: Callable[[str], None] = lambda s: None,
+                  on_created: Callable[[str], None] = lambda cluster_id: None) -> tuple[str, str, dict]:
     """Run a job on a transient cluster that ends after its last step.
 
     Args:
@@ -1224,6 +1511,8 @@ def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step
         timeout_s: seconds to follow the step before giving up.
         poll_s: seconds between polls.
         progress: receives progress lines.
+        on_created: called with the cluster id as soon as RunJobFlow returned (so that a
+            caller interrupted while following the step knows which cluster to terminate).
 
     Returns:
         ``(cluster_id, step_id, step)`` once the step COMPLETED.
@@ -1234,6 +1523,7 @@ def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step
     """
     request = build_run_job_flow_request(spec, staging, steps=[step], transient=True)
     cluster_id = create_cluster(session, request, staging, progress)
+    on_created(cluster_id)
     progress(f"cluster {cluster_id} created (transient: ends after its last step)")
     steps = list_steps(session, cluster_id)
     step_id = steps[-1]["Id"]
@@ -1242,5 +1532,16 @@ def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step
 
 
 def with_overrides(spec: ClusterSpec, **data: Any) -> ClusterSpec:
-    """Return ``spec`` with top-level fields replaced (programmatic use), re-validated."""
+    """Return ``spec`` with top-level fields replaced (programmatic use), re-validated.
+
+    Args:
+        spec: the spec.
+        **data: top-level fields (``name=``, ``log_uri=``...) and their new values.
+
+    Returns:
+        A new :class:`ClusterSpec`; ``spec`` is unchanged.
+
+    Raises:
+        ConfigError: a new value is invalid.
+    """
     return validate_spec(replace(spec, data={**spec.data, **data}))

@@ -90,6 +90,44 @@ class RestClient:
         """Cancel a job (``PATCH /jobs/{id}?mode=cancel``)."""
         self.request("PATCH", f"/jobs/{job_id}?mode=cancel")
 
+    def savepoint(self, job_id: str, directory: str | None = None, stop: bool = False,
+                  timeout_s: float = 600.0) -> str:
+        """Trigger a savepoint (``POST /jobs/{id}/savepoints``, or ``/stop`` with ``stop``) and wait for it.
+
+        Args:
+            job_id: the running job.
+            directory: target directory; ``None`` means the cluster's ``state.savepoints.dir``.
+            stop: stop the job after the savepoint (Flink's stop-with-savepoint).
+            timeout_s: seconds to wait for completion.
+
+        Returns:
+            The savepoint's path.
+
+        Raises:
+            ClusterError: the trigger was refused, the savepoint failed, or it timed out.
+        """
+        if stop:
+            trigger = self.request("POST", f"/jobs/{job_id}/stop", {"targetDirectory": directory})
+        else:
+            trigger = self.request("POST", f"/jobs/{job_id}/savepoints",
+                                   {"target-directory": directory, "cancel-job": False})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.request("GET", f"/jobs/{job_id}/savepoints/{trigger['request-id']}")
+            if st["status"]["id"] == "COMPLETED":
+                op = st["operation"]
+                if "failure-cause" in op:
+                    raise ClusterError(f"savepoint of job {job_id} failed: "
+                                       f"{op['failure-cause'].get('stack-trace', '')}")
+                return op["location"]
+            if time.monotonic() > deadline:
+                raise ClusterError(f"savepoint of job {job_id} not complete after {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def checkpoints(self, job_id: str) -> dict:
+        """``GET /jobs/{id}/checkpoints``: checkpoint counts and the latest completed one."""
+        return self.request("GET", f"/jobs/{job_id}/checkpoints")
+
     def list_jobs(self) -> list[dict]:
         """``GET /jobs/overview``: every job, newest first."""
         return self.request("GET", "/jobs/overview")["jobs"]

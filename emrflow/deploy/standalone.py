@@ -158,6 +158,8 @@ def start_cluster(config: Configuration, workdir: str | None = None, taskmanager
     args = ["--bind", f"{config.get('jobmanager.rpc.address')}:{config.get('jobmanager.rpc.port')}",
             "--rest-bind", f"{bind}:{rest_port}", "--info-file", info_file,
             "--heartbeat-timeout-ms", str(config.get("heartbeat.timeout"))]
+    if config.get("state.savepoints.dir"):
+        args += ["--savepoint-dir", str(config.get("state.savepoints.dir"))]
     if config.get("metrics.reporter.prom.port") is not None:
         args += ["--metrics-port", str(config.get("metrics.reporter.prom.port"))]
     token = config.get("rest.auth.token")

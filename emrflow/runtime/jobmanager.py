@@ -195,6 +195,8 @@ class JobManager:
         self.slots: dict[str, SlotInfo] = {}
         self.jobs: dict[str, JobState] = {}
         self.stopping = threading.Event()
+        #: the cluster's state.savepoints.dir, used when neither the request nor the job gives one
+        self.savepoint_dir: str | None = None
         self.client_handlers = {
             "submit": self.submit,
             "job_status": self.job_status,
@@ -438,9 +440,13 @@ class JobManager:
             if job.coordinator is None:
                 return (f"job {job_id} runs in BATCH mode: savepoints are for STREAMING jobs "
                         "(Flink takes no savepoints of batch jobs)")
+            deadline = time.monotonic() + 10.0  # a job just deployed or restarted: let its tasks start
+            while (job.state not in TERMINAL and time.monotonic() < deadline
+                   and (job.state != "RUNNING" or any(st != "RUNNING" for st in job.tasks.values()))):
+                self.cond.wait(0.1)
             if job.state != "RUNNING" or any(st != "RUNNING" for st in job.tasks.values()):
                 return f"job {job_id} is {self._public_state(job)}, not running with all its tasks: try again"
-            directory = directory or job.coordinator.savepoint_dir
+            directory = directory or job.coordinator.savepoint_dir or self.savepoint_dir
             if not directory:
                 return "no savepoint directory: give one, or set state.savepoints.dir"
             p = self._trigger(job, directory)
@@ -554,6 +560,8 @@ class JobManager:
 
     # -- state machine (called with self.cond held) ----------------------------------
     def _fail(self, job: JobState, failure: dict) -> None:
+        if job.state == "CANCELLING":
+            return  # tasks torn down by the cancellation fail on their closed channels: not a failure
         if job.state == "RUNNING" and job.stop_savepoint is None and job.restart is not None:
             pause = job.restart.on_failure()
             if pause is not None:
@@ -870,6 +878,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="HOST:PORT for the REST API and dashboard (none: no REST server)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of the Prometheus endpoint (metrics.reporter.prom.port)")
+    parser.add_argument("--savepoint-dir", default=None,
+                        help="default savepoint directory of the cluster (state.savepoints.dir)")
     parser.add_argument("--info-file", default=None,
                         help="write the bound addresses here as JSON once listening")
     args = parser.parse_args(argv)
@@ -883,6 +893,7 @@ def main(argv: list[str] | None = None) -> None:
         listener = socket.create_server((host, int(port)))
     jm = JobManager(listener, os.environ.get("EMRFLOW_CLUSTER_SECRET", ""), args.heartbeat_timeout_ms,
                     args.slot_request_timeout_ms)
+    jm.savepoint_dir = args.savepoint_dir
     info = {"rpc_address": list(listener.getsockname()[:2]), "pid": os.getpid()}
     if args.rest_bind is not None:
         from emrflow.runtime.rest import start_rest_server

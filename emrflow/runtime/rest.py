@@ -7,6 +7,9 @@ Served by Flask on waitress in a thread of the JobManager process. Endpoints
   ``/jobs/{jobid}/vertices/{vertexid}``, ``/jobs/{jobid}/exceptions``,
   ``/jobs/{jobid}/execution-result``, ``/taskmanagers``, ``/taskmanagers/{tmid}``: as Flink's;
 * ``PATCH /jobs/{jobid}?mode=cancel``: cancel a job (Flink's);
+* ``POST /jobs/{jobid}/savepoints``, ``POST /jobs/{jobid}/stop``,
+  ``GET /jobs/{jobid}/savepoints/{triggerid}``: trigger a savepoint (and stop), follow it (Flink's);
+* ``GET /jobs/{jobid}/checkpoints``: checkpoint counts and the latest completed one (Flink's);
 * ``POST /jobs``: submit a job (emrflow's own: a JSON body with the job's topology and
   its base64 cloudpickled JobGraph, which only the TaskManagers unpickle);
 * ``DELETE /cluster``: shut the cluster down (Flink's);
@@ -26,6 +29,7 @@ import hmac
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 from emrflow import __version__
@@ -37,6 +41,8 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 _REST_STATE = {"RUNNING": "RUNNING", "COMMITTING": "RUNNING", "FAILING": "FAILING",
                "FAILED_ABORTING": "FAILING", "CANCELLING": "CANCELLING",
                "CANCELED_ABORTING": "CANCELLING", "CREATED": "CREATED", "FINISHED": "FINISHED",
+               "RESTARTING": "RESTARTING", "RESTARTING_ABORTING": "RESTARTING",
+               "RESTARTING_WAIT": "RESTARTING",
                "FAILED": "FAILED", "CANCELED": "CANCELED"}
 _TASK_STATES = ["CREATED", "SCHEDULED", "DEPLOYING", "RUNNING", "FINISHED", "CANCELING",
                 "CANCELED", "FAILED", "RECONCILING", "INITIALIZING"]
@@ -304,6 +310,62 @@ def create_app(jm, token: str | None = None):
         if isinstance(reply, str):
             return jsonify(errors=[reply]), 404
         return jsonify({}), 202
+
+    savepoints: dict[str, dict] = {}
+
+    def _run_savepoint(trigger_id: str, jobid: str, directory: str | None, stop: bool) -> None:
+        reply = (jm.stop if stop else jm.savepoint)(jobid, directory)
+        savepoints[trigger_id] = ({"failure-cause": {"class": "SavepointError", "stack-trace": reply}}
+                                  if isinstance(reply, str) else {"location": reply["path"]})
+
+    def _trigger_savepoint(jobid: str, directory: Any, stop: bool):
+        with jm.cond:
+            find_job(jobid)
+        if directory is not None and not isinstance(directory, str):
+            return jsonify(errors=["the target directory must be a string"]), 400
+        trigger_id = uuid.uuid4().hex
+        savepoints[trigger_id] = {}
+        threading.Thread(target=_run_savepoint, args=(trigger_id, jobid, directory, stop),
+                         daemon=True, name=f"savepoint-{trigger_id[:8]}").start()
+        return jsonify({"request-id": trigger_id}), 202
+
+    @app.post("/jobs/<jobid>/savepoints")
+    def trigger_savepoint(jobid):
+        body = request.get_json(silent=True) or {}
+        return _trigger_savepoint(jobid, body.get("target-directory"), bool(body.get("cancel-job")))
+
+    @app.post("/jobs/<jobid>/stop")
+    def stop_with_savepoint(jobid):
+        body = request.get_json(silent=True) or {}
+        return _trigger_savepoint(jobid, body.get("targetDirectory"), True)
+
+    @app.get("/jobs/<jobid>/savepoints/<triggerid>")
+    def savepoint_status(jobid, triggerid):
+        op = savepoints.get(triggerid)
+        if op is None:
+            return jsonify(errors=[f"no savepoint operation {triggerid}"]), 404
+        if not op:
+            return jsonify({"status": {"id": "IN_PROGRESS"}})
+        return jsonify({"status": {"id": "COMPLETED"}, "operation": op})
+
+    @app.get("/jobs/<jobid>/checkpoints")
+    def checkpoints(jobid):
+        with jm.cond:
+            job = find_job(jobid)
+            c = job.coordinator
+            if c is None:
+                return jsonify(errors=[f"job {jobid} takes no checkpoints (BATCH mode)"]), 404
+            last = c.stats["last"]
+            latest = None if last is None else {
+                "id": last["checkpoint_id"], "is_savepoint": last["kind"] == "savepoint",
+                "latest_ack_timestamp": last["timestamp_ms"], "state_size": last["size_bytes"],
+                "end_to_end_duration": last["duration_ms"], "external_path": last["path"]}
+            return jsonify({
+                "counts": {"completed": c.stats["completed"], "failed": c.stats["failed"],
+                           "in_progress": len(c.pending), "restored": job.restarts,
+                           "total": c.stats["completed"] + c.stats["failed"] + len(c.pending)},
+                "latest": {"completed": latest},
+                "summary": {"directory": c.job_dir}})
 
     @app.get("/jobs/<jobid>/vertices/<vertexid>")
     def vertex(jobid, vertexid):

@@ -10,6 +10,8 @@ import base64
 import gzip
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from emrflow.cli_emr import register
 from emrflow.deploy import emr
 from emrflow.errors import ClusterError, ConfigError
 
-from conftest_emr import (BUCKET, aws, aws_env, built_wheel, counting_endpoint,  # noqa: F401
+from conftest_emr import (BUCKET, FAKE_ENV, aws, aws_env, built_wheel, counting_endpoint,  # noqa: F401
                            moto_endpoint)
 
 pytestmark = [pytest.mark.integration,
@@ -37,6 +39,7 @@ STREAMING = os.path.join(ROOT, "configs", "emr-streaming.yaml")
 JOB = os.path.join(ROOT, "examples", "latest_rating.py")
 RATINGS = os.path.join(ROOT, "examples", "data", "movielens-latest-small", "ratings.csv")
 STAGING = f"s3://{BUCKET}/emrflow/staging"
+STEPS_DIR = os.path.join(ROOT, "steps")
 
 register(main)
 
@@ -220,8 +223,9 @@ def test_botocore_errors_become_cluster_errors_with_the_aws_code(aws, moto_endpo
     assert info.value.code and info.value.code in str(info.value)
     r = cli("describe-cluster", "j-DOESNOTEXIST", endpoint=moto_endpoint)
     assert r.exit_code == 1 and "DescribeCluster j-DOESNOTEXIST failed" in r.stderr
-    with pytest.raises(ClusterError, match="NoSuchBucket"):
+    with pytest.raises(ClusterError, match="uploading .* failed: NoSuchBucket") as info:
         aws.upload(JOB, "s3://no-such-bucket-here/job.py")
+    assert info.value.code == "NoSuchBucket"
 
 
 # --------------------------------------------------------------------------- steps
@@ -255,6 +259,71 @@ def test_add_step_yarn_session(aws, moto_endpoint, built_wheel):
     assert step["Name"] == "emrflow yarn-session"
     assert step["Config"]["Args"] == ["emrflow", "yarn-session", "start", "--detached",
                                       "--taskmanagers", "4", "--slots", "2"]
+
+
+TEMPLATE_JOB = "s3://my-emrflow-bucket/emrflow/jobs/latest_rating.py"
+TEMPLATE_IO = ["--input", "s3://my-emrflow-bucket/data/ratings.csv", "--output"]
+#: steps/<template> -> the add-step arguments (after --cluster-id) that add the same steps, in order
+TEMPLATES = {
+    "emrflow-job.json": [["-p", "2", TEMPLATE_JOB, *TEMPLATE_IO, "s3://my-emrflow-bucket/out/latest-rating"]],
+    "yarn-session.json": [["--yarn-session", "--taskmanagers", "2", "--slots", "4"],
+                          ["-t", "yarn-session", "-p", "8", TEMPLATE_JOB, *TEMPLATE_IO,
+                           "s3://my-emrflow-bucket/out/latest-rating-session"]],
+}
+
+
+def test_every_step_template_is_listed():
+    assert sorted(f for f in os.listdir(STEPS_DIR) if f.endswith(".json")) == sorted(TEMPLATES)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_step_templates_are_what_add_step_sends(template, counting_endpoint):
+    """steps/*.json (the AWS CLI's --steps shape) equal what `add-step --dry-run` would send."""
+    url, requests = counting_endpoint
+    produced = []
+    for add_step_args in TEMPLATES[template]:
+        r = cli("add-step", "--cluster-id", "j-TEMPLATE", "--dry-run", *add_step_args, endpoint=url)
+        assert r.exit_code == 0, r.output
+        body, _, line = r.stdout.rpartition("}\n")
+        request = json.loads(body + "}")
+        words = shlex.split(line)
+        assert words[:5] == ["aws", "emr", "add-steps", "--cluster-id", "j-TEMPLATE"]
+        cli_steps = json.loads(words[words.index("--steps") + 1])
+        assert cli_steps == [emr.aws_cli_step(s) for s in request["Steps"]]
+        produced += cli_steps
+    with open(os.path.join(STEPS_DIR, template)) as f:
+        assert json.load(f) == produced
+    assert requests == []                                    # --dry-run calls nothing
+
+
+S3_JOB = """import json, sys
+from emrflow import StreamExecutionEnvironment
+env = StreamExecutionEnvironment.get_execution_environment()
+doubled = sorted(env.from_collection([1, 2, 3]).map(lambda x: 2 * x).execute_and_collect())
+with open(sys.argv[1], "w") as f:
+    json.dump({"argv": sys.argv[1:], "file": __file__, "doubled": doubled}, f)
+"""
+
+
+def test_emrflow_run_takes_an_s3_job_script(aws, moto_endpoint, tmp_path):
+    (tmp_path / "s3_job.py").write_text(S3_JOB)
+    uri = f"s3://{BUCKET}/jobs/run-test/s3_job.py"
+    aws.upload(str(tmp_path / "s3_job.py"), uri)
+    out = tmp_path / "result.json"
+    env = dict(os.environ, **FAKE_ENV, AWS_ENDPOINT_URL=moto_endpoint)
+    proc = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", "-q", uri, str(out), "two words"],
+                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["argv"] == [str(out), "two words"] and result["doubled"] == [2, 4, 6]
+    assert os.path.basename(result["file"]) == "s3_job.py" and result["file"] != str(tmp_path / "s3_job.py")
+    assert not os.path.exists(os.path.dirname(result["file"]))       # the download is cleaned up
+
+    runner = CliRunner()
+    for job, expected in ((f"s3://{BUCKET}/jobs/no-such-job.py", "404"),
+                          ("s3://bucket-only", "s3://bucket/key")):
+        r = runner.invoke(main, ["run", job], env={"AWS_ENDPOINT_URL": moto_endpoint})
+        assert r.exit_code == 1 and job in r.stderr and expected in r.stderr, r.stderr
 
 
 def _fail_step_later(aws, log_uri, find_cluster, stderr_text: bytes):
@@ -306,7 +375,11 @@ def test_add_step_wait_diagnoses_the_failure_from_the_step_logs(aws, moto_endpoi
     t.join()
     assert r.exit_code == 1
     step_id = r.stdout.strip()
-    assert f"step 2 of 2 'emrflow latest_rating.py' ({step_id}) of cluster {cluster_id} ended RUNNING " \
+    # moto keeps a step queued behind another PENDING for ever (EMR would have run it by then):
+    # the message gives the state EMR recorded when the cluster ended under the step
+    recorded = aws.emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]["Status"]["State"]
+    assert recorded == "PENDING"
+    assert f"step 2 of 2 'emrflow latest_rating.py' ({step_id}) of cluster {cluster_id} ended {recorded} " \
            "when the cluster ended TERMINATED" in r.stderr
     assert "TypeError: '>' not supported between instances of 'str' and 'int'" in r.stderr
     assert 'File "latest_rating.py", line 40, in later' in r.stderr
@@ -348,6 +421,30 @@ def test_run_transient_runs_the_job_as_the_only_step_of_a_cluster_that_ends(aws,
     assert "AutoTerminationPolicy" in request and "AutoTerminationPolicy" not in transient
 
 
+def test_run_transient_ctrl_c_asks_whether_to_terminate(aws, moto_endpoint, built_wheel):
+    import _thread
+    name = f"interrupted-{time.monotonic_ns()}"
+
+    def find():
+        return next((c["Id"] for c in aws.emr.list_clusters()["Clusters"] if c["Name"] == name), None)
+
+    def interrupt():                 # Ctrl-C while the command follows the step
+        deadline = time.monotonic() + 30
+        while not find() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        _thread.interrupt_main()
+    t = threading.Thread(target=interrupt, daemon=True)
+    t.start()
+    r = CliRunner().invoke(main, ["run-transient", "--endpoint-url", moto_endpoint, "--config", BATCH,
+                                  "--name", name, "--wheel", built_wheel, "--poll", "0.1", JOB], input="y\n")
+    t.join()
+    cluster_id = find()
+    assert r.exit_code == 130, r.output
+    assert f"Terminate cluster {cluster_id}? [Y/n]" in r.stderr and f"Terminating {cluster_id}." in r.stderr
+    assert aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == "TERMINATED"
+
+
 # --------------------------------------------------------------------------- list / describe / terminate
 
 def test_list_describe_list_steps_terminate(aws, moto_endpoint, built_wheel):
@@ -376,32 +473,57 @@ def test_list_describe_list_steps_terminate(aws, moto_endpoint, built_wheel):
 
 # --------------------------------------------------------------------------- the step command runs
 
+def latest_rating_reference(path: str) -> set[str]:
+    """The expected output lines of examples/latest_rating.py, computed in plain Python: per
+    (movieId, userId) the rating with the greatest timestamp (the higher rating on a tie)."""
+    latest: dict[tuple[int, int], tuple[int, float]] = {}
+    with open(path) as f:
+        next(f)
+        for line in f:
+            user, movie, rating, ts = line.rstrip("\n").split(",")
+            key, value = (int(movie), int(user)), (int(ts), float(rating))
+            if key not in latest or value > latest[key]:
+                latest[key] = value
+    return {f"{m},{u},{format(r, 'g')},{t}" for (m, u), (t, r) in latest.items()}
+
+
 def test_the_recorded_step_command_runs_latest_rating(aws, moto_endpoint, built_wheel, tmp_path):
+    """Run the command-runner.jar arguments add-step recorded, unchanged but for ``-t local``:
+    the job script, its input and its output are S3 URIs, as on the cluster."""
     cluster_id = new_cluster(aws, built_wheel)
-    out_uri = f"s3://{BUCKET}/out/latest-rating"
+    in_uri, out_uri = f"s3://{BUCKET}/data/ratings.csv", f"s3://{BUCKET}/out/recorded-step"
+    aws.upload(RATINGS, in_uri)
     r = cli("add-step", "--cluster-id", cluster_id, "--s3-staging", STAGING, "-p", "2", JOB,
-            "--input", RATINGS, "--output", out_uri, endpoint=moto_endpoint)
+            "--input", in_uri, "--output", out_uri, endpoint=moto_endpoint)
     assert r.exit_code == 0, r.output
-    args = aws.emr.list_steps(ClusterId=cluster_id)["Steps"][0]["Config"]["Args"]
-    assert args[:2] == ["emrflow", "run"]
-    local_job = emr.fetch_job_script(args[6], str(tmp_path / "job"), aws)
-    out_dir = str(tmp_path / "out")
-    local = [a.replace("yarn-per-job", "local") for a in args[2:]]
-    local = [local_job if a == args[6] else out_dir if a == out_uri else a for a in local]
-    proc = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", *local], capture_output=True,
-                          text=True, timeout=90, cwd=str(tmp_path))
+    config = aws.emr.describe_step(ClusterId=cluster_id, StepId=r.stdout.strip())["Step"]["Config"]
+    assert config["Jar"] == "command-runner.jar"
+    args = config["Args"]
+    t = args.index("-t") + 1
+    assert args[:2] == ["emrflow", "run"] and args[t] == "yarn-per-job"
+    local = args[:t] + ["local"] + args[t + 1:]
+    job_uri = next(a for a in local if a.endswith("/latest_rating.py"))
+    assert job_uri.startswith(f"{STAGING}/jobs/") and [a for a in local if a.startswith("s3://")] == [
+        job_uri, in_uri, out_uri]
+
+    env = dict(os.environ, **FAKE_ENV, AWS_ENDPOINT_URL=moto_endpoint)
+    proc = subprocess.run([sys.executable, "-m", "emrflow.cli", *local[1:]], capture_output=True,
+                          text=True, timeout=120, cwd=str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stderr
-    uploaded = emr.upload_directory(aws, out_dir, out_uri)
-    assert sorted(os.path.basename(u) for u in uploaded) == ["part-0-0", "part-1-0"]
-    lines = []
-    for uri in uploaded:
-        lines += s3_text(aws, uri).decode().splitlines()
-    header = [line for line in lines if line.startswith("movieId")]
-    rows = [line for line in lines if not line.startswith("movieId")]
-    assert header and set(header) == {"movieId,userId,rating,timestamp"}
-    with open(RATINGS) as f:
-        pairs = {tuple(line.split(",")[:2]) for line in list(f)[1:]}
-    assert len(rows) == len(pairs) and len(rows) > 1000
+
+    listed = aws.s3.list_objects_v2(Bucket=BUCKET, Prefix="out/recorded-step/").get("Contents", [])
+    names = sorted(o["Key"].rsplit("/", 1)[-1] for o in listed)
+    parts = [n for n in names if n.startswith("part-")]
+    assert [re.sub(r"\..*$", "", n) for n in parts] == ["part-0-0", "part-1-0"], names
+    assert not [n for n in names if "inprogress" in n], names      # nothing half-written stays
+    header, rows = "movieId,userId,rating,timestamp", []
+    for name in parts:
+        lines = aws.read(f"{out_uri}/{name}").decode().splitlines()
+        assert lines[0] == header
+        rows += lines[1:]
+    expected = latest_rating_reference(RATINGS)
+    assert len(rows) == len(expected) > 1000
+    assert set(rows) == expected
 
 
 def test_fetch_job_script_errors(aws, tmp_path):

@@ -8,6 +8,7 @@ leaves a count out, a replayed one writes a count twice.
 """
 
 import argparse
+import os
 
 from emrflow.api.environment import StreamExecutionEnvironment
 from emrflow.api.functions import KeyedProcessFunction
@@ -17,11 +18,17 @@ from emrflow.testing import GeneratedSource
 
 
 class Count(KeyedProcessFunction):
+    def __init__(self, fail_once=None, fail_at=None):
+        self.fail_once, self.fail_at = fail_once, fail_at
+
     def open(self, ctx):
         self.count = ctx.get_state(ValueStateDescriptor("count"))
 
     def process_element(self, value, ctx):
         n = (self.count.value() or 0) + 1
+        if self.fail_once and n == self.fail_at and not os.path.exists(self.fail_once):
+            open(self.fail_once, "w").close()
+            raise RuntimeError("failing once, as asked")
         self.count.update(n)
         yield (ctx.get_current_key(), n)
 
@@ -32,13 +39,20 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--rate", type=float, default=None, help="records/s per source subtask")
     p.add_argument("--output", required=True)
+    p.add_argument("--source-parallelism", type=int, default=None)
+    p.add_argument("--fail-once", default=None, metavar="FILE",
+                   help="raise in the counting operator once, when FILE does not exist (then create it)")
     args = p.parse_args()
     keys = args.keys
     env = StreamExecutionEnvironment.get_execution_environment()
     source = GeneratedSource(args.count, lambda i: i % keys, batch_size=512, rate=args.rate)
-    (env.from_source(source, source_name="numbers").uid("numbers")
+    numbers = env.from_source(source, source_name="numbers").uid("numbers")
+    if args.source_parallelism:
+        numbers = numbers.set_parallelism(args.source_parallelism)
+    fail_at = args.count // args.keys // 2
+    (numbers
         .key_by(lambda k: k)
-        .process(Count()).uid("count").name("count")
+        .process(Count(args.fail_once, fail_at)).uid("count").name("count")
         .sink_to(CsvFileSink(args.output)).uid("sink"))
     env.execute("checkpointed count")
 
