@@ -197,6 +197,7 @@ class JobManager:
         self.stopping = threading.Event()
         #: the cluster's state.savepoints.dir, used when neither the request nor the job gives one
         self.savepoint_dir: str | None = None
+        self._cleanups: list[threading.Thread] = []  # checkpoint deletions shutdown() waits for
         self.client_handlers = {
             "submit": self.submit,
             "job_status": self.job_status,
@@ -482,7 +483,10 @@ class JobManager:
             }
 
     def shutdown(self) -> dict:
-        """Stop TaskManagers and slots, then this process."""
+        """Stop TaskManagers and slots, then this process (after deleting finished jobs' checkpoints)."""
+        deadline = time.monotonic() + 30
+        for t in list(self._cleanups):
+            t.join(max(0.0, deadline - time.monotonic()))
         self.stopping.set()
         with self.cond:
             peers = [tm.conn for tm in self.taskmanagers.values()] + [s.conn for s in self.slots.values()]
@@ -788,7 +792,9 @@ class JobManager:
             keep = {"NO_EXTERNALIZED_CHECKPOINTS": (), "DELETE_ON_CANCELLATION": ("FAILED",),
                     "RETAIN_ON_CANCELLATION": ("FAILED", "CANCELED")}.get(c.retention, ())
             if state not in keep:
-                threading.Thread(target=chk.remove, args=(c.job_dir,), daemon=True).start()
+                t = threading.Thread(target=chk.remove, args=(c.job_dir,), daemon=True)
+                t.start()
+                self._cleanups.append(t)
         self.cond.notify_all()
 
     @staticmethod

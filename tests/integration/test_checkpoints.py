@@ -22,9 +22,12 @@ import uuid
 import psutil
 import pytest
 
+from conftest_emr import aws, aws_env, moto_endpoint  # noqa: F401  (moto server fixtures)
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:moto.*"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:werkzeug.*")]
 
 JOB = os.path.join(ROOT, "tests", "jobs", "checkpointed_count.py")
 
@@ -248,3 +251,40 @@ def test_restoring_state_of_a_missing_operator_needs_allow_non_restored_state(tm
                         "--output", out], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert output_lines(out) == reference(1000, 10)
+
+
+def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_path, aws, moto_endpoint):
+    """Checkpoints and part files on S3 (moto in server mode, reached over HTTP through AWS_ENDPOINT_URL)."""
+    from conftest_emr import BUCKET
+    prefix = f"ck-{uuid.uuid4().hex[:8]}"
+    out, ckdir = f"s3://{BUCKET}/{prefix}/out", f"s3://{BUCKET}/{prefix}/checkpoints"
+    count, keys = 600_000, 300
+    proc = start(*checkpointed_run(out, ckdir), JOB, "--count", str(count), "--keys", str(keys),
+                 "--rate", "50000", "--output", out, env_extra={"AWS_ENDPOINT_URL": moto_endpoint})
+
+    def s3_keys(sub: str) -> list[str]:
+        pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}")
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+    try:
+        wait_for(lambda: any(k.endswith("/_metadata") for k in s3_keys("checkpoints")), 60,
+                 "a checkpoint on S3")
+        time.sleep(1.0)
+        tms = runtime_children(proc, "emrflow.runtime.taskmanager")
+        assert tms and proc.poll() is None
+        tms[0].send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "restarting in" in stderr
+    names = [k for k in s3_keys("out") if not k.endswith("/")]  # pyarrow keeps empty "directory" markers
+    assert names and all(k.split("/")[-1].startswith("part-") for k in names), names
+    got: collections.Counter = collections.Counter()
+    for k in names:
+        body = aws.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode()
+        got.update(line for line in body.splitlines() if line)
+    assert got == reference(count, keys)
+    wait_for(lambda: not [k for k in s3_keys("checkpoints") if not k.endswith("/")], 10,
+             "the checkpoints to be deleted (NO_EXTERNALIZED_CHECKPOINTS, the job finished)")

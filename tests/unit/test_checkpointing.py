@@ -1,0 +1,322 @@
+"""Checkpoint pieces on their own: restart strategies, barrier alignment, source positions,
+state snapshots and their redistribution by key group, checkpoint metadata checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import pytest
+
+from emrflow.api.eventtime import MAX_WATERMARK
+from emrflow.api.functions import KeyedProcessFunction, RuntimeContext
+from emrflow.api.state import ListStateDescriptor, ValueStateDescriptor
+from emrflow.api.windowed import WindowSpec
+from emrflow.api.windowing import EventTimeSessionWindows, SlidingEventTimeWindows, TumblingEventTimeWindows
+from emrflow.connectors.base import SubtaskContext
+from emrflow.connectors.files import CsvSource, TextFileSource
+from emrflow.graph.keygroups import assign_key_to_subtask, key_group_range
+from emrflow.runtime import checkpoint as chk
+from emrflow.runtime.network.events import CheckpointBarrier
+from emrflow.runtime.operators import KeyedProcessOperator, Output
+from emrflow.runtime.restart import RestartStrategy
+from emrflow.runtime.state import create_backend
+from emrflow.runtime.task import _Alignment
+from emrflow.runtime.window import WindowOperator
+
+
+# -- restart strategies ------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_restart_strategy_defaults_follow_checkpointing():
+    assert RestartStrategy({}).kind == "none"
+    assert RestartStrategy({}).on_failure() is None
+    assert RestartStrategy({"execution.checkpointing.interval": 1000}).kind == "exponential-delay"
+
+
+def test_fixed_delay_counts_attempts():
+    s = RestartStrategy({"restart-strategy.type": "fixed-delay", "restart-strategy.fixed-delay.attempts": 2,
+                         "restart-strategy.fixed-delay.delay": 1500})
+    assert [s.on_failure(), s.on_failure(), s.on_failure()] == [1.5, 1.5, None]
+
+
+def test_failure_rate_counts_failures_in_the_interval():
+    clock = Clock()
+    s = RestartStrategy({"restart-strategy.type": "failure-rate",
+                         "restart-strategy.failure-rate.max-failures-per-interval": 2,
+                         "restart-strategy.failure-rate.failure-rate-interval": 10_000,
+                         "restart-strategy.failure-rate.delay": 200}, clock)
+    assert s.on_failure() == 0.2
+    clock.t += 1
+    assert s.on_failure() == 0.2
+    clock.t += 1
+    assert s.on_failure() is None  # a third failure within 10 s
+    clock.t += 20
+    assert s.on_failure() == 0.2   # the window moved on
+
+
+def test_exponential_delay_grows_caps_and_resets():
+    clock = Clock()
+    s = RestartStrategy({"restart-strategy.type": "exponential-delay",
+                         "restart-strategy.exponential-delay.initial-backoff": 100,
+                         "restart-strategy.exponential-delay.max-backoff": 500,
+                         "restart-strategy.exponential-delay.backoff-multiplier": 2.0,
+                         "restart-strategy.exponential-delay.jitter-factor": 0.0,
+                         "restart-strategy.exponential-delay.reset-backoff-threshold": 60_000}, clock)
+    pauses = []
+    for _ in range(5):
+        pauses.append(s.on_failure())
+        clock.t += 1
+    assert pauses == [0.1, 0.2, 0.4, 0.5, 0.5]
+    clock.t += 61  # ran longer than the threshold without failing
+    assert s.on_failure() == 0.1
+
+
+# -- barrier alignment ----------------------------------------------------------------------------------
+
+def test_exactly_once_alignment_blocks_until_every_channel_delivered_the_barrier():
+    a = _Alignment(3, exactly_once=True)
+    b1 = CheckpointBarrier(1, 0)
+    assert a.barrier(0, b1) is False and a.blocked == {0}
+    assert a.barrier(2, b1) is False and a.blocked == {0, 2}
+    a.held.append((0, "records", [1]))
+    assert a.finish(1) is True  # the last open channel ended: aligned
+    a.complete()
+    assert a.blocked == set() and list(a.replay) == [(0, "records", [1])]
+    assert a.barrier(1, b1) is False  # a stale barrier of a finished checkpoint
+
+
+def test_at_least_once_alignment_never_blocks_and_a_newer_barrier_abandons_the_old_one():
+    a = _Alignment(2, exactly_once=False)
+    assert a.barrier(0, CheckpointBarrier(1, 0)) is False and a.blocked == set()
+    e = _Alignment(2, exactly_once=True)
+    e.barrier(0, CheckpointBarrier(1, 0))
+    e.held.append("x")
+    assert e.barrier(1, CheckpointBarrier(2, 0)) is False  # checkpoint 1 abandoned
+    assert list(e.replay) == ["x"] and e.blocked == {1} and e.current.checkpoint_id == 2
+
+
+# -- source positions ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+@pytest.mark.parametrize("kind", ["text", "csv"])
+def test_file_readers_resume_exactly_after_the_snapshotted_batch(tmp_path, parallelism, kind):
+    rng = random.Random(7)
+    lines = [f"{i},{'x' * rng.randrange(0, 80)}" for i in range(5000)]
+    (tmp_path / "a.csv").write_text("\n".join(lines[:3000]) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(lines[3000:]) + "\n")
+    source = TextFileSource(str(tmp_path)) if kind == "text" else CsvSource(str(tmp_path), types=[int, str])
+    for index in range(parallelism):
+        ctx = SubtaskContext("src", index, parallelism)
+        full = [r for b in source.create_reader(ctx).read_batches() for r in b]
+        for stop_after in (0, 1, 3, 7):
+            reader = source.create_reader(ctx)
+            head, position = [], reader.snapshot_position()
+            for n, batch in enumerate(reader.read_batches()):
+                if n == stop_after:
+                    break
+                head += batch
+                position = reader.snapshot_position()
+            reader.close()
+            resumed = source.create_reader(ctx)
+            resumed.restore_position(position)
+            rest = [r for b in resumed.read_batches() for r in b]
+            assert head + rest == full, (index, stop_after)
+
+
+# -- keyed state snapshots -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src,dst", [("hashmap", "rocksdb"), ("rocksdb", "hashmap"), ("rocksdb", "rocksdb")])
+def test_backend_snapshots_restore_into_either_backend_and_split_by_key_group(src, dst):
+    maxp = 128
+    a = create_backend(src, maxp)
+    data = {f"k{i}": i for i in range(2000)}
+    for k, v in data.items():
+        a.put("count", k, v)
+        a.put("window-contents", (k, (0, 10)), [v])
+    snap = a.snapshot()  # synchronous part
+    a.put("count", "k1", -1)  # changes after the snapshot are not in it
+    raw = snap()  # asynchronous part
+    a.close()
+    whole = create_backend(dst, maxp)
+    whole.restore([raw], None)
+    assert dict(whole.items("count")) == data
+    whole.close()
+    parts = []
+    for i in range(3):
+        b = create_backend(dst, maxp)
+        b.restore([raw], key_group_range(maxp, 3, i))
+        got = dict(b.items("count"))
+        assert all(assign_key_to_subtask(k, maxp, 3) == i for k in got)
+        assert {k for (k, _w) in dict(b.items("window-contents"))} == set(got)
+        parts.append(got)
+        b.close()
+    merged = {k: v for p in parts for k, v in p.items()}
+    assert merged == data and sum(map(len, parts)) == len(data)
+
+
+class _Collect:
+    def __init__(self):
+        self.out = []
+
+    def process_batch(self, records):
+        self.out.extend(records)
+
+    def process_watermark(self, ts):
+        pass
+
+    def process_watermark_status(self, idle):
+        pass
+
+
+def _window_op(spec, backend, subtask=0, parallelism=1):
+    op = WindowOperator("w", spec, lambda r: r[0], 128, True, backend)
+    sink = _Collect()
+    op.output = Output([sink], [])
+    op.open(RuntimeContext("w", subtask, parallelism, 128, 0, {}))
+    return op, sink
+
+
+@pytest.mark.parametrize("backend", ["hashmap", "rocksdb"])
+@pytest.mark.parametrize("assigner", [TumblingEventTimeWindows.of(100), SlidingEventTimeWindows.of(100, 50),
+                                      EventTimeSessionWindows.with_gap(30)], ids=["tumbling", "sliding", "session"])
+def test_window_operator_restores_mid_stream_at_the_same_and_another_parallelism(backend, assigner):
+    rng = random.Random(3)
+    records = sorted(((rng.randrange(0, 2000), (f"u{rng.randrange(40)}", 1)) for _ in range(4000)))
+    spec = WindowSpec(assigner=assigner, kind="reduce", function=lambda a, b: (a[0], a[1] + b[1]))
+    half = len(records) // 2
+
+    def feed(op, recs, wm):
+        for i in range(0, len(recs), 100):
+            op.process_batch(recs[i:i + 100])
+        op.process_watermark(wm)
+
+    whole, out = _window_op(spec, backend)
+    feed(whole, records[:half], records[half][0] - 1)
+    feed(whole, records[half:], MAX_WATERMARK)
+    expected = sorted(out.out)
+    whole.close()
+
+    first, first_out = _window_op(spec, backend)
+    feed(first, records[:half], records[half][0] - 1)
+    snap = first.snapshot_state(1)
+    raw = snap() if callable(snap) else snap
+    fired_before = list(first_out.out)
+    first.close()
+    # same parallelism
+    again, again_out = _window_op(spec, backend)
+    again.restore_state([raw], None)
+    feed(again, records[half:], MAX_WATERMARK)
+    assert sorted(fired_before + again_out.out) == expected
+    again.close()
+    # rescaled to 2: each subtask takes its key groups
+    rest = []
+    for i in range(2):
+        op, o = _window_op(spec, backend, i, 2)
+        op.restore_state([raw], key_group_range(128, 2, i))
+        mine = [r for r in records[half:] if assign_key_to_subtask(r[1][0], 128, 2) == i]
+        feed(op, mine, MAX_WATERMARK)
+        rest += o.out
+        op.close()
+    assert sorted(fired_before + rest) == expected
+
+
+class _Buffer(KeyedProcessFunction):
+    """Keeps every value in list state, emits the list on an event-time timer."""
+
+    def open(self, ctx):
+        self.values = ctx.get_list_state(ListStateDescriptor("values"))
+        self.seen = ctx.get_state(ValueStateDescriptor("seen"))
+
+    def process_element(self, value, ctx):
+        self.values.add(value[1])
+        if not self.seen.value():
+            self.seen.update(True)
+            ctx.timer_service().register_event_time_timer(1000)
+
+    def on_timer(self, ts, ctx):
+        yield (ctx.get_current_key(), sorted(self.values.get()))
+
+
+@pytest.mark.parametrize("backend", ["hashmap", "rocksdb"])
+def test_keyed_process_state_and_timers_survive_a_restore(backend):
+    records = [(i, (f"k{i % 7}", i)) for i in range(300)]
+
+    def make():
+        op = KeyedProcessOperator("p", _Buffer(), lambda r: r[0], 128, True, backend)
+        sink = _Collect()
+        op.output = Output([sink], [])
+        op.open(RuntimeContext("p", 0, 1, 128, 0, {}))
+        return op, sink
+    a, _ = make()
+    a.process_batch(records[:150])
+    snap = a.snapshot_state(1)
+    raw = snap() if callable(snap) else snap
+    a.close()
+    b, out = make()
+    b.restore_state([raw], None)
+    b.process_batch(records[150:])
+    b.process_watermark(MAX_WATERMARK)
+    want = {f"k{j}": sorted(i for i in range(300) if i % 7 == j) for j in range(7)}
+    assert {k: v for _, (k, v) in out.out} == want and len(out.out) == 7  # each timer fired once
+    b.close()
+
+
+# -- checkpoint files ------------------------------------------------------------------------------------
+
+def _checkpoint(directory, cid, payload=b"state"):
+    entry = chk.write_task_state(str(directory), 1, 0, {"op": payload})
+    entry.update(vertex=1, subtask=0, operators={"op": {"parallelism": 1, "max_parallelism": 128, "name": "op"}})
+    chk.write_metadata(str(directory), {"format": 1, "job_id": "j", "checkpoint_id": cid, "kind": "checkpoint",
+                                        "tasks": [entry]})
+
+
+def test_incomplete_truncated_and_bit_flipped_checkpoints_are_detected(tmp_path, caplog):
+    job = tmp_path / "job"
+    for n in (1, 2, 3):
+        _checkpoint(job / f"chk-{n}", n, payload=bytes(1000))
+    (job / "chk-4").mkdir()  # started, never completed: no _metadata
+    (job / "chk-4" / "task-1-0.state").write_bytes(b"partial")
+    with pytest.raises(chk.CheckpointError, match="no _metadata"):
+        chk.load_metadata(str(job / "chk-4"))
+    state3 = job / "chk-3" / "task-1-0.state"
+    state3.write_bytes(state3.read_bytes()[:-10])
+    with pytest.raises(chk.CheckpointError, match="truncated"):
+        chk.load_metadata(str(job / "chk-3"))
+    state2 = job / "chk-2" / "task-1-0.state"
+    data = bytearray(state2.read_bytes())
+    data[-3] ^= 0xFF
+    state2.write_bytes(bytes(data))
+    with pytest.raises(chk.CheckpointError, match="CRC-32"):
+        chk.load_metadata(str(job / "chk-2"))
+    with caplog.at_level(logging.WARNING, logger="emrflow.checkpoint"):
+        meta = chk.find_latest_valid(str(job))
+    assert meta["checkpoint_id"] == 1
+    text = caplog.text
+    assert "skipping checkpoint chk-4" in text and "skipping checkpoint chk-3" in text \
+        and "skipping checkpoint chk-2" in text
+    os.remove(job / "chk-1" / "task-1-0.state")
+    with pytest.raises(chk.CheckpointError, match="no valid checkpoint under .*chk-1.*is missing"):
+        chk.find_latest_valid(str(job))
+    with pytest.raises(chk.CheckpointError, match="no checkpoint or savepoint at"):
+        chk.find_latest_valid(str(tmp_path / "nothing-here"))
+
+
+def test_restore_plan_refuses_another_max_parallelism(tmp_path):
+    _checkpoint(tmp_path / "sp", 5)
+    meta = chk.load_metadata(str(tmp_path / "sp"))
+    topology = {"vertices": [{"id": 1, "parallelism": 2, "max_parallelism": 256,
+                              "operators": [{"id": 3, "uid": "op", "name": "op"}]}]}
+    with pytest.raises(chk.CheckpointError, match="max parallelism 128, the job now has 256"):
+        chk.plan_restore(meta, topology, allow_non_restored=False)
+    topology["vertices"][0]["max_parallelism"] = 128
+    plan = chk.plan_restore(meta, topology, allow_non_restored=False)
+    assert plan["checkpoint_id"] == 5 and set(plan["operators"]) == {"op"}
