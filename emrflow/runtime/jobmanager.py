@@ -368,6 +368,7 @@ class JobManager:
         for s in job.slots:
             s.job_id = job.id
         job.tasks = {}
+        job.metrics, job.rates, job.metric_times = {}, {}, {}  # metrics are per attempt, as in Flink
         for v in topology["vertices"]:
             for i in range(v["parallelism"]):
                 job.tasks[(v["id"], i)] = "DEPLOYING"

@@ -77,8 +77,9 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def checkpointed_run(out, ckdir, *extra_d, p="2", retention="NO_EXTERNALIZED_CHECKPOINTS"):
-    return ["run", "-p", p, "-D", "local.number-taskmanager=2", "-D", "execution.checkpointing.interval=1s",
+def checkpointed_run(out, ckdir, *extra_d, p="2", retention="NO_EXTERNALIZED_CHECKPOINTS", interval=True):
+    every = ["-D", "execution.checkpointing.interval=1s"] if interval else []
+    return ["run", "-p", p, "-D", "local.number-taskmanager=2", *every,
             "-D", f"state.checkpoints.dir={ckdir}", "-D", "restart-strategy.type=fixed-delay",
             "-D", "restart-strategy.fixed-delay.attempts=10", "-D", "restart-strategy.fixed-delay.delay=200ms",
             "-D", f"execution.checkpointing.externalized-checkpoint-retention={retention}", *extra_d]
@@ -259,7 +260,8 @@ def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_
     prefix = f"ck-{uuid.uuid4().hex[:8]}"
     out, ckdir = f"s3://{BUCKET}/{prefix}/out", f"s3://{BUCKET}/{prefix}/checkpoints"
     count, keys = 600_000, 300
-    proc = start(*checkpointed_run(out, ckdir), JOB, "--count", str(count), "--keys", str(keys),
+    # the program enables checkpointing itself here (env.enable_checkpointing)
+    proc = start(*checkpointed_run(out, ckdir, interval=False), JOB, "--count", str(count), "--keys", str(keys), "--checkpoint-ms", "1000",
                  "--rate", "50000", "--output", out, env_extra={"AWS_ENDPOINT_URL": moto_endpoint})
 
     def s3_keys(sub: str) -> list[str]:

@@ -10,7 +10,7 @@ leaves a count out, a replayed one writes a count twice.
 import argparse
 import os
 
-from emrflow.api.environment import StreamExecutionEnvironment
+from emrflow.api.environment import CheckpointingMode, StreamExecutionEnvironment
 from emrflow.api.functions import KeyedProcessFunction
 from emrflow.api.state import ValueStateDescriptor
 from emrflow.connectors.files import CsvFileSink
@@ -40,11 +40,15 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=None, help="records/s per source subtask")
     p.add_argument("--output", required=True)
     p.add_argument("--source-parallelism", type=int, default=None)
+    p.add_argument("--checkpoint-ms", type=int, default=None,
+                   help="enable checkpointing in the program (env.enable_checkpointing)")
     p.add_argument("--fail-once", default=None, metavar="FILE",
                    help="raise in the counting operator once, when FILE does not exist (then create it)")
     args = p.parse_args()
     keys = args.keys
     env = StreamExecutionEnvironment.get_execution_environment()
+    if args.checkpoint_ms:
+        env.enable_checkpointing(args.checkpoint_ms, CheckpointingMode.EXACTLY_ONCE)
     source = GeneratedSource(args.count, lambda i: i % keys, batch_size=512, rate=args.rate)
     numbers = env.from_source(source, source_name="numbers").uid("numbers")
     if args.source_parallelism:
