@@ -146,6 +146,16 @@ class JobGraph:
                    else self.vertices[self.edges[e].source_vertex].parallelism
                    for e in self.vertices[vertex_id].input_edges)
 
+    def region_of(self, vertex_id: int) -> frozenset[int]:
+        """The pipelined region of ``vertex_id``: every vertex connected to it by edges.
+
+        All exchanges are pipelined, so a region is a connected component of the graph
+        (Flink's pipelined region); failover strategy ``region`` restarts one alone.
+        """
+        return frozenset(next(r for r in pipelined_regions(
+            [v.id for v in self.vertices.values()],
+            [(e.source_vertex, e.target_vertex) for e in self.edges]) if vertex_id in r))
+
     def channel_index(self, edge_index: int, producer_index: int) -> int:
         """Return the gate channel of ``producer_index`` on ``edge_index`` at each consumer subtask.
 
@@ -199,6 +209,23 @@ class JobGraph:
             for op in v.operators.values():
                 if op.kind in kinds:
                     op.function.validate()
+
+
+def pipelined_regions(vertices: list[int], edges: list[tuple[int, int]]) -> list[set[int]]:
+    """Split a graph into its connected components (pipelined regions), in vertex order."""
+    parent = {v: v for v in vertices}
+
+    def find(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    regions: dict[int, set[int]] = {}
+    for v in vertices:
+        regions.setdefault(find(v), set()).add(v)
+    return list(regions.values())
 
 
 def _reachable(transformations: list[Transformation]) -> list[Transformation]:

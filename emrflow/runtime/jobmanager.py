@@ -101,6 +101,11 @@ class JobState:
     coordinator: "CheckpointCoordinator | None" = None
     stop_savepoint: str | None = None    # stop-with-savepoint: ends FINISHED
     restart_pause: float = 0.0           # seconds before the pending restart
+    deploy_attempt: int = 0              # attempt of the last deployment of the whole job
+    task_attempts: dict = field(default_factory=dict)  # (vertex, subtask) -> attempt it runs
+    regions: list = field(default_factory=list)        # pipelined regions (frozensets of vertex ids)
+    region_restarts: dict = field(default_factory=dict)  # region -> {"phase", "pause", "pending"}
+    region_failover: bool = True         # jobmanager.execution.failover-strategy is region
     last_failure: dict | None = None     # the failure that caused the last restart
 
 
@@ -211,6 +216,7 @@ class JobManager:
             "metrics": self._on_metrics,
             "finished_ack": self._on_finished_ack,
             "checkpoint_ack": self._on_checkpoint_ack,
+            "tasks_aborted": self._on_tasks_aborted,
         }
         self.client_handlers.update(savepoint=self.savepoint, stop=self.stop)
 
@@ -324,6 +330,10 @@ class JobManager:
         config = topology.get("config", {})
         job.restart = RestartStrategy(config)
         job.restore = topology.get("restore")
+        from emrflow.graph.jobgraph import pipelined_regions
+        job.regions = [frozenset(r) for r in pipelined_regions(
+            [v["id"] for v in topology["vertices"]], [(e["source"], e["target"]) for e in topology["edges"]])]
+        job.region_failover = config.get("jobmanager.execution.failover-strategy", "region") == "region"
         if topology.get("checkpointing"):
             job.coordinator = CheckpointCoordinator(job.id, config)
             if job.restore:  # continue the numbering of the checkpoint restored from
@@ -369,9 +379,12 @@ class JobManager:
             s.job_id = job.id
         job.tasks = {}
         job.metrics, job.rates, job.metric_times = {}, {}, {}  # metrics are per attempt, as in Flink
+        job.region_restarts = {}
+        job.deploy_attempt = job.attempt
         for v in topology["vertices"]:
             for i in range(v["parallelism"]):
                 job.tasks[(v["id"], i)] = "DEPLOYING"
+                job.task_attempts[(v["id"], i)] = job.attempt
         job.state = "RUNNING"
         job.restarting = False
         if job.start is None:
@@ -507,25 +520,28 @@ class JobManager:
                        metrics: dict, failure: dict | None = None, attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None or job.state in TERMINAL or attempt != job.attempt:
+            if job is None or job.state in TERMINAL or attempt != job.task_attempts.get((vertex, subtask)):
                 return
             job.tasks[(vertex, subtask)] = state
             if metrics:
                 job.metrics[(vertex, subtask)] = metrics
             if state == "FAILED":
-                self._fail(job, failure or {"message": "a subtask failed", "traceback": ""})
+                self._fail(job, failure or {"message": "a subtask failed", "traceback": ""}, vertex)
+            self._region_progress(job)
             self._progress(job)
             self.cond.notify_all()
 
     def _on_metrics(self, slot: SlotInfo, job_id: str, tasks: dict, attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None or attempt != job.attempt:
+            if job is None:
                 return
             now = time.monotonic()
             for key, m in tasks.items():
                 v, i = key.split(".")
                 k = (int(v), int(i))
+                if m.get("attempt", attempt) != job.task_attempts.get(k):
+                    continue  # a report of an earlier attempt
                 if job.tasks.get(k) in ("DEPLOYING", "RUNNING"):
                     job.tasks[k] = "RUNNING"
                     self._update_rates(job, k, m, now)
@@ -535,7 +551,7 @@ class JobManager:
                          attempt: int = 0) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None or attempt != job.attempt:
+            if job is None or attempt != job.deploy_attempt:
                 return
             job.pending_acks.discard(slot.id)
             if error:
@@ -564,11 +580,19 @@ class JobManager:
         }
 
     # -- state machine (called with self.cond held) ----------------------------------
-    def _fail(self, job: JobState, failure: dict) -> None:
+    def _fail(self, job: JobState, failure: dict, vertex: int | None = None) -> None:
         if job.state == "CANCELLING":
             return  # tasks torn down by the cancellation fail on their closed channels: not a failure
+        region = None
+        if vertex is not None and job.region_failover and len(job.regions) > 1:
+            region = next(r for r in job.regions if vertex in r)
+            if region in job.region_restarts:
+                return  # that region is restarting already
         if job.state == "RUNNING" and job.stop_savepoint is None and job.restart is not None:
             pause = job.restart.on_failure()
+            if pause is not None and region is not None:
+                self._restart_region(job, region, pause, failure)
+                return
             if pause is not None:
                 log.warning("job %s: %s; restarting in %.1f s (%s)", job.id, failure.get("message"),
                             pause, job.restart.describe())
@@ -640,6 +664,83 @@ class JobManager:
             job.slots = []
             threading.Thread(target=self._restart, args=(job,), daemon=True,
                              name=f"restart-{job.id[:8]}").start()
+
+    # -- region failover (called with self.cond held) ----------------------------------------------
+    def _restart_region(self, job: JobState, region: frozenset, pause: float, failure: dict) -> None:
+        """Cancel, abort and later redeploy only the tasks of one pipelined region."""
+        log.warning("job %s: %s; restarting the pipelined region %s in %.1f s (%s)", job.id,
+                    failure.get("message"), sorted(region), pause, job.restart.describe())
+        job.last_failure = failure
+        job.region_restarts[region] = {"phase": "CANCELLING", "pause": pause, "pending": set()}
+        self._abort_pending_checkpoints(job, "a region is restarting")
+        subtasks = [k for k in job.tasks if k[0] in region]
+        for s in job.slots:
+            try:
+                s.conn.send("cancel_tasks", job_id=job.id, subtasks=subtasks)
+            except rpc.ConnectionClosed:
+                pass
+        self._region_progress(job)
+
+    def _region_progress(self, job: JobState) -> None:
+        for region, r in list(job.region_restarts.items()):
+            if r["phase"] != "CANCELLING":
+                continue
+            subtasks = [k for k in job.tasks if k[0] in region]
+            if all(job.tasks[k] in ("FINISHED", "FAILED", "CANCELED") for k in subtasks):
+                r["phase"] = "ABORTING"
+                r["pending"] = {s.id for s in job.slots if s.id in self.slots}
+                for s in job.slots:
+                    try:
+                        s.conn.send("abort_tasks", job_id=job.id, subtasks=subtasks)
+                    except rpc.ConnectionClosed:
+                        r["pending"].discard(s.id)
+                self._region_aborted(job, region)
+
+    def _on_tasks_aborted(self, slot: SlotInfo, job_id: str, error: str | None = None) -> None:
+        with self.cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return
+            if error:
+                log.warning("job %s: %s", job_id, error)
+            for region, r in list(job.region_restarts.items()):
+                if r["phase"] == "ABORTING" and slot.id in r["pending"]:
+                    r["pending"].discard(slot.id)
+                    self._region_aborted(job, region)
+
+    def _region_aborted(self, job: JobState, region: frozenset) -> None:
+        r = job.region_restarts[region]
+        if r["phase"] == "ABORTING" and not r["pending"]:
+            r["phase"] = "WAITING"
+            threading.Thread(target=self._redeploy_region, args=(job, region, r), daemon=True,
+                             name=f"region-restart-{job.id[:8]}").start()
+
+    def _redeploy_region(self, job: JobState, region: frozenset, r: dict) -> None:
+        time.sleep(r["pause"])
+        plan = self._restore_plan(job)
+        with self.cond:
+            if job.state != "RUNNING" or job.region_restarts.get(region) is not r:
+                return  # a full restart, a cancellation or the end of the job came first
+            del job.region_restarts[region]
+            job.attempt += 1
+            job.restarts += 1
+            subtasks = [k for k in job.tasks if k[0] in region]
+            for k in subtasks:
+                job.tasks[k] = "DEPLOYING"
+                job.task_attempts[k] = job.attempt
+                job.metrics.pop(k, None)
+            log.info("job %s: region %s attempt %d starts from %s", job.id, sorted(region), job.attempt,
+                     plan["path"] if plan else "the beginning (no checkpoint yet)")
+            for i, s in enumerate(job.slots):
+                mine = [k for k in subtasks if k[1] == i]
+                if not mine:
+                    continue
+                try:
+                    s.conn.send("deploy_tasks", job_id=job.id, subtasks=mine, attempt=job.attempt,
+                                restore=plan)
+                except rpc.ConnectionClosed:
+                    pass
+            self.cond.notify_all()
 
     def _restart(self, job: JobState) -> None:
         """After the restart pause, redeploy the job from its latest valid checkpoint."""
@@ -723,7 +824,7 @@ class JobManager:
                            vertex: int, subtask: int, entry: dict | None, error: str | None) -> None:
         with self.cond:
             job = self.jobs.get(job_id)
-            if job is None or job.coordinator is None or attempt != job.attempt:
+            if job is None or job.coordinator is None or attempt != job.task_attempts.get((vertex, subtask)):
                 return
             c = job.coordinator
             p = c.pending.get(checkpoint_id)
@@ -764,7 +865,7 @@ class JobManager:
                                                     "duration_ms", "size_bytes")}
             c.stats["last"]["path"] = p.target
             c.last_end = time.monotonic()
-            if attempt == job.attempt and job.state in ("RUNNING", "CANCELLING"):
+            if job.state in ("RUNNING", "CANCELLING"):
                 for s in job.slots:
                     try:
                         s.conn.send("notify_checkpoint_complete", job_id=job.id, checkpoint_id=p.id)

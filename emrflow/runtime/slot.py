@@ -45,9 +45,15 @@ class _Deployment:
     slot_addresses: dict[int, tuple[str, int]]
     restore: dict | None = None
     completed_checkpoint: int = -1
-    cancel: threading.Event = field(default_factory=threading.Event)
+    #: vertex id -> the cancel event of its pipelined region's current tasks
+    region_cancel: dict[int, threading.Event] = field(default_factory=dict)
     tasks: dict[tuple[int, int], StreamTask] = field(default_factory=dict)
     gates: dict[tuple[int, int], InputGate] = field(default_factory=dict)
+
+    def cancel_all(self) -> None:
+        """Cancel every task of the deployment."""
+        for ev in set(self.region_cancel.values()):
+            ev.set()
 
 
 class SlotProcess:
@@ -78,6 +84,9 @@ class SlotProcess:
             "commit": self._on_commit,
             "abort": self._on_abort,
             "trigger_checkpoint": self._on_trigger_checkpoint,
+            "deploy_tasks": self._on_deploy_tasks,
+            "cancel_tasks": self._on_cancel_tasks,
+            "abort_tasks": self._on_abort_tasks,
             "notify_checkpoint_complete": self._on_checkpoint_complete,
             "shutdown": self._on_shutdown,
         }
@@ -98,7 +107,7 @@ class SlotProcess:
                 log.info("JobManager connection closed; slot %s exits", self.slot_id)
         finally:
             for d in self.deployments.values():
-                d.cancel.set()
+                d.cancel_all()
             self.server.close()
 
     # -- handlers -----------------------------------------------------------------
@@ -121,25 +130,79 @@ class SlotProcess:
                           restore=restore)
         with self._lock:
             self.deployments[job_id] = dep
+        self._start_tasks(job_id, dep, subtasks, attempt, restore)
+
+    def _start_tasks(self, job_id: str, dep: _Deployment, subtasks: list, attempt: int,
+                     restore: dict | None) -> None:
+        """Create gates, then tasks, then start them; each pipelined region gets its own cancel event."""
+        job = dep.job
+        cancel = {}
+        for vertex_id, index in subtasks:
+            ev = dep.region_cancel.get(vertex_id)
+            if ev is None or ev.is_set():
+                region = job.region_of(vertex_id)
+                ev = cancel.get(region) or threading.Event()
+                cancel[region] = ev
+                for v in region:
+                    dep.region_cancel[v] = ev
         # gates first, so producers anywhere can connect as soon as they start
         for vertex_id, index in subtasks:
             v = job.vertices[vertex_id]
             if not v.is_source:
-                gate = InputGate(job.num_input_channels(vertex_id), dep.cancel)
+                gate = InputGate(job.num_input_channels(vertex_id), dep.region_cancel[vertex_id])
                 dep.gates[(vertex_id, index)] = gate
                 self.server.register(job_id, vertex_id, index, gate)
+        started = []
         for vertex_id, index in subtasks:
             v = job.vertices[vertex_id]
+            ev = dep.region_cancel[vertex_id]
             task = StreamTask(job, v, index, attempt, dep.gates.get((vertex_id, index)),
-                              lambda v=v, index=index: self._make_writers(dep, v, index), dep.cancel,
+                              lambda v=v, index=index, ev=ev: self._make_writers(dep, v, index, ev), ev,
                               restore=StateReader(restore) if restore else None,
-                              acknowledge=lambda _j=job_id, **kw: self._acknowledge(_j, attempt, **kw))
+                              acknowledge=lambda _j=job_id, _a=attempt, **kw: self._acknowledge(_j, _a, **kw))
             dep.tasks[(vertex_id, index)] = task
-        for (vertex_id, index), task in dep.tasks.items():
+            started.append(task)
+        for task in started:
             threading.Thread(target=self._run_task, args=(dep, task), daemon=True,
                              name=f"task-{task.label}").start()
 
-    def _make_writers(self, dep: _Deployment, vertex, index: int) -> dict:
+    def _on_deploy_tasks(self, job_id: str, subtasks: list, attempt: int, restore: dict | None = None) -> None:
+        """Deploy some subtasks again into a running deployment (region failover)."""
+        dep = self.deployments.get(job_id)
+        if dep is not None:
+            self._start_tasks(job_id, dep, [tuple(t) for t in subtasks], attempt, restore)
+
+    def _on_cancel_tasks(self, job_id: str, subtasks: list) -> None:
+        """Cancel some subtasks (their region's cancel event)."""
+        dep = self.deployments.get(job_id)
+        if dep is None:
+            return
+        for vertex_id, index in subtasks:
+            task = dep.tasks.get((vertex_id, index))
+            if task is not None:
+                task.cancel.set()
+
+    def _on_abort_tasks(self, job_id: str, subtasks: list) -> None:
+        """Abort the sinks of ended subtasks and forget them and their gates (region failover)."""
+        dep = self.deployments.get(job_id)
+        error = None
+        if dep is not None:
+            for vertex_id, index in subtasks:
+                task = dep.tasks.pop((vertex_id, index), None)
+                dep.gates.pop((vertex_id, index), None)
+                self.server.unregister(job_id, vertex_id, index)
+                if task is None:
+                    continue
+                for w in task.sink_writers:
+                    try:
+                        if dep.completed_checkpoint >= 0:
+                            w.notify_checkpoint_complete(dep.completed_checkpoint)
+                        w.abort()
+                    except Exception as exc:  # noqa: BLE001 - reported to the JobManager
+                        error = f"abort of {task.label} failed: {exc!r}"
+        self.conn.send("tasks_aborted", job_id=job_id, error=error)
+
+    def _make_writers(self, dep: _Deployment, vertex, index: int, cancel: threading.Event) -> dict:
         job = dep.job
         credits = int(job.config.get("taskmanager.network.memory.buffers-per-channel", 2))
         batch = int(job.config.get("taskmanager.network.batch-size", 1024))
@@ -153,10 +216,10 @@ class SlotProcess:
             for c in consumers:
                 local_gate = dep.gates.get((target.id, c))
                 if local_gate is not None:
-                    channels.append(LocalChannel(local_gate, ch_index, credits, dep.cancel))
+                    channels.append(LocalChannel(local_gate, ch_index, credits, cancel))
                 else:
                     channels.append(RemoteChannel(dep.slot_addresses[c], self.secret, job.job_id,
-                                                  target.id, c, ch_index, credits, dep.cancel))
+                                                  target.id, c, ch_index, credits, cancel))
             writers[e_idx] = make_writer(edge, channels, batch, index, target.max_parallelism,
                                          make_aggregator)
         return writers
@@ -175,7 +238,7 @@ class SlotProcess:
         try:
             self.conn.send("task_state", job_id=job_id, vertex=task.vertex.id,
                            subtask=task.subtask_index, state=task.state, metrics=task.metrics(),
-                           failure=failure, attempt=dep.attempt)
+                           failure=failure, attempt=task.attempt)
         except rpc.ConnectionClosed:
             pass  # the JobManager is gone; serve() ends the process
 
@@ -207,7 +270,7 @@ class SlotProcess:
     def _on_cancel(self, job_id: str) -> None:
         dep = self.deployments.get(job_id)
         if dep is not None:
-            dep.cancel.set()
+            dep.cancel_all()
 
     def _finish(self, job_id: str, commit: bool) -> None:
         dep = self.deployments.pop(job_id, None)
@@ -240,8 +303,8 @@ class SlotProcess:
             with self._lock:
                 deps = list(self.deployments.items())
             for job_id, dep in deps:
-                running = {f"{v}.{i}": t.metrics() for (v, i), t in list(dep.tasks.items())
-                           if t.state == "RUNNING"}
+                running = {f"{v}.{i}": dict(t.metrics(), attempt=t.attempt)
+                           for (v, i), t in list(dep.tasks.items()) if t.state == "RUNNING"}
                 if running:
                     try:
                         self.conn.send("metrics", job_id=job_id, tasks=running, attempt=dep.attempt)

@@ -290,3 +290,27 @@ def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_
     assert got == reference(count, keys)
     wait_for(lambda: not [k for k in s3_keys("checkpoints") if not k.endswith("/")], 10,
              "the checkpoints to be deleted (NO_EXTERNALIZED_CHECKPOINTS, the job finished)")
+
+
+@pytest.mark.parametrize("strategy", ["region", "full"])
+def test_region_failover_restarts_only_the_failed_pipeline(tmp_path, strategy):
+    """Two disconnected pipelines: with `region` only the failing one restarts, with `full` both do."""
+    out_a, out_b, opens = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "opens")
+    proc = start(*checkpointed_run(out_a, str(tmp_path / "ck"), "-D",
+                                   f"jobmanager.execution.failover-strategy={strategy}",
+                                   "-D", "execution.checkpointing.interval=300ms"),
+                 os.path.join(ROOT, "tests", "jobs", "two_pipelines.py"), "--out-a", out_a, "--out-b", out_b,
+                 "--fail-once", str(tmp_path / "failed"), "--opens", opens)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert os.path.exists(tmp_path / "failed")
+    assert output_lines(out_a) == reference(200_000, 100)
+    assert output_lines(out_b) == reference(200_000, 100)
+    with open(opens) as f:
+        b_opens = sorted(f.read().split())
+    if strategy == "region":
+        assert "restarting the pipelined region" in stderr, stderr
+        assert b_opens == ["0", "1"]  # pipeline B ran once, untouched by A's failure
+    else:
+        assert "restarting the pipelined region" not in stderr
+        assert b_opens == ["0", "0", "1", "1"]

@@ -217,6 +217,11 @@ class DataServer:
             self._gates[(job_id, vertex_id, subtask_index)] = gate
             self._cond.notify_all()
 
+    def unregister(self, job_id: str, vertex_id: int, subtask_index: int) -> None:
+        """Forget the gate of one consumer subtask (it was cancelled and will be deployed again)."""
+        with self._cond:
+            self._gates.pop((job_id, vertex_id, subtask_index), None)
+
     def unregister_job(self, job_id: str) -> None:
         """Forget the gates of ``job_id``."""
         with self._cond:
