@@ -110,11 +110,13 @@ def _scale_loop(jm, app, logic: ResourceManagerLogic, stop: threading.Event) -> 
     while not stop.wait(0.5):
         with jm.cond:
             waiting = sum(max(v["parallelism"] for v in j.topology["vertices"])
-                          for j in jm.jobs.values() if j.state in ("CREATED", "WAITING"))
+                          for j in jm.jobs.values() if j.state in ("CREATED", "WAITING", "RESTARTING_WAIT"))
             busy = sum(1 for s in jm.slots.values() if s.job_id is not None)
             registered = len(jm.taskmanagers)
         target = logic.wanted(waiting + busy, busy, registered, time.time() * 1000)
-        if target != current:
+        # also re-issued while fewer TaskManagers are registered than wanted: YARN does not
+        # replace a container that died, scaling to the same count does (a restarting job waits)
+        if target != current or registered < target:
             try:
                 app.scale("taskmanager", count=target)
                 current = target

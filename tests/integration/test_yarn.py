@@ -264,3 +264,48 @@ def test_dead_session_is_a_clear_error(yarn_env, tmp_path):
     assert proc.returncode == 1
     assert "cannot reach the JobManager" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_per_job_cluster_replaces_a_killed_taskmanager_container_and_restarts_exactly_once(yarn_env, tmp_path):
+    """A TaskManager container dies: the ApplicationMaster asks YARN for another, the job restarts
+    from its latest checkpoint, and the output still holds every record exactly once."""
+    import collections
+    out, ck = str(tmp_path / "out"), str(tmp_path / "ck")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emrflow.cli", "run", "-t", "yarn-per-job", "-p", "2",
+         "-D", "execution.checkpointing.interval=500ms", "-D", f"state.checkpoints.dir={ck}",
+         "-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=3",
+         "-D", "restart-strategy.fixed-delay.delay=100ms",
+         "tests/jobs/checkpointed_count.py", "--count", "400000", "--keys", "100", "--rate", "40000",
+         "--output", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=yarn_env, cwd=ROOT)
+    try:
+        deadline = time.time() + 90
+        while not glob.glob(os.path.join(ck, "*", "chk-*", "_metadata")):
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.1)
+        tms = [p for p in psutil.process_iter() if _is_taskmanager_container(p)]
+        assert len(tms) == 2, [p.cmdline() for p in tms]
+        tms[0].kill()
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    got = collections.Counter()
+    for part in glob.glob(os.path.join(out, "part-*")):
+        with open(part) as f:
+            got.update(line.strip() for line in f if line.strip())
+    want = collections.Counter(f"{k},{c}" for k in range(100) for c in range(1, 4001))
+    assert got == want
+    (app_id,) = os.listdir(tmp_path / "yarn")
+    containers = read_json(tmp_path / "yarn" / app_id / "containers.json")
+    assert len(containers) == 3, containers  # two TaskManagers and the replacement of the killed one
+
+
+def _is_taskmanager_container(p) -> bool:
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return False
+    return "emrflow.deploy.yarn_containers" in cmd and "taskmanager" in cmd
