@@ -73,7 +73,6 @@ class LocalCluster:
         python = self.config.get("python.executable")
         listener = socket.create_server(("127.0.0.1", 0))
         self.address = ("127.0.0.1", listener.getsockname()[1])
-        jm_address = f"{self.address[0]}:{self.address[1]}"
         try:
             self.processes.append(spawn(
                 "emrflow.runtime.jobmanager",

@@ -421,18 +421,34 @@ class KeyedProcessOperator(Operator):
         self.backend.close()
 
     def snapshot_state(self, checkpoint_id: int) -> Callable[[], bytes]:
-        take = self.backend.snapshot()
-        timers = pickle.dumps(self.timers.snapshot(), protocol=5)
-        return lambda: pickle.dumps((take(), timers), protocol=5)
+        return keyed_snapshot(self.backend, self.timers.snapshot())
 
     def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
-        keep = key_filter(key_groups, self.backend.max_parallelism)
-        states = []
-        for raw in parts:
-            backend_bytes, timers = pickle.loads(raw)
-            states.append(backend_bytes)
-            self.timers.restore(*pickle.loads(timers), keep)
-        self.backend.restore(states, key_groups)
+        keyed_restore(self.backend, parts, key_groups, lambda timers, keep: self.timers.restore(*timers, keep))
+
+
+def keyed_snapshot(backend, timers: Any) -> Callable[[], bytes]:
+    """A keyed operator's snapshot: its backend's entries and its live ``timers`` (picklable).
+
+    The timers are serialised now (synchronous part); the backend's entries when the
+    returned function runs (asynchronous part, see ``KeyedStateBackend.snapshot``).
+    """
+    take = backend.snapshot()
+    frozen = pickle.dumps(timers, protocol=5)
+    return lambda: pickle.dumps((take(), frozen), protocol=5)
+
+
+def keyed_restore(backend, parts: list[bytes], key_groups: range | None,
+                  restore_timers: Callable[[Any, Callable[[Any], bool]], None]) -> None:
+    """Restore :func:`keyed_snapshot` outputs: timers through ``restore_timers(timers, keep)``,
+    where ``keep(key)`` tells whether a key belongs to ``key_groups``, then the backend."""
+    keep = key_filter(key_groups, backend.max_parallelism)
+    states = []
+    for raw in parts:
+        backend_bytes, timers = pickle.loads(raw)
+        states.append(backend_bytes)
+        restore_timers(pickle.loads(timers), keep)
+    backend.restore(states, key_groups)
 
 
 def key_filter(key_groups: range | None, max_parallelism: int) -> Callable[[Any], bool]:

@@ -18,9 +18,8 @@ import logging
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any
+
 
 import cloudpickle
 

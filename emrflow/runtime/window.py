@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import pickle
 import time
 from typing import Any, Callable
 
@@ -32,7 +31,7 @@ from emrflow.api.functions import (
     RuntimeContext, WindowFunction)
 from emrflow.api.windowing import (
     GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows)
-from emrflow.runtime.operators import Operator, key_filter
+from emrflow.runtime.operators import Operator, keyed_restore, keyed_snapshot
 from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
 
 CONTENTS = "window-contents"
@@ -459,24 +458,17 @@ class WindowOperator(Operator):
     # -- checkpoints ----------------------------------------------------------------
     def snapshot_state(self, checkpoint_id: int):
         """Window contents and trigger state (the backend's entries) and the live timers."""
-        take = self.backend.snapshot()
-        timers = pickle.dumps((list(self.event_set), list(self.proc_set)), protocol=5)
-        return lambda: pickle.dumps((take(), timers), protocol=5)
+        return keyed_snapshot(self.backend, (list(self.event_set), list(self.proc_set)))
 
     def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
-        keep = key_filter(key_groups, self.backend.max_parallelism)
-        states = []
-        for raw in parts:
-            backend_bytes, timers = pickle.loads(raw)
-            states.append(backend_bytes)
-            event, proc = pickle.loads(timers)
-            for heap, members, entries in ((self.event_timers, self.event_set, event),
-                                           (self.proc_timers, self.proc_set, proc)):
+        def restore_timers(timers: tuple, keep) -> None:
+            for heap, members, entries in ((self.event_timers, self.event_set, timers[0]),
+                                           (self.proc_timers, self.proc_set, timers[1])):
                 for t, key, window in entries:
                     if keep(key) and (t, key, window) not in members:
                         members.add((t, key, window))
                         heapq.heappush(heap, (t, next(self._seq), key, window))
-        self.backend.restore(states, key_groups)
+        keyed_restore(self.backend, parts, key_groups, restore_timers)
         if self.fast:  # the fast path's timers follow from its accumulators' (key, window start)
             self._due.clear()
             self._ends.clear()
