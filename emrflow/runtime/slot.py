@@ -20,7 +20,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-
 import cloudpickle
 
 from emrflow.graph.jobgraph import JobGraph
