@@ -299,6 +299,9 @@ _DECLARED = [ConfigOption(*args) for args in [
     ("jobmanager.execution.failover-strategy", "enum", "region", "What restarts after a task "
      "failure: `full` restarts every task, `region` only the pipelined region (connected "
      "operators) of the failed task (Flink option).", ("full", "region")),
+    ("s3.endpoint", "str", None, "Endpoint URL of S3 for checkpoints, savepoints and file "
+     "sources and sinks (e.g. an S3-compatible store); unset means AWS_ENDPOINT_URL_S3, "
+     "AWS_ENDPOINT_URL or AWS's own (Flink option)."),
     ("sink.rolling-policy.file-size", "memory", 128 * _MIB, "A file sink's in-progress part file "
      "rolls when it reaches this size, with checkpoints (Flink's file sink option)."),
     ("sink.rolling-policy.rollover-interval", "duration", 30 * _MIN, "A file sink's in-progress "

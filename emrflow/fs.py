@@ -3,8 +3,9 @@
 A location is a local path (or ``file://`` URI) or an ``s3://bucket/key`` URI.
 S3 goes through pyarrow's :class:`pyarrow.fs.S3FileSystem`, which takes the
 standard AWS credential chain (environment, profile, instance role); the
-endpoint comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (as the AWS
-CLI and boto3 read them), so tests and S3-compatible stores work unchanged.
+endpoint comes from the ``s3.endpoint`` option (Flink's name), else
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (as the AWS CLI and boto3 read
+them), so tests and S3-compatible stores work unchanged.
 This mirrors Flink's ``FileSystem`` abstraction with its ``s3://`` scheme.
 
 S3 has no rename: :func:`move` copies and deletes, so a commit that moves a
@@ -46,9 +47,22 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+_OPTIONS: dict[str, str | None] = {"endpoint": None}
+
+
+def configure(config) -> None:
+    """Take ``s3.endpoint`` from a job's configuration (a mapping); it wins over the environment."""
+    endpoint = config.get("s3.endpoint") if config is not None else None
+    if endpoint:
+        _OPTIONS["endpoint"] = str(endpoint)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    """Return the S3 file system for the current environment (endpoint and region variables)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    """Return the S3 file system: endpoint from ``s3.endpoint``, ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL``; region from ``AWS_REGION``/``AWS_DEFAULT_REGION``; credentials from
+    the standard AWS chain."""
+    endpoint = (_OPTIONS["endpoint"] or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return _s3(endpoint, region)
 

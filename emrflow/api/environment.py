@@ -346,6 +346,8 @@ class StreamExecutionEnvironment:
         from emrflow.deploy import execute_job
         job_graph = self.get_job_graph(job_name)
         config = self.get_config()
+        from emrflow import fs
+        fs.configure(config)
         savepoint = config.get("execution.savepoint.path")
         if savepoint:
             from emrflow.runtime.checkpoint import find_latest_valid, plan_restore

@@ -116,8 +116,14 @@ class SinkWriter(ABC):
     def commit(self) -> None:
         """Make the output visible (phase two); called after the whole job finished."""
 
-    def abort(self) -> None:
-        """Remove everything this writer wrote that is not committed."""
+    def abort(self, discard_pending: bool = True) -> None:
+        """Remove what this writer wrote that is not committed.
+
+        Args:
+            discard_pending: also remove output already covered by a checkpoint but not yet
+                committed. ``False`` on a failover: the checkpoint may have completed, and the
+                restored writer publishes or removes that output (:meth:`restore_state`).
+        """
 
     def snapshot_state(self, checkpoint_id: int) -> Any:
         """Phase one of the two-phase commit at a checkpoint barrier (Flink's ``preCommit``).
@@ -154,3 +160,16 @@ class Sink(ABC):
     @abstractmethod
     def create_writer(self, ctx: SubtaskContext) -> SinkWriter:
         """Return the writer for subtask ``ctx.subtask_index``."""
+
+
+def abort_writer(writer: SinkWriter, discard_pending: bool) -> None:
+    """Call ``writer.abort``, passing ``discard_pending`` only to writers whose ``abort`` takes it."""
+    import inspect
+    try:
+        takes = "discard_pending" in inspect.signature(writer.abort).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        writer.abort(discard_pending=discard_pending)
+    else:
+        writer.abort()

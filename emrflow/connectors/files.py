@@ -632,8 +632,9 @@ class _FileWriter(SinkWriter):
                 if os.path.isfile(full) or os.path.islink(full):
                     os.remove(full)
 
-    def abort(self) -> None:
-        """Close and delete the in-progress and uncommitted files (committed ones stay)."""
+    def abort(self, discard_pending: bool = True) -> None:
+        """Close and delete the in-progress file and files not yet in a checkpoint; with
+        ``discard_pending`` also the files of checkpoints not yet committed (committed ones stay)."""
         f, cur = self._f, self._current
         self._f = self._current = None
         if f is not None:
@@ -641,8 +642,8 @@ class _FileWriter(SinkWriter):
                 f.close()
             except (OSError, ValueError):
                 pass  # e.g. the disk is full: the file goes anyway
-        for tmp, _ in ([cur] if cur else []) + self._closed + \
-                [x for _, files in self._pending for x in files]:
+        pending = [x for _, files in self._pending for x in files] if discard_pending else []
+        for tmp, _ in ([cur] if cur else []) + self._closed + pending:
             try:
                 fs.delete(tmp)
             except OSError:

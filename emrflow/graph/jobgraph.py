@@ -174,7 +174,7 @@ class JobGraph:
     def topology(self) -> dict:
         """Return the graph without user code, as plain data (what the JobManager needs)."""
         jm_keys = ("execution.checkpointing.", "state.", "restart-strategy", "jobmanager.execution.",
-                   "execution.savepoint.")
+                   "execution.savepoint.", "s3.")
         return {
             "job_id": self.job_id, "name": self.name, "batch": self.batch,
             "checkpointing": bool(self.config.get("execution.checkpointing.interval")) and not self.batch,

@@ -328,6 +328,7 @@ class JobManager:
         job = JobState(id=topology["job_id"], name=topology["name"], topology=topology,
                        job_bytes=job_bytes)
         config = topology.get("config", {})
+        fs.configure(config)
         job.restart = RestartStrategy(config)
         job.restore = topology.get("restore")
         from emrflow.graph.jobgraph import pipelined_regions
@@ -639,7 +640,10 @@ class JobManager:
         for s in job.slots:
             if s.id in job.pending_acks:
                 try:
-                    s.conn.send(what, job_id=job.id)
+                    if what == "abort":  # a restart follows: output of checkpoints stays for it
+                        s.conn.send(what, job_id=job.id, final=job.state != "RESTARTING_ABORTING")
+                    else:
+                        s.conn.send(what, job_id=job.id)
                 except rpc.ConnectionClosed:
                     job.pending_acks.discard(s.id)
         if not job.pending_acks:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
+from emrflow import fs
+from emrflow.connectors.base import abort_writer
 from emrflow.graph.jobgraph import JobGraph
 from emrflow.runtime import rpc
 from emrflow.runtime.network.channels import (
@@ -123,6 +125,7 @@ class SlotProcess:
                                    "message": f"cannot load the job in slot {self.slot_id}: {exc}",
                                    "traceback": format_user_traceback(exc)}, attempt=attempt)
             return
+        fs.configure(job.config)
         dep = _Deployment(job=job, attempt=attempt,
                           slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()},
                           restore=restore)
@@ -195,7 +198,7 @@ class SlotProcess:
                     try:
                         if dep.completed_checkpoint >= 0:
                             w.notify_checkpoint_complete(dep.completed_checkpoint)
-                        w.abort()
+                        abort_writer(w, discard_pending=False)  # a restore follows
                     except Exception as exc:  # noqa: BLE001 - reported to the JobManager
                         error = f"abort of {task.label} failed: {exc!r}"
         self.conn.send("tasks_aborted", job_id=job_id, error=error)
@@ -270,7 +273,7 @@ class SlotProcess:
         if dep is not None:
             dep.cancel_all()
 
-    def _finish(self, job_id: str, commit: bool) -> None:
+    def _finish(self, job_id: str, commit: bool, final: bool = True) -> None:
         dep = self.deployments.pop(job_id, None)
         error = None
         if dep is not None:
@@ -281,7 +284,7 @@ class SlotProcess:
                         if not commit and dep.completed_checkpoint >= 0:
                             # the task may have ended before it saw the last completion notice
                             w.notify_checkpoint_complete(dep.completed_checkpoint)
-                        w.commit() if commit else w.abort()
+                        w.commit() if commit else abort_writer(w, discard_pending=final)
                     except Exception as exc:  # noqa: BLE001 - reported to the JobManager
                         error = f"{'commit' if commit else 'abort'} of {task.label} failed: {exc!r}"
         self.conn.send("finished_ack", job_id=job_id, commit=commit, error=error,
@@ -290,8 +293,9 @@ class SlotProcess:
     def _on_commit(self, job_id: str) -> None:
         self._finish(job_id, True)
 
-    def _on_abort(self, job_id: str) -> None:
-        self._finish(job_id, False)
+    def _on_abort(self, job_id: str, final: bool = True) -> None:
+        """Abort the job's sinks; ``final=False`` on a failover (a restore follows)."""
+        self._finish(job_id, False, final)
 
     def _on_shutdown(self) -> None:
         self._stop.set()

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from emrflow.api import transformations as T
 from emrflow.api.functions import RuntimeContext
-from emrflow.connectors.base import SubtaskContext
+from emrflow.connectors.base import SubtaskContext, abort_writer
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
 from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
@@ -232,7 +232,8 @@ class StreamTask:
             self._async.shutdown(wait=False, cancel_futures=True)
         for w in self.sink_writers:
             try:
-                w.abort()
+                # files of checkpoints stay: one may have completed, a restore decides
+                abort_writer(w, discard_pending=not self.checkpointing)
             except Exception:  # noqa: BLE001 - best effort; the failure is already reported
                 pass
         for w in self.writers.values():

@@ -255,14 +255,14 @@ def test_restoring_state_of_a_missing_operator_needs_allow_non_restored_state(tm
 
 
 def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_path, aws, moto_endpoint):
-    """Checkpoints and part files on S3 (moto in server mode, reached over HTTP through AWS_ENDPOINT_URL)."""
+    """Checkpoints and part files on S3 (moto in server mode, reached over HTTP through s3.endpoint)."""
     from conftest_emr import BUCKET
     prefix = f"ck-{uuid.uuid4().hex[:8]}"
     out, ckdir = f"s3://{BUCKET}/{prefix}/out", f"s3://{BUCKET}/{prefix}/checkpoints"
     count, keys = 600_000, 300
     # the program enables checkpointing itself here (env.enable_checkpointing)
-    proc = start(*checkpointed_run(out, ckdir, interval=False), JOB, "--count", str(count), "--keys", str(keys), "--checkpoint-ms", "1000",
-                 "--rate", "50000", "--output", out, env_extra={"AWS_ENDPOINT_URL": moto_endpoint})
+    proc = start(*checkpointed_run(out, ckdir, "-D", f"s3.endpoint={moto_endpoint}", interval=False), JOB, "--count", str(count), "--keys", str(keys), "--checkpoint-ms", "1000",
+                 "--rate", "50000", "--output", out)
 
     def s3_keys(sub: str) -> list[str]:
         pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}")
