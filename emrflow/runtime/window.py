@@ -22,8 +22,19 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import pickle
 import time
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Callable
+
+try:  # the C loop behind Counter.update: mapping[x] = mapping.get(x, 0) + 1 for x in iterable
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - other Pythons
+    def _count_elements(mapping: dict, iterable: Any) -> None:
+        get = mapping.get
+        for x in iterable:
+            mapping[x] = get(x, 0) + 1
 
 from emrflow.api.eventtime import MAX_WATERMARK
 from emrflow.api.functions import (
