@@ -20,9 +20,9 @@ import os
 import shutil
 from typing import IO
 
-import pyarrow.fs as pafs
-
 from emrflow.errors import ConfigError
+
+# pyarrow is imported only for s3:// locations: it costs about 40 MB of memory per process
 
 
 def is_s3(uri: str) -> bool:
@@ -39,7 +39,8 @@ def _split_s3(uri: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3(endpoint: str | None, region: str | None):
+    import pyarrow.fs as pafs
     kwargs: dict = {"region": region or "us-east-1"}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
@@ -57,7 +58,7 @@ def configure(config) -> None:
         _OPTIONS["endpoint"] = str(endpoint)
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
+def s3_filesystem():
     """Return the S3 file system: endpoint from ``s3.endpoint``, ``AWS_ENDPOINT_URL_S3`` or
     ``AWS_ENDPOINT_URL``; region from ``AWS_REGION``/``AWS_DEFAULT_REGION``; credentials from
     the standard AWS chain."""
@@ -67,19 +68,23 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return _s3(endpoint, region)
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return ``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://`` URI.
+def _local(uri: str) -> str:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        raise ConfigError(f"unsupported file system in {uri!r}: expected a local path, file:// or s3://")
+    return os.path.abspath(uri)
+
+
+def resolve(uri: str):
+    """Return ``(pyarrow filesystem, path)`` for an ``s3://`` URI, or ``(None, path)`` for a local one.
 
     Raises:
         ConfigError: an unsupported scheme (the message names it) or a bucket-less S3 URI.
     """
     if is_s3(uri):
         return s3_filesystem(), _split_s3(uri)
-    if uri.startswith("file://"):
-        return pafs.LocalFileSystem(), uri[len("file://"):]
-    if "://" in uri:
-        raise ConfigError(f"unsupported file system in {uri!r}: expected a local path, file:// or s3://")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return None, _local(uri)
 
 
 def join(base: str, *parts: str) -> str:
@@ -89,16 +94,26 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def _info(uri: str):
+    import pyarrow.fs as pafs
+    fs, path = resolve(uri)
+    return pafs, fs.get_file_info(path)
+
+
 def exists(uri: str) -> bool:
     """True if a file or directory is at ``uri``."""
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    if not is_s3(uri):
+        return os.path.exists(_local(uri))
+    pafs, info = _info(uri)
+    return info.type != pafs.FileType.NotFound
 
 
 def is_file(uri: str) -> bool:
     """True if a file (S3: an object) is at ``uri``."""
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    if not is_s3(uri):
+        return os.path.isfile(_local(uri))
+    pafs, info = _info(uri)
+    return info.type == pafs.FileType.File
 
 
 def size(uri: str) -> int:
@@ -107,8 +122,9 @@ def size(uri: str) -> int:
     Raises:
         FileNotFoundError: nothing is there.
     """
-    fs, path = resolve(uri)
-    info = fs.get_file_info(path)
+    if not is_s3(uri):
+        return os.path.getsize(_local(uri))
+    pafs, info = _info(uri)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(uri)
     return int(info.size)
@@ -116,40 +132,49 @@ def size(uri: str) -> int:
 
 def makedirs(uri: str) -> None:
     """Create the directory ``uri`` and its parents (nothing to do on S3)."""
-    fs, path = resolve(uri)
     if not is_s3(uri):
-        fs.create_dir(path, recursive=True)
+        os.makedirs(_local(uri), exist_ok=True)
+
+
+def _entries(uri: str) -> tuple:
+    import pyarrow.fs as pafs
+    fs, path = resolve(uri)
+    return pafs, fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
 
 
 def listdir(uri: str) -> list[str]:
     """Names (not paths) of the entries directly under ``uri``, sorted; empty if it does not exist."""
-    fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    if not is_s3(uri):
+        path = _local(uri)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    _, infos = _entries(uri)
     return sorted(i.base_name for i in infos)
 
 
 def list_files(uri: str) -> list[str]:
     """URIs of the regular files directly under ``uri``, sorted by name."""
-    fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    if not is_s3(uri):
+        return [join(uri, n) for n in listdir(uri) if os.path.isfile(os.path.join(_local(uri), n))]
+    pafs, infos = _entries(uri)
     return [join(uri, i.base_name) for i in sorted(infos, key=lambda i: i.base_name)
             if i.type == pafs.FileType.File]
 
 
 def open_input(uri: str) -> IO[bytes]:
-    """Open ``uri`` for random-access binary reading (seek, read)."""
-    fs, path = resolve(uri)
+    """Open ``uri`` for random-access binary reading (seek, read, readline)."""
     if not is_s3(uri):
-        return open(path, "rb")
-    return io.BufferedReader(fs.open_input_file(path), 1 << 20)  # readline(), peek()
+        return open(_local(uri), "rb")
+    fs, path = resolve(uri)
+    return io.BufferedReader(fs.open_input_file(path), 1 << 20)
 
 
 def open_output(uri: str) -> IO[bytes]:
     """Open ``uri`` for binary writing (creates parent directories of local paths)."""
-    fs, path = resolve(uri)
     if not is_s3(uri):
+        path = _local(uri)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return open(path, "wb")
+    fs, path = resolve(uri)
     return fs.open_output_stream(path)
 
 
@@ -165,7 +190,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         with open_output(uri) as f:
             f.write(data)
         return
-    path = resolve(uri)[1]
+    path = _local(uri)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -177,27 +202,27 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def move(src: str, dst: str) -> None:
     """Move a file (S3: copy then delete)."""
+    if not is_s3(src):
+        os.replace(_local(src), _local(dst))
+        return
     fs, s = resolve(src)
     _, d = resolve(dst)
-    if is_s3(src):
-        fs.copy_file(s, d)
-        fs.delete_file(s)
-    else:
-        os.replace(s, d)
+    fs.copy_file(s, d)
+    fs.delete_file(s)
 
 
 def delete(uri: str) -> None:
     """Delete a file, or a directory with everything under it; nothing if absent."""
-    fs, path = resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        if is_s3(uri):  # an S3 "directory" exists only through its keys
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-        return
-    if info.type == pafs.FileType.Directory:
-        if is_s3(uri):
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-        else:
+    if not is_s3(uri):
+        path = _local(uri)
+        if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
-    else:
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    pafs, info = _info(uri)
+    fs, path = resolve(uri)
+    if info.type == pafs.FileType.File:
         fs.delete_file(path)
+    else:  # a "directory", or nothing: an S3 prefix exists only through its keys
+        fs.delete_dir_contents(path, missing_dir_ok=True)

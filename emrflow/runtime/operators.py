@@ -542,10 +542,12 @@ class TimestampsOperator(Operator):
         self.records_in += len(records)
         if self.timestamped:
             records = [v for _, v in records]
-        extract = self._extract
-        out = [(int(extract(v)), v) for v in records]
+        stamps = list(map(self._extract, records))
+        if set(map(type, stamps)) != {int}:  # anything but plain ints (floats, bools, ...) to int
+            stamps = [int(t) for t in stamps]
+        out = list(zip(stamps, records))
         if out:
-            self._max_ts = max(self._max_ts, max(t for t, _ in out))
+            self._max_ts = max(self._max_ts, max(stamps))
             self._last_record_ms = time.time() * 1000
             if self._idle:
                 self._idle = False

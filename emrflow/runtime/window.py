@@ -45,6 +45,8 @@ from emrflow.api.windowing import (
 from emrflow.runtime.operators import Operator, keyed_restore, keyed_snapshot
 from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
 
+_first, _second = itemgetter(0), itemgetter(1)
+
 CONTENTS = "window-contents"
 SESSIONS = "window-sessions"
 TRIGGER_STATE = "window-trigger"
@@ -129,6 +131,48 @@ def _call_window_function(fn: Any, all_windows: bool, key: Any, ctx: _Context, w
     return fn(window, values) if all_windows else fn(key, window, values)
 
 
+class _Templates:
+    """Reference methods: a user method with the same code (bytecode, typed constants, names,
+    argument count, no closure) behaves exactly like these, so the fast path may specialise."""
+
+    def create_accumulator(self):
+        return 0
+
+    def add(self, value, accumulator):
+        return accumulator + 1
+
+    def get_result(self, accumulator):
+        return accumulator
+
+
+def _same_code(fn: Any, template: Any) -> bool:
+    import types
+    if isinstance(fn, types.MethodType):
+        fn = fn.__func__
+    if not isinstance(fn, types.FunctionType) or fn.__closure__:
+        return False
+    a, b = fn.__code__, template.__code__
+    return (a.co_code == b.co_code and a.co_argcount == b.co_argcount and a.co_flags == b.co_flags
+            and a.co_kwonlyargcount == b.co_kwonlyargcount and a.co_names == b.co_names
+            and [(type(c), c) for c in a.co_consts] == [(type(c), c) for c in b.co_consts])
+
+
+def _is_count(f: Any) -> bool:
+    """``f`` is an AggregateFunction that counts: accumulator ``0``, ``add`` returns ``acc + 1``,
+    ``get_result`` returns ``acc`` (recognised by code, so any other function takes the general path)."""
+    return (_same_code(getattr(f, "create_accumulator", None), _Templates.create_accumulator)
+            and _same_code(getattr(f, "add", None), _Templates.add)
+            and _same_code(getattr(f, "get_result", None), _Templates.get_result))
+
+
+class _SnapshotOf:
+    """What :func:`keyed_snapshot` needs of a backend, with another ``snapshot``."""
+
+    def __init__(self, max_parallelism: int, snapshot: Callable[[], Callable[[], bytes]]):
+        self.max_parallelism = max_parallelism
+        self.snapshot = snapshot
+
+
 class WindowOperator(Operator):
     """Keyed windows with triggers, evictors, allowed lateness and late-data side output.
 
@@ -140,6 +184,9 @@ class WindowOperator(Operator):
         timestamped: input records are ``(timestamp, value)`` pairs.
         backend_kind: ``hashmap`` or ``rocksdb``.
     """
+
+    #: rocksdb fast path: estimated bytes of in-memory window accumulators before spilling
+    FAST_MEMORY_BYTES = 64 * 2**20
 
     def __init__(self, name: str, spec: Any, key_selector: Callable, max_parallelism: int,
                  timestamped: bool, backend_kind: str = "hashmap"):
@@ -163,14 +210,22 @@ class WindowOperator(Operator):
         self.wants_ticks = not self.assigner.is_event_time
         self.late_records_dropped = 0
         self._out: list = []
-        # fast path: aligned event-time windows, default trigger, incremental, in memory
+        # fast path: aligned event-time windows, default trigger, incremental (either backend)
         self.fast = (isinstance(self.assigner, (TumblingEventTimeWindows, SlidingEventTimeWindows))
                      and spec.trigger is None and self.incremental and self.lateness == 0
-                     and isinstance(self.backend, HashMapStateBackend) and timestamped)
+                     and timestamped)
         if self.fast:
-            self._acc = self.backend.table(CONTENTS)   # (key, window start) -> accumulator
-            self._due: dict[int, list] = {}            # window max timestamp -> keys
-            self._ends: list[int] = []                 # heap of those max timestamps
+            self._wins: dict[int, dict] = {}   # live window start -> {key: accumulator}
+            self._starts: list[int] = []       # heap of live window starts (windows share one size)
+            # rocksdb: the live windows' accumulators stay in memory up to ``memory_budget``
+            # (estimated bytes); beyond it they are spilled to the backend under
+            # CONTENTS (key, window start), and these windows may have entries there
+            self._spills = not isinstance(self.backend, HashMapStateBackend)
+            self._on_disk: set[int] = set()
+            self.memory_budget = self.FAST_MEMORY_BYTES
+            self.spilled_entries = 0
+            self._count = False                # the AggregateFunction is a plain count
+            self._identity_result = spec.kind == "reduce"
 
     # -- set-up -----------------------------------------------------------------
     def open(self, ctx: RuntimeContext) -> None:
@@ -181,6 +236,9 @@ class WindowOperator(Operator):
         f = self.spec.function
         if self.spec.kind == "reduce":
             self._reduce = f.reduce if isinstance(f, ReduceFunction) else f
+        elif self.fast:  # after open(): the methods the fast path will call
+            self._count = _is_count(f)
+            self._identity_result = _same_code(getattr(f, "get_result", None), _Templates.get_result)
 
     def close(self) -> None:
         for fn in (self.spec.function, self.spec.window_function):
@@ -261,68 +319,149 @@ class WindowOperator(Operator):
         return merged
 
     # -- fast path ---------------------------------------------------------------
+    def _fast_window(self, start: int) -> dict:
+        """The accumulators of the live window starting at ``start`` (created if new)."""
+        d = self._wins.get(start)
+        if d is None:
+            d = self._wins[start] = {}
+            heapq.heappush(self._starts, start)
+        return d
+
     def _fast_batch(self, records: list) -> None:
-        """Aligned windows with the default event-time trigger: a dict of accumulators and a heap of ends."""
+        """Aligned windows with the default event-time trigger: per live window a dict
+        ``key -> accumulator``; a batch is grouped by window first (usually it falls in one)."""
         a = self.assigner
         size, offset = a.size, a.offset
         slide = getattr(a, "slide", size)
-        acc_tbl, due, ends = self._acc, self._due, self._ends
-        get, key_of, wm = acc_tbl.get, self.key_selector, self.current_watermark
-        is_reduce = self.spec.kind == "reduce"
-        if is_reduce:
-            reduce = self._reduce
-        else:
-            add, create = self.spec.function.add, self.spec.function.create_accumulator
+        wm = self.current_watermark
+        if slide == size:
+            stamps = list(map(_first, records))
+            lo, hi = min(stamps), max(stamps)
+            start = lo - (lo - offset) % size
+            if hi < start + size and start + size - 1 > wm:  # the whole batch in one live window
+                self._fast_add(start, list(map(_second, records)))
+                if self._spills:
+                    self._fast_budget()
+                return
+        groups: dict[int, list] = {}
         late = []
         for rec in records:
-            ts, value = rec
-            k = key_of(value)
+            ts = rec[0]
             start = ts - (ts - offset) % slide
             accepted = False
             while start > ts - size:
-                end_ts = start + size - 1
-                if end_ts > wm:
+                if start + size - 1 > wm:
                     accepted = True
-                    slot = (k, start)
-                    acc = get(slot, MISSING)
-                    if acc is MISSING:
-                        acc_tbl[slot] = value if is_reduce else add(value, create())
-                        keys = due.get(end_ts)
-                        if keys is None:
-                            due[end_ts] = [k]
-                            heapq.heappush(ends, end_ts)
-                        else:
-                            keys.append(k)
+                    g = groups.get(start)
+                    if g is None:
+                        groups[start] = [rec[1]]
                     else:
-                        acc_tbl[slot] = reduce(acc, value) if is_reduce else add(value, acc)
+                        g.append(rec[1])
                 start -= slide
             if not accepted:
                 if self.spec.late_tag is not None:
                     late.append(rec)
                 else:
                     self.late_records_dropped += 1
+        for start, values in groups.items():
+            self._fast_add(start, values)
+        if self._spills:
+            self._fast_budget()
         if late:
             self.emit_side(self.spec.late_tag, late)
 
+    def _fast_add(self, start: int, values: list) -> None:
+        """Fold ``values`` (in order) into the accumulators of window ``start``."""
+        d = self._fast_window(start)
+        key_of = self.key_selector
+        disk = start in self._on_disk
+        if self._count and not disk:
+            _count_elements(d, map(key_of, values))  # acc + 1 per value, in C
+            return
+        get = d.get
+        load = self.backend.get
+        if self.spec.kind == "reduce":
+            reduce = self._reduce
+            for v in values:
+                k = key_of(v)
+                acc = get(k, MISSING)
+                if acc is MISSING and disk:
+                    acc = load(CONTENTS, (k, start))
+                d[k] = v if acc is MISSING else reduce(acc, v)
+        else:
+            add, create = self.spec.function.add, self.spec.function.create_accumulator
+            for v in values:
+                k = key_of(v)
+                acc = get(k, MISSING)
+                if acc is MISSING:
+                    if disk:
+                        acc = load(CONTENTS, (k, start))
+                    if acc is MISSING:
+                        acc = create()
+                d[k] = add(v, acc)
+
+    def _fast_budget(self) -> None:
+        """rocksdb: spill every in-memory accumulator to the backend when they exceed the budget."""
+        n = sum(map(len, self._wins.values()))
+        if n == 0:
+            return
+        biggest = max(self._wins.values(), key=len)
+        sample = next(reversed(biggest.items()))
+        if n * (64 + 2 * len(pickle.dumps(sample, protocol=5))) <= self.memory_budget:
+            return
+        put = self.backend.put
+        for start, d in self._wins.items():
+            if d:
+                for k, acc in d.items():
+                    put(CONTENTS, (k, start), acc)
+                self.spilled_entries += len(d)
+                d.clear()
+                self._on_disk.add(start)
+        self.backend.flush()
+
+    def _fast_unspill(self, starts: set) -> None:
+        """Bring the spilled entries of windows ``starts`` back (memory wins: it is newer) and
+        delete them from the backend."""
+        b = self.backend
+        found = [(key, acc) for key, acc in b.items(CONTENTS)
+                 if type(key) is tuple and len(key) == 2 and key[1] in starts]
+        for key, acc in found:
+            k, start = key
+            d = self._fast_window(start)
+            if k not in d:
+                d[k] = acc
+            b.delete(CONTENTS, key)
+        b.flush()
+        self._on_disk -= starts
+
     def _fast_fire(self, upto: int) -> None:
-        acc_tbl, due, ends = self._acc, self._due, self._ends
-        size = self.assigner.size
-        while ends and ends[0] <= upto:
-            end_ts = heapq.heappop(ends)
-            start = end_ts - size + 1
-            window = TimeWindow(start, end_ts + 1)
-            keys = due.pop(end_ts)
-            if self.spec.window_function is None:
-                # no window function: the results of a whole window in one comprehension
-                pop = acc_tbl.pop
-                accs = [pop((k, start)) for k in keys]
-                if self.spec.kind != "reduce":
-                    accs = list(map(self.spec.function.get_result, accs))
-                self._out.extend([(end_ts, r) for r in accs])
+        starts, size = self._starts, self.assigner.size
+        due = []
+        while starts and starts[0] + size - 1 <= upto:
+            due.append(heapq.heappop(starts))
+        if not due:
+            return
+        if self._on_disk:
+            spilled = self._on_disk.intersection(due)
+            if spilled:
+                self._fast_unspill(spilled)
+        spec = self.spec
+        for start in due:
+            d = self._wins.pop(start)
+            end_ts = start + size - 1
+            if spec.window_function is None:
+                # no window function: a whole window's results at C speed where possible
+                accs = d.values() if self._identity_result else map(spec.function.get_result, d.values())
+                self._out.extend(zip(repeat(end_ts), accs))
             else:
-                for k in keys:
-                    self._emit_result(k, window, acc_tbl.pop((k, start)))
+                window = TimeWindow(start, end_ts + 1)
+                for k, acc in d.items():
+                    self._emit_result(k, window, acc)
         self._flush()
+
+    def _fast_entries(self) -> list:
+        """The in-memory accumulators as backend entries ``((key, window start), acc)``."""
+        return [((k, start), acc) for start, d in self._wins.items() for k, acc in d.items()]
 
     # -- records ----------------------------------------------------------------
     def process_batch(self, records: list) -> None:
@@ -469,7 +608,27 @@ class WindowOperator(Operator):
     # -- checkpoints ----------------------------------------------------------------
     def snapshot_state(self, checkpoint_id: int):
         """Window contents and trigger state (the backend's entries) and the live timers."""
-        return keyed_snapshot(self.backend, (list(self.event_set), list(self.proc_set)))
+        timers = (list(self.event_set), list(self.proc_set))
+        if not self.fast:
+            return keyed_snapshot(self.backend, timers)
+        # the fast path's accumulators live beside the backend: copy them now (pickled, as user
+        # accumulators may change in place) and lay them over the backend's CONTENTS entries
+        # (spilled ones, possibly older) in the asynchronous part; same format as the backend's
+        fresh = pickle.dumps(self._fast_entries(), protocol=5)
+        backend = self.backend
+
+        def merged_snapshot():
+            take = backend.snapshot()
+
+            def materialize() -> bytes:
+                states = pickle.loads(take())
+                mem = pickle.loads(fresh)
+                if mem:
+                    newer = {key for key, _ in mem}
+                    states[CONTENTS] = [e for e in states.get(CONTENTS, ()) if e[0] not in newer] + mem
+                return pickle.dumps(states, protocol=5)
+            return materialize
+        return keyed_snapshot(_SnapshotOf(backend.max_parallelism, merged_snapshot), timers)
 
     def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
         def restore_timers(timers: tuple, keep) -> None:
@@ -481,14 +640,22 @@ class WindowOperator(Operator):
                         heapq.heappush(heap, (t, next(self._seq), key, window))
         keyed_restore(self.backend, parts, key_groups, restore_timers)
         if self.fast:  # the fast path's timers follow from its accumulators' (key, window start)
-            self._due.clear()
-            self._ends.clear()
-            last = self.assigner.size - 1
-            for k, start in self._acc:
-                end_ts = start + last
-                keys = self._due.get(end_ts)
-                if keys is None:
-                    self._due[end_ts] = [k]
-                    heapq.heappush(self._ends, end_ts)
-                else:
-                    keys.append(k)
+            b = self.backend
+            if self._spills:  # rocksdb: the entries stay in the backend, their windows spilled
+                renamed = []
+                for key, acc in b.items(CONTENTS):
+                    k, w = key
+                    if type(w) is not int:  # (key, TimeWindow) of the general path
+                        renamed.append((key, (k, w.start), acc))
+                    start = w if type(w) is int else w.start
+                    self._fast_window(start)
+                    self._on_disk.add(start)
+                for old, new, acc in renamed:
+                    b.delete(CONTENTS, old)
+                    b.put(CONTENTS, new, acc)
+                b.flush()
+            else:
+                table = b.table(CONTENTS)
+                for (k, w), acc in table.items():
+                    self._fast_window(w if type(w) is int else w.start)[k] = acc
+                table.clear()
