@@ -334,7 +334,7 @@ class WindowOperator(Operator):
         size, offset = a.size, a.offset
         slide = getattr(a, "slide", size)
         wm = self.current_watermark
-        if slide == size:
+        if slide == size and records:
             stamps = list(map(_first, records))
             lo, hi = min(stamps), max(stamps)
             start = lo - (lo - offset) % size
