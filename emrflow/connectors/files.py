@@ -13,11 +13,13 @@ type conversion) in C over a whole block; one block becomes one batch. Files
 must use an ASCII-compatible encoding (UTF-8, Latin-1...), since lines are found
 by their ``b"\\n"`` byte before decoding.
 
-Sinks mirror Flink's ``FileSink`` with its two-phase commit: subtask ``i`` writes
-``<dir>/.part-<i>-0.inprogress`` and renames it to ``part-<i>-0[suffix]`` only in
-:meth:`~emrflow.connectors.base.SinkWriter.commit`, which the runtime calls once
-every subtask of the job has finished. A failed job's writers abort and delete
-their in-progress files, so a failed job never leaves ``part-*`` files.
+Sinks mirror Flink's ``FileSink`` with its two-phase commit, on local disk or S3:
+subtask ``i`` writes hidden in-progress files (``.part-<i>-<n>[suffix].inprogress.<token>``)
+and renames them to ``part-<i>-<n>[suffix]`` only when the output is committed: when
+the whole job has finished (BATCH, or no checkpoints), or when the checkpoint that
+covers a file completes (STREAMING with checkpoints; files roll at each barrier and
+by size and age). A failed job's writers abort and delete their in-progress files, so
+a failed job never leaves ``part-*`` files that were not committed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import io
 import operator
 import os
 import re
+import secrets
 import time
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
@@ -524,7 +527,7 @@ class _FileWriter(SinkWriter):
     """Part files of one subtask, committed at the end of the job or checkpoint by checkpoint.
 
     Without checkpoints (BATCH, or STREAMING with checkpointing off) the subtask
-    writes one in-progress file ``.part-<i>-0<suffix>.inprogress`` and renames it to
+    writes one in-progress file ``.part-<i>-0<suffix>.inprogress.<token>`` and renames it to
     ``part-<i>-0<suffix>`` in :meth:`commit`, after the whole job finished.
 
     With checkpoints it follows Flink's ``FileSink`` with a rolling policy: the
@@ -553,6 +556,7 @@ class _FileWriter(SinkWriter):
         self._max_bytes = int(config.get("sink.rolling-policy.file-size") or (128 << 20))
         self._max_age_s = int(config.get("sink.rolling-policy.rollover-interval") or 60_000) / 1000.0
         self._counter = 0
+        self._token = secrets.token_hex(4)
         self._f: io.TextIOBase | None = None
         self._raw = None
         self._current: tuple[str, str] | None = None  # (in-progress uri, final uri)
@@ -566,8 +570,10 @@ class _FileWriter(SinkWriter):
 
     # -- files -----------------------------------------------------------------------
     def _names(self, n: int) -> tuple[str, str]:
+        """In-progress and final name of part ``n``; the in-progress name is unique to this
+        writer, so a lingering writer of an earlier attempt never writes into this one's file."""
         i, sfx = self._ctx.subtask_index, self._sink.suffix
-        return (fs.join(self._path, f".part-{i}-{n}{sfx}.inprogress"),
+        return (fs.join(self._path, f".part-{i}-{n}{sfx}.inprogress.{self._token}"),
                 fs.join(self._path, f"part-{i}-{n}{sfx}"))
 
     def _open(self) -> None:
@@ -705,7 +711,7 @@ class _FileWriter(SinkWriter):
         return top + 1
 
 
-_IN_PROGRESS = re.compile(r"^\.part-(\d+)-(\d+).*\.inprogress$")
+_IN_PROGRESS = re.compile(r"^\.part-(\d+)-(\d+).*\.inprogress(\.[0-9a-f]+)?$")
 _COMMITTED = re.compile(r"^part-(\d+)-(\d+)")
 
 
@@ -745,11 +751,13 @@ class _RawStream(io.RawIOBase):
 class FileSink(Sink):
     """Part files in an output directory, published by two-phase commit.
 
-    Mirrors Flink's ``FileSink`` (a ``TwoPhaseCommittingSink``): subtask ``i``
-    writes ``<path>/.part-<i>-0.inprogress``; ``prepare_commit`` flushes, fsyncs
-    and closes it at the end of input, and ``commit`` (after every subtask of the
-    job finished) renames it to ``<path>/part-<i>-0<suffix>``; ``abort`` deletes it.
-    Every subtask writes a part file, empty if it got no records.
+    Mirrors Flink's ``FileSink`` (a ``TwoPhaseCommittingSink``). Without checkpoints,
+    subtask ``i`` writes ``<path>/.part-<i>-0<suffix>.inprogress.<token>``;
+    ``prepare_commit`` flushes, fsyncs and closes it at the end of input, and ``commit``
+    (after every subtask of the job finished) renames it to ``<path>/part-<i>-0<suffix>``;
+    ``abort`` deletes it. Every subtask writes a part file, empty if it got no records.
+    With checkpoints, part files roll and are committed checkpoint by checkpoint (see
+    ``docs/checkpoints.md``). ``path`` may be a local directory or an ``s3://`` prefix.
 
     An output path that is a regular file is refused in both write modes, by
     :meth:`validate` and by the writers; nothing is deleted.
