@@ -113,14 +113,47 @@ class LocalCluster:
             self.processes.append(proc)
             self._taskmanagers[tm_id] = proc
 
+    def _lost_taskmanagers(self, watcher: ClusterClient | None, registered: set) -> list[str]:
+        """Ids of TaskManagers whose process runs but that the JobManager declared lost
+        (no heartbeat for ``heartbeat.timeout``): they are killed, then replaced."""
+        if watcher is None:
+            return []
+        try:
+            now = {tm["id"] for tm in watcher.cluster_status()["taskmanagers"]}
+        except (ClusterError, OSError):  # the cluster is stopping
+            return []
+        registered |= now
+        with self._lock:
+            return [i for i, p in self._taskmanagers.items()
+                    if i in registered and i not in now and p.poll() is None]
+
     def _replace_dead_taskmanagers(self) -> None:
-        """Start a new TaskManager for each one that exits while the cluster runs.
+        """Start a new TaskManager for each one that exits, or is declared lost, while the cluster runs.
 
         Flink's active resource managers (YARN, Kubernetes) do the same, so a job
-        with a restart strategy gets its slots back after a TaskManager is lost.
+        with a restart strategy gets its slots back after a TaskManager is lost. A
+        TaskManager the JobManager gave up on (say, a frozen process) is killed first,
+        with its slot processes, so it cannot keep working for a cancelled attempt.
         """
-        n = 0
+        registered: set = set()
+        try:
+            watcher: ClusterClient | None = ClusterClient(self.address, self.secret)
+        except ClusterError:
+            watcher = None
+        try:
+            self._watch(watcher, registered)
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    def _watch(self, watcher: ClusterClient | None, registered: set) -> None:
+        n = tick = 0
         while not self._stopping.wait(0.2):
+            tick += 1
+            if tick % 5 == 0:
+                for tm_id in self._lost_taskmanagers(watcher, registered):
+                    log.warning("TaskManager %s was declared lost by the JobManager; killing it", tm_id)
+                    _kill_tree(self._taskmanagers[tm_id].pid)
             with self._lock:
                 dead = [(i, p) for i, p in self._taskmanagers.items() if p.poll() is not None]
             for tm_id, proc in dead:
@@ -135,6 +168,7 @@ class LocalCluster:
                     self._taskmanagers.pop(tm_id, None)
                     self.processes.remove(proc)
                 self.replaced.append((tm_id, proc.returncode))
+                registered.discard(tm_id)
                 try:
                     self._start_taskmanager(new_id)
                 except OSError as exc:
@@ -203,3 +237,17 @@ def execute(job_graph, config: Configuration, context=None):
                           key="execution.attached")
     with LocalCluster.for_parallelism(config, job_graph.max_vertex_parallelism) as cluster:
         return cluster.client().run_job(job_graph, context)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (a stopped process dies too)."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass

@@ -314,3 +314,24 @@ def test_region_failover_restarts_only_the_failed_pipeline(tmp_path, strategy):
     else:
         assert "restarting the pipelined region" not in stderr
         assert b_opens == ["0", "0", "1", "1"]
+
+
+def test_frozen_taskmanager_is_declared_lost_killed_and_replaced(tmp_path):
+    """SIGSTOP (no heartbeats, connections open): after heartbeat.timeout the job restarts on a new one."""
+    out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
+    count, keys = 500_000, 200
+    proc = start(*checkpointed_run(out, ckdir, "-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s"),
+                 JOB, "--count", str(count), "--keys", str(keys), "--rate", "50000", "--output", out)
+    try:
+        wait_for(lambda: completed_checkpoints(ckdir), 60, "the first checkpoint")
+        frozen = runtime_children(proc, "emrflow.runtime.taskmanager")[0]
+        frozen.send_signal(signal.SIGSTOP)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "no heartbeat for" in stderr and "declared lost by the JobManager; killing it" in stderr, stderr
+    assert not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE
+    assert output_lines(out) == reference(count, keys)
