@@ -207,12 +207,20 @@ def test_savepoint_stop_and_restore_at_another_parallelism(tmp_path):
         assert r.returncode == 0, r.stderr
         job_id = r.stderr.split("JobID ")[1].split()[0] if "JobID " in r.stderr else r.stdout.split()[-1]
         time.sleep(2.0)
+        from emrflow.deploy.rest_client import RestClient
+        with open(os.path.join(workdir, "cluster.json")) as f:
+            rest = RestClient(f"127.0.0.1:{json.load(f)['rest_address'][1]}")
+        ck = rest.checkpoints(job_id)
+        assert ck["counts"]["completed"] >= 1 and ck["latest"]["completed"]["id"] >= 1
+        assert ck["latest"]["completed"]["is_savepoint"] is False
         r = cli("savepoint", job_id)
         assert r.returncode == 0, r.stderr
         first = r.stdout.split("Path: ")[1].strip()
         with open(os.path.join(first, "_metadata")) as f:
             meta = json.load(f)
         assert meta["kind"] == "savepoint" and first.startswith(sp)
+        latest = rest.checkpoints(job_id)["latest"]["completed"]
+        assert latest["is_savepoint"] is True and latest["external_path"] == first
         time.sleep(1.0)
         r = cli("stop", job_id, "--savepoint-path", str(tmp_path / "final"))
         assert r.returncode == 0, r.stderr

@@ -80,7 +80,9 @@ def test_dashboard_pages(tmp_path, browser):
     try:
         job = tmp_path / "slow.py"
         job.write_text(SLOW_JOB)
-        job_id = cli("run", "-d", "-p", "2", "-m", c.rest, str(job), "300000", workdir=c.workdir).stdout.split()[-1]
+        job_id = cli("run", "-d", "-p", "2", "-m", c.rest, "-D", "execution.checkpointing.interval=500ms",
+                     "-D", f"state.checkpoints.dir={tmp_path / 'checkpoints'}",
+                     str(job), "300000", workdir=c.workdir).stdout.split()[-1]
         base = f"http://{c.rest}/"
 
         browser.get(base + "#/overview")
@@ -103,6 +105,12 @@ def test_dashboard_pages(tmp_path, browser):
         wait_for(lambda: records_in() > first, what="the counter to grow")
         wait_for(lambda: float(text_of(browser, ".vertex .rate-in").replace(",", "")) > 0, what="records/s")
         assert text_of(browser, "#exceptions") == "No exceptions."
+
+        def completed_checkpoints():
+            t = text_of(browser, "#checkpoints") or ""
+            return t.startswith("Completed ") and int(t.split()[1].replace(",", "")) > 0 and t
+        shown = wait_for(completed_checkpoints, what="completed checkpoints on the job page")
+        assert "latest checkpoint #" in shown and str(tmp_path / "checkpoints") in shown
         browser.save_screenshot(str(tmp_path / "job.png"))
 
         click(browser, ".vertex")
