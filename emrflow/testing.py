@@ -87,6 +87,8 @@ def execute_and_collect(stream, job_name: str | None = None, limit: int | None =
 
 
 class _GeneratedReader(SourceReader):
+    checkpointable = True
+
     def __init__(self, count: int, make, batch_size: int, start: int, step: int,
                  rate: float | None = None):
         self._count, self._make, self._batch = count, make, batch_size

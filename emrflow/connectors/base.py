@@ -61,21 +61,26 @@ class SourceReader(ABC):
     def close(self) -> None:
         """Release files and connections; called once, also after a failure."""
 
+    #: The reader keeps a read position (:meth:`snapshot_position`, :meth:`restore_position`).
+    #: A job with checkpointing enabled over a reader without one fails at start with a
+    #: message naming the source, and its savepoints are declined.
+    checkpointable: bool = False
+
     def snapshot_position(self) -> Any:
         """Return where reading stands after the last batch :meth:`read_batches` yielded.
 
-        Called between batches at a checkpoint barrier (Flink's split state);
-        the value must be picklable. The default means "cannot checkpoint", and a
-        job with checkpointing enabled fails at start with a message naming the source.
-
-        Raises:
-            NotImplementedError: the reader keeps no position.
+        Called between batches at a checkpoint barrier (Flink's split state), only if
+        :attr:`checkpointable`; the value must be picklable.
         """
-        raise NotImplementedError
+        return None
 
     def restore_position(self, position: Any) -> None:
-        """Continue after ``position`` (from :meth:`snapshot_position`); called before :meth:`read_batches`."""
-        raise NotImplementedError
+        """Continue after ``position`` (from :meth:`snapshot_position`); called before :meth:`read_batches`.
+
+        Raises:
+            TypeError: the reader is not :attr:`checkpointable`.
+        """
+        raise TypeError(f"{type(self).__name__} keeps no read position to restore")
 
 
 class Source(ABC):

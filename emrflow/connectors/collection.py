@@ -8,6 +8,8 @@ from emrflow.connectors.base import Source, SourceReader, SubtaskContext
 
 
 class _CollectionReader(SourceReader):
+    checkpointable = True
+
     def __init__(self, records: list, batch_size: int):
         self._records = records
         self._batch_size = batch_size

@@ -146,6 +146,8 @@ def _check_encoding(encoding: str) -> None:
 class _BlockReader(SourceReader):
     """Reads the blocks of one subtask's ranges of a list of files; closes the open file in close()."""
 
+    checkpointable = True
+
     def __init__(self, files: list[str], ctx: SubtaskContext, encoding: str):
         self._splits = [_Split(f, ctx.parallelism, ctx.subtask_index) for f in files]
         self._ctx = ctx

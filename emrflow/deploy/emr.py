@@ -1227,7 +1227,7 @@ def check_cluster_id(cluster_id: str) -> str:
         ConfigError: anything else.
     """
     if not isinstance(cluster_id, str) or not CLUSTER_ID_RE.match(cluster_id):
-        raise ConfigError(f"cluster id: expected j-XXXXXXXX, got {cluster_id!r}", source="CLUSTER_ID")
+        raise ConfigError(f"cluster id: expected j- and capital letters or digits (like j-1K48XUW4CPOOB), got {cluster_id!r}", source="CLUSTER_ID")
     return cluster_id
 
 
@@ -1241,7 +1241,7 @@ def check_step_id(step_id: str) -> str:
         ConfigError: anything else.
     """
     if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
-        raise ConfigError(f"step id: expected s-XXXXXXXX, got {step_id!r}", source="STEP_ID")
+        raise ConfigError(f"step id: expected s- and capital letters or digits (like s-2QJ7LNM4PEWQ8), got {step_id!r}", source="STEP_ID")
     return step_id
 
 

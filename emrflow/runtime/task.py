@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -96,8 +97,8 @@ class StreamTask:
         self.busy_s = 0.0
         self.start_time = time.time()
         self._limit = int(job.config.get("emrflow.bad-records.report-limit", 10))
-        # checkpoints (STREAMING with an interval): see _checkpoint
-        # every STREAMING task can take part in a savepoint; periodic checkpoints need an interval
+        # checkpoints (see _checkpoint): every STREAMING task can take part in a savepoint;
+        # periodic checkpoints need an interval
         self.checkpointing = not job.batch
         self.periodic = bool(job.config.get("execution.checkpointing.interval")) and not job.batch
         self._positions_ok = True
@@ -109,7 +110,6 @@ class StreamTask:
         self._async: ThreadPoolExecutor | None = None
         self._source_position: Any = None
         self._restored_position: Any = None
-        self.last_checkpoint_ms = 0.0
 
     @property
     def label(self) -> str:
@@ -292,14 +292,14 @@ class StreamTask:
             yield batch, position()
 
     def _check_checkpointable(self, reader, node) -> None:
-        try:
+        if getattr(reader, "checkpointable", False):  # a reader of its own kind may lack the attribute
             self._source_position = reader.snapshot_position()
-        except (NotImplementedError, AttributeError):  # AttributeError: a reader of its own kind
-            if self.periodic:
-                raise TaskFailure(node.name, "", f"source {node.name!r} ({type(node.function).__name__}) "
-                                  "cannot checkpoint its read position, so a job reading it cannot take "
-                                  "checkpoints; unset execution.checkpointing.interval") from None
-            self._positions_ok = False
+            return
+        if self.periodic:
+            raise TaskFailure(node.name, "", f"source {node.name!r} ({type(node.function).__name__}) "
+                              "cannot checkpoint its read position, so a job reading it cannot take "
+                              "checkpoints; unset execution.checkpointing.interval")
+        self._positions_ok = False
 
     def _read_ahead(self, batches, tickers: list):
         """Read batches in a helper thread, so timers and idleness run while the reader blocks.
@@ -429,9 +429,8 @@ class StreamTask:
                 return
             if what == "trigger":
                 if not self._positions_ok:
-                    self._acknowledge(checkpoint_id=arg.checkpoint_id, vertex=self.vertex.id,
-                                      subtask=self.subtask_index, entry=None,
-                                      error=f"source {self.vertex.name!r} cannot checkpoint its read position")
+                    self._ack(arg.checkpoint_id, None, f"source {self.vertex.name!r} cannot checkpoint "
+                              "its read position")
                     continue
                 self._checkpoint(arg)
             elif what == "notify":
@@ -475,13 +474,16 @@ class StreamTask:
             entry = chk.write_task_state(barrier.target, self.vertex.id, self.subtask_index, data)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is declined, the job goes on
             log.warning("%s: checkpoint %d failed: %r", self.label, barrier.checkpoint_id, exc)
-            self._acknowledge(checkpoint_id=barrier.checkpoint_id, vertex=self.vertex.id,
-                              subtask=self.subtask_index, entry=None, error=repr(exc))
+            self._ack(barrier.checkpoint_id, None, repr(exc))
             return
         entry.update(vertex=self.vertex.id, subtask=self.subtask_index, operators=described,
                      sync_ms=round(sync_ms, 3), async_ms=round((time.perf_counter() - t0) * 1000, 3))
-        self._acknowledge(checkpoint_id=barrier.checkpoint_id, vertex=self.vertex.id,
-                          subtask=self.subtask_index, entry=entry, error=None)
+        self._ack(barrier.checkpoint_id, entry, None)
+
+    def _ack(self, checkpoint_id: int, entry: dict | None, error: str | None) -> None:
+        """Acknowledge checkpoint ``checkpoint_id`` with this subtask's state file, or decline it."""
+        self._acknowledge(checkpoint_id=checkpoint_id, vertex=self.vertex.id, subtask=self.subtask_index,
+                          entry=entry, error=error)
 
     def _drain_async(self) -> None:
         if self._async is not None:
@@ -528,7 +530,6 @@ class _Alignment:
     """
 
     def __init__(self, num_channels: int, exactly_once: bool):
-        from collections import deque
         self.n = num_channels
         self.exactly_once = exactly_once
         self.current: CheckpointBarrier | None = None

@@ -211,7 +211,7 @@ def test_override_and_argument_errors_name_the_option(counting_endpoint):
             endpoint=url)
     assert r.exit_code == 1 and "--s3-staging" in r.stderr and "s3://bucket" in r.stderr
     r = cli("add-step", "--cluster-id", "cluster-1", JOB, endpoint=url)
-    assert r.exit_code == 1 and "j-XXXXXXXX" in r.stderr
+    assert r.exit_code == 1 and "expected j- and capital letters or digits" in r.stderr
     r = cli("list-clusters", "--region", "Mars", endpoint=url)
     assert r.exit_code == 1 and "--region" in r.stderr
     assert requests == []
