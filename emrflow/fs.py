@@ -95,16 +95,17 @@ def join(base: str, *parts: str) -> str:
 
 
 def _info(uri: str):
+    """``(pyarrow.fs module, filesystem, path, FileInfo)`` of an ``s3://`` URI."""
     import pyarrow.fs as pafs
     fs, path = resolve(uri)
-    return pafs, fs.get_file_info(path)
+    return pafs, fs, path, fs.get_file_info(path)
 
 
 def exists(uri: str) -> bool:
     """True if a file or directory is at ``uri``."""
     if not is_s3(uri):
         return os.path.exists(_local(uri))
-    pafs, info = _info(uri)
+    pafs, _, _, info = _info(uri)
     return info.type != pafs.FileType.NotFound
 
 
@@ -112,7 +113,7 @@ def is_file(uri: str) -> bool:
     """True if a file (S3: an object) is at ``uri``."""
     if not is_s3(uri):
         return os.path.isfile(_local(uri))
-    pafs, info = _info(uri)
+    pafs, _, _, info = _info(uri)
     return info.type == pafs.FileType.File
 
 
@@ -124,7 +125,7 @@ def size(uri: str) -> int:
     """
     if not is_s3(uri):
         return os.path.getsize(_local(uri))
-    pafs, info = _info(uri)
+    pafs, _, _, info = _info(uri)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(uri)
     return int(info.size)
@@ -220,8 +221,7 @@ def delete(uri: str) -> None:
         elif os.path.lexists(path):
             os.remove(path)
         return
-    pafs, info = _info(uri)
-    fs, path = resolve(uri)
+    pafs, fs, path, info = _info(uri)
     if info.type == pafs.FileType.File:
         fs.delete_file(path)
     else:  # a "directory", or nothing: an S3 prefix exists only through its keys

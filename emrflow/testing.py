@@ -151,3 +151,23 @@ class GeneratedSource(Source):
     def create_reader(self, ctx: SubtaskContext):
         return _GeneratedReader(self.count, self.make, self.batch_size, ctx.subtask_index,
                                 ctx.parallelism, self.rate)
+
+
+class CollectingTarget:
+    """Stands in for the next operator of a physical operator driven directly in a test.
+
+    Put it in the operator's ``Output``; every batch the operator emits is appended
+    to :attr:`out` (a list of records); watermarks and idleness changes are ignored.
+    """
+
+    def __init__(self):
+        self.out: list = []
+
+    def process_batch(self, records: list) -> None:
+        self.out.extend(records)
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        """Ignored."""
+
+    def process_watermark_status(self, idle: bool) -> None:
+        """Ignored."""

@@ -556,7 +556,7 @@ class _FileWriter(SinkWriter):
             raise ValueError(f"{sink.path}: write mode OVERWRITE needs a job without checkpoints; "
                              "with checkpoints a file sink adds part files, as Flink's FileSink does")
         self._max_bytes = int(config.get("sink.rolling-policy.file-size") or (128 << 20))
-        self._max_age_s = int(config.get("sink.rolling-policy.rollover-interval") or 60_000) / 1000.0
+        self._max_age_s = int(config.get("sink.rolling-policy.rollover-interval") or 30 * 60_000) / 1000.0
         self._counter = 0
         self._token = secrets.token_hex(4)
         self._f: io.TextIOBase | None = None
@@ -690,23 +690,23 @@ class _FileWriter(SinkWriter):
                     _publish(tmp, final)
             if st["subtask"] == me:
                 counter = max(counter, st["counter"])
-        self._cleanup_in_progress()
-        self._counter = max(self._counter, counter, self._next_free())
+        self._counter = max(self._counter, counter, self._clean_and_count(fs.listdir(self._path)))
 
-    def _cleanup_in_progress(self) -> None:
-        """Delete in-progress files of this subtask (and, in subtask 0, of subtasks beyond the parallelism)."""
-        me, p = self._ctx.subtask_index, self._ctx.parallelism
-        for name in fs.listdir(self._path):
+    def _clean_and_count(self, names: list[str]) -> int:
+        """Delete stale in-progress files among ``names`` (the output directory's listing); return
+        one past the highest part number of this subtask's committed files.
+
+        Stale: in-progress files of this subtask written by other writers (earlier attempts),
+        and in subtask 0 those of subtasks beyond the current parallelism.
+        """
+        me, p, top = self._ctx.subtask_index, self._ctx.parallelism, -1
+        for name in names:
             m = _IN_PROGRESS.match(name)
-            if m and (int(m.group(1)) == me or (me == 0 and int(m.group(1)) >= p)):
-                if self._current is None or not self._current[0].endswith("/" + name) \
-                        and not self._current[0].endswith(os.sep + name):
+            if m:
+                owner = int(m.group(1))
+                if (owner == me or (me == 0 and owner >= p)) and not name.endswith("." + self._token):
                     fs.delete(fs.join(self._path, name))
-
-    def _next_free(self) -> int:
-        """One past the highest part number of this subtask's committed files."""
-        me, top = self._ctx.subtask_index, -1
-        for name in fs.listdir(self._path):
+                continue
             m = _COMMITTED.match(name)
             if m and int(m.group(1)) == me:
                 top = max(top, int(m.group(2)))

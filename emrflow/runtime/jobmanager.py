@@ -97,7 +97,6 @@ class JobState:
     restore: dict | None = None          # restore plan of the next deployment
     restart: RestartStrategy | None = None
     restarts: int = 0
-    restarting: bool = False
     coordinator: "CheckpointCoordinator | None" = None
     stop_savepoint: str | None = None    # stop-with-savepoint: ends FINISHED
     restart_pause: float = 0.0           # seconds before the pending restart
@@ -106,7 +105,6 @@ class JobState:
     regions: list = field(default_factory=list)        # pipelined regions (frozensets of vertex ids)
     region_restarts: dict = field(default_factory=dict)  # region -> {"phase", "pause", "pending"}
     region_failover: bool = True         # jobmanager.execution.failover-strategy is region
-    last_failure: dict | None = None     # the failure that caused the last restart
 
 
 @dataclass
@@ -120,7 +118,6 @@ class PendingCheckpoint:
     waiting: set
     entries: list = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict | None = None
     error: str | None = None
 
 
@@ -151,7 +148,7 @@ class CheckpointCoordinator:
         self.completed: list[dict] = []   # metadata of retained checkpoints, oldest first
         self.last_end = 0.0
         self.last_trigger = time.monotonic()
-        self.stats = {"completed": 0, "failed": 0, "last": None}
+        self.stats = {"completed": 0, "failed": 0}
 
     def due(self, now: float) -> bool:
         """True if a periodic checkpoint should be triggered now."""
@@ -346,16 +343,13 @@ class JobManager:
             self._deploy(job)
         return {"job_id": job.id}
 
-    def _needed_slots(self, job: JobState) -> int:
-        return max(v["parallelism"] for v in job.topology["vertices"])
-
     def _deploy(self, job: JobState) -> None:
         """Wait (releasing the lock) for enough free slots, then deploy attempt ``job.attempt``.
 
         Called with ``self.cond`` held; on a slot timeout the job fails.
         """
         topology = job.topology
-        need = self._needed_slots(job)
+        need = max(v["parallelism"] for v in topology["vertices"])
         deadline = time.monotonic() + self.slot_request_timeout_s
         while True:
             if job.state in TERMINAL or job.state in ("CANCELLING", "CANCELED_ABORTING"):
@@ -387,7 +381,6 @@ class JobManager:
                 job.tasks[(v["id"], i)] = "DEPLOYING"
                 job.task_attempts[(v["id"], i)] = job.attempt
         job.state = "RUNNING"
-        job.restarting = False
         if job.start is None:
             job.start = time.time()
         if job.coordinator is not None:
@@ -457,10 +450,9 @@ class JobManager:
                 return (f"job {job_id} runs in BATCH mode: savepoints are for STREAMING jobs "
                         "(Flink takes no savepoints of batch jobs)")
             deadline = time.monotonic() + 10.0  # a job just deployed or restarted: let its tasks start
-            while (job.state not in TERMINAL and time.monotonic() < deadline
-                   and (job.state != "RUNNING" or any(st != "RUNNING" for st in job.tasks.values()))):
+            while job.state not in TERMINAL and time.monotonic() < deadline and not self._all_running(job):
                 self.cond.wait(0.1)
-            if job.state != "RUNNING" or any(st != "RUNNING" for st in job.tasks.values()):
+            if not self._all_running(job):
                 return f"job {job_id} is {self._public_state(job)}, not running with all its tasks: try again"
             directory = directory or job.coordinator.savepoint_dir or self.savepoint_dir
             if not directory:
@@ -599,7 +591,6 @@ class JobManager:
                             pause, job.restart.describe())
                 job.state = "RESTARTING"
                 job.restart_pause = pause
-                job.last_failure = failure
                 self._abort_pending_checkpoints(job, "the job is restarting")
                 self._cancel_tasks(job)
                 return
@@ -610,7 +601,7 @@ class JobManager:
         if job.failure is None and job.state not in ("RESTARTING", "RESTARTING_ABORTING"):
             job.failure = failure
             job.failure_time = time.time()
-        if job.state in ("RUNNING", "CANCELLING"):
+        if job.state == "RUNNING":
             job.state = "FAILING"
             self._abort_pending_checkpoints(job, "the job failed")
             self._cancel_tasks(job)
@@ -674,7 +665,6 @@ class JobManager:
         """Cancel, abort and later redeploy only the tasks of one pipelined region."""
         log.warning("job %s: %s; restarting the pipelined region %s in %.1f s (%s)", job.id,
                     failure.get("message"), sorted(region), pause, job.restart.describe())
-        job.last_failure = failure
         job.region_restarts[region] = {"phase": "CANCELLING", "pause": pause, "pending": set()}
         self._abort_pending_checkpoints(job, "a region is restarting")
         subtasks = [k for k in job.tasks if k[0] in region]
@@ -726,15 +716,12 @@ class JobManager:
             if job.state != "RUNNING" or job.region_restarts.get(region) is not r:
                 return  # a full restart, a cancellation or the end of the job came first
             del job.region_restarts[region]
-            job.attempt += 1
-            job.restarts += 1
+            self._next_attempt(job, plan, f"region {sorted(region)}")
             subtasks = [k for k in job.tasks if k[0] in region]
             for k in subtasks:
                 job.tasks[k] = "DEPLOYING"
                 job.task_attempts[k] = job.attempt
                 job.metrics.pop(k, None)
-            log.info("job %s: region %s attempt %d starts from %s", job.id, sorted(region), job.attempt,
-                     plan["path"] if plan else "the beginning (no checkpoint yet)")
             for i, s in enumerate(job.slots):
                 mine = [k for k in subtasks if k[1] == i]
                 if not mine:
@@ -753,13 +740,18 @@ class JobManager:
         with self.cond:
             if job.state != "RESTARTING_WAIT":
                 return  # cancelled meanwhile
-            job.attempt += 1
-            job.restarts += 1
+            self._next_attempt(job, plan, "the job")
             if plan is not None:
                 job.restore = plan
-            log.info("job %s: attempt %d starts from %s", job.id, job.attempt,
-                     plan["path"] if plan else "the beginning (no checkpoint yet)")
             self._deploy(job)
+
+    @staticmethod
+    def _next_attempt(job: JobState, plan: dict | None, what: str) -> None:
+        """Count a restart and number the attempt about to be deployed (called with the lock held)."""
+        job.attempt += 1
+        job.restarts += 1
+        log.info("job %s: %s, attempt %d, starts from %s", job.id, what, job.attempt,
+                 plan["path"] if plan else "the beginning (no checkpoint yet)")
 
     def _restore_plan(self, job: JobState) -> dict | None:
         """The restore plan of the newest checkpoint that checks out; corrupt ones are skipped, with a log line."""
@@ -805,7 +797,7 @@ class JobManager:
                         if now - p.started > c.timeout_s:
                             self._abort_checkpoint(job, p, f"not complete after {c.timeout_s:.0f} s "
                                                    "(execution.checkpointing.timeout)")
-                    if c.due(now) and all(st == "RUNNING" for st in job.tasks.values()):
+                    if c.due(now) and self._all_running(job):
                         self._trigger(job)
 
     def _abort_checkpoint(self, job: JobState, p: PendingCheckpoint, why: str) -> None:
@@ -865,9 +857,6 @@ class JobManager:
                 c.completed.remove(old)
                 drop.append(old["path"])
             c.stats["completed"] += 1
-            c.stats["last"] = {k: meta[k] for k in ("checkpoint_id", "kind", "timestamp_ms",
-                                                    "duration_ms", "size_bytes")}
-            c.stats["last"]["path"] = p.target
             c.last_end = time.monotonic()
             if job.state in ("RUNNING", "CANCELLING"):
                 for s in job.slots:
@@ -875,7 +864,6 @@ class JobManager:
                         s.conn.send("notify_checkpoint_complete", job_id=job.id, checkpoint_id=p.id)
                     except rpc.ConnectionClosed:
                         pass
-            p.result = meta
             p.done.set()
         log.info("job %s: %s %d complete (%d bytes, %d ms) at %s", job.id, meta["kind"], p.id,
                  meta["size_bytes"], meta["duration_ms"], p.target)
@@ -893,8 +881,7 @@ class JobManager:
                 s.job_id = None
         c = job.coordinator
         if c is not None:
-            for p in list(c.pending.values()):
-                self._abort_checkpoint(job, p, f"the job is {state}")
+            self._abort_pending_checkpoints(job, f"the job is {state}")
             keep = {"NO_EXTERNALIZED_CHECKPOINTS": (), "DELETE_ON_CANCELLATION": ("FAILED",),
                     "RETAIN_ON_CANCELLATION": ("FAILED", "CANCELED")}.get(c.retention, ())
             if state not in keep:
@@ -902,6 +889,11 @@ class JobManager:
                 t.start()
                 self._cleanups.append(t)
         self.cond.notify_all()
+
+    @staticmethod
+    def _all_running(job: JobState) -> bool:
+        """The job runs with every task running (no deployment or restart in progress)."""
+        return job.state == "RUNNING" and all(st == "RUNNING" for st in job.tasks.values())
 
     @staticmethod
     def _public_state(job: JobState) -> str:
@@ -948,7 +940,10 @@ class JobManager:
             c = job.coordinator
             latest = c.latest()
             out["checkpoints"] = {"completed": c.stats["completed"], "failed": c.stats["failed"],
-                                  "in_progress": len(c.pending), "latest": c.stats["last"],
+                                  "in_progress": len(c.pending),
+                                  "latest": None if latest is None else {k: latest[k] for k in (
+                                      "checkpoint_id", "kind", "timestamp_ms", "duration_ms", "size_bytes",
+                                      "path")},
                                   "latest_path": latest["path"] if latest else None,
                                   "directory": c.job_dir}
         if not details:

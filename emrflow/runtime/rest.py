@@ -355,7 +355,7 @@ def create_app(jm, token: str | None = None):
             c = job.coordinator
             if c is None:
                 return jsonify(errors=[f"job {jobid} takes no checkpoints (BATCH mode)"]), 404
-            last = c.stats["last"]
+            last = c.latest()
             latest = None if last is None else {
                 "id": last["checkpoint_id"], "is_savepoint": last["kind"] == "savepoint",
                 "latest_ack_timestamp": last["timestamp_ms"], "state_size": last["size_bytes"],

@@ -43,7 +43,6 @@ class _Deployment:
     job: JobGraph
     attempt: int
     slot_addresses: dict[int, tuple[str, int]]
-    restore: dict | None = None
     completed_checkpoint: int = -1
     #: vertex id -> the cancel event of its pipelined region's current tasks
     region_cancel: dict[int, threading.Event] = field(default_factory=dict)
@@ -127,8 +126,7 @@ class SlotProcess:
             return
         fs.configure(job.config)
         dep = _Deployment(job=job, attempt=attempt,
-                          slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()},
-                          restore=restore)
+                          slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()})
         with self._lock:
             self.deployments[job_id] = dep
         self._start_tasks(job_id, dep, subtasks, attempt, restore)
@@ -192,16 +190,29 @@ class SlotProcess:
                 task = dep.tasks.pop((vertex_id, index), None)
                 dep.gates.pop((vertex_id, index), None)
                 self.server.unregister(job_id, vertex_id, index)
-                if task is None:
-                    continue
-                for w in task.sink_writers:
-                    try:
-                        if dep.completed_checkpoint >= 0:
-                            w.notify_checkpoint_complete(dep.completed_checkpoint)
-                        abort_writer(w, discard_pending=False)  # a restore follows
-                    except Exception as exc:  # noqa: BLE001 - reported to the JobManager
-                        error = f"abort of {task.label} failed: {exc!r}"
+                if task is not None:
+                    error = self._end_sinks(dep, task, commit=False, final=False) or error  # a restore follows
         self.conn.send("tasks_aborted", job_id=job_id, error=error)
+
+    @staticmethod
+    def _end_sinks(dep: _Deployment, task: StreamTask, commit: bool, final: bool) -> str | None:
+        """Commit or abort an ended task's sinks; returns an error message, or ``None``.
+
+        Before an abort, the sinks first publish what the newest completed checkpoint
+        covers: the task may have ended before it saw that completion notice.
+        """
+        error = None
+        for w in task.sink_writers:
+            try:
+                if commit:
+                    w.commit()
+                    continue
+                if dep.completed_checkpoint >= 0:
+                    w.notify_checkpoint_complete(dep.completed_checkpoint)
+                abort_writer(w, discard_pending=final)
+            except Exception as exc:  # noqa: BLE001 - reported to the JobManager
+                error = f"{'commit' if commit else 'abort'} of {task.label} failed: {exc!r}"
+        return error
 
     def _make_writers(self, dep: _Deployment, vertex, index: int, cancel: threading.Event) -> dict:
         job = dep.job
@@ -279,14 +290,7 @@ class SlotProcess:
         if dep is not None:
             self.server.unregister_job(job_id)
             for task in dep.tasks.values():
-                for w in task.sink_writers:
-                    try:
-                        if not commit and dep.completed_checkpoint >= 0:
-                            # the task may have ended before it saw the last completion notice
-                            w.notify_checkpoint_complete(dep.completed_checkpoint)
-                        w.commit() if commit else abort_writer(w, discard_pending=final)
-                    except Exception as exc:  # noqa: BLE001 - reported to the JobManager
-                        error = f"{'commit' if commit else 'abort'} of {task.label} failed: {exc!r}"
+                error = self._end_sinks(dep, task, commit, final) or error
         self.conn.send("finished_ack", job_id=job_id, commit=commit, error=error,
                        attempt=dep.attempt if dep is not None else -1)
 

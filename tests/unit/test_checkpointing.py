@@ -24,6 +24,7 @@ from emrflow.runtime.restart import RestartStrategy
 from emrflow.runtime.state import create_backend
 from emrflow.runtime.task import _Alignment
 from emrflow.runtime.window import WindowOperator
+from emrflow.testing import CollectingTarget
 
 
 # -- restart strategies ------------------------------------------------------------------------------
@@ -163,23 +164,9 @@ def test_backend_snapshots_restore_into_either_backend_and_split_by_key_group(sr
     assert merged == data and sum(map(len, parts)) == len(data)
 
 
-class _Collect:
-    def __init__(self):
-        self.out = []
-
-    def process_batch(self, records):
-        self.out.extend(records)
-
-    def process_watermark(self, ts):
-        pass
-
-    def process_watermark_status(self, idle):
-        pass
-
-
 def _window_op(spec, backend, subtask=0, parallelism=1):
     op = WindowOperator("w", spec, lambda r: r[0], 128, True, backend)
-    sink = _Collect()
+    sink = CollectingTarget()
     op.output = Output([sink], [])
     op.open(RuntimeContext("w", subtask, parallelism, 128, 0, {}))
     return op, sink
@@ -252,7 +239,7 @@ def test_keyed_process_state_and_timers_survive_a_restore(backend):
 
     def make():
         op = KeyedProcessOperator("p", _Buffer(), lambda r: r[0], 128, True, backend)
-        sink = _Collect()
+        sink = CollectingTarget()
         op.output = Output([sink], [])
         op.open(RuntimeContext("p", 0, 1, 128, 0, {}))
         return op, sink

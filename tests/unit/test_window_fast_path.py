@@ -17,6 +17,7 @@ from emrflow.api.windowing import SlidingEventTimeWindows, TumblingEventTimeWind
 from emrflow.graph.keygroups import assign_key_to_subtask, key_group_range
 from emrflow.runtime.operators import Output
 from emrflow.runtime.window import WindowOperator, _is_count
+from emrflow.testing import CollectingTarget
 
 
 class Count(AggregateFunction):
@@ -62,26 +63,12 @@ class WithKey(ProcessWindowFunction):
         return [(key, w.start, w.end, v) for v in values]
 
 
-class _Collect:
-    def __init__(self):
-        self.out = []
-
-    def process_batch(self, records):
-        self.out.extend(records)
-
-    def process_watermark(self, ts):
-        pass
-
-    def process_watermark_status(self, idle):
-        pass
-
-
 def _op(spec, backend, budget=None, subtask=0, parallelism=1):
     op = WindowOperator("w", spec, lambda r: r[0], 128, True, backend)
     assert op.fast
     if budget is not None:
         op.memory_budget = budget
-    sink, late = _Collect(), _Collect()
+    sink, late = CollectingTarget(), CollectingTarget()
     op.output = Output([sink], [])
     op.side_outputs = {"late": Output([late], [])}
     op.open(RuntimeContext("w", subtask, parallelism, 128, 0, {}))
