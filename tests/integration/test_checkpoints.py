@@ -9,6 +9,7 @@ here in plain Python. A lost record leaves a line out, a replayed one writes a l
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import json
 import os
@@ -52,6 +53,18 @@ def start(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
+@contextlib.contextmanager
+def running(*args: str, env_extra: dict | None = None):
+    """``emrflow ARGS`` in a subprocess (see :func:`start`), killed if the block leaves it running."""
+    proc = start(*args, env_extra=env_extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def runtime_children(proc: subprocess.Popen, module: str) -> list[psutil.Process]:
     out = []
     try:
@@ -88,9 +101,8 @@ def checkpointed_run(out, ckdir, *extra_d, p="2", retention="NO_EXTERNALIZED_CHE
 def test_taskmanager_killed_three_times_output_is_exactly_once(tmp_path):
     out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
     count, keys = 2_000_000, 1000
-    proc = start(*checkpointed_run(out, ckdir), JOB, "--count", str(count), "--keys", str(keys),
-                 "--rate", "90000", "--output", out)
-    try:
+    with running(*checkpointed_run(out, ckdir), JOB, "--count", str(count), "--keys", str(keys),
+                 "--rate", "90000", "--output", out) as proc:
         wait_for(lambda: completed_checkpoints(ckdir), 60, "the first checkpoint")
         kills = 0
         rng = random.Random()
@@ -101,10 +113,6 @@ def test_taskmanager_killed_three_times_output_is_exactly_once(tmp_path):
             rng.choice(tms).send_signal(signal.SIGKILL)
             kills += 1
         stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, stderr
     assert stderr.count("restarting in") >= 3, stderr
     assert "starting tm-" in stderr  # lost TaskManagers were replaced by new processes
@@ -139,17 +147,12 @@ def test_jobmanager_killed_then_run_s_resumes_from_the_retained_checkpoint(tmp_p
     out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
     count, keys = 1_200_000, 500
     args = [JOB, "--count", str(count), "--keys", str(keys), "--rate", "80000", "--output", out]
-    proc = start(*checkpointed_run(out, ckdir, retention="RETAIN_ON_CANCELLATION"), *args)
-    try:
+    with running(*checkpointed_run(out, ckdir, retention="RETAIN_ON_CANCELLATION"), *args) as proc:
         wait_for(lambda: any(int(m.split("chk-")[1].split(os.sep)[0]) >= 3
                              for m in completed_checkpoints(ckdir)), 60, "the third checkpoint")
         (jm,) = runtime_children(proc, "emrflow.runtime.jobmanager")
         jm.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode != 0
     assert sum(output_lines(out).values()) < count  # the first run did not finish
     (job_dir,) = glob.glob(os.path.join(ckdir, "*"))
@@ -164,16 +167,11 @@ def test_corrupt_latest_checkpoint_is_skipped_with_a_log_line(tmp_path):
     out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
     count, keys = 1_000_000, 200
     args = [JOB, "--count", str(count), "--keys", str(keys), "--rate", "70000", "--output", out]
-    proc = start(*checkpointed_run(out, ckdir, "-D", "state.checkpoints.num-retained=3",
-                                   retention="RETAIN_ON_CANCELLATION"), *args)
-    try:
+    with running(*checkpointed_run(out, ckdir, "-D", "state.checkpoints.num-retained=3",
+                                   retention="RETAIN_ON_CANCELLATION"), *args) as proc:
         wait_for(lambda: len(completed_checkpoints(ckdir)) >= 3, 60, "three retained checkpoints")
         proc.send_signal(signal.SIGINT)  # cancels the job: RETAIN_ON_CANCELLATION keeps them
         proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     (job_dir,) = glob.glob(os.path.join(ckdir, "*"))
     metas = sorted(completed_checkpoints(ckdir), key=lambda m: int(m.split("chk-")[1].split(os.sep)[0]))
     latest = os.path.dirname(metas[-1])
@@ -268,14 +266,14 @@ def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_
     prefix = f"ck-{uuid.uuid4().hex[:8]}"
     out, ckdir = f"s3://{BUCKET}/{prefix}/out", f"s3://{BUCKET}/{prefix}/checkpoints"
     count, keys = 600_000, 300
-    # the program enables checkpointing itself here (env.enable_checkpointing)
-    proc = start(*checkpointed_run(out, ckdir, "-D", f"s3.endpoint={moto_endpoint}", interval=False), JOB, "--count", str(count), "--keys", str(keys), "--checkpoint-ms", "1000",
-                 "--rate", "50000", "--output", out)
 
     def s3_keys(sub: str) -> list[str]:
         pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}")
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
-    try:
+    # the program enables checkpointing itself here (env.enable_checkpointing)
+    with running(*checkpointed_run(out, ckdir, "-D", f"s3.endpoint={moto_endpoint}", interval=False),
+                 JOB, "--count", str(count), "--keys", str(keys), "--checkpoint-ms", "1000",
+                 "--rate", "50000", "--output", out) as proc:
         wait_for(lambda: any(k.endswith("/_metadata") for k in s3_keys("checkpoints")), 60,
                  "a checkpoint on S3")
         time.sleep(1.0)
@@ -283,10 +281,6 @@ def test_s3_checkpoints_and_exactly_once_s3_sink_survive_a_taskmanager_kill(tmp_
         assert tms and proc.poll() is None
         tms[0].send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, stderr
     assert "restarting in" in stderr
     names = [k for k in s3_keys("out") if not k.endswith("/")]  # pyarrow keeps empty "directory" markers
@@ -328,17 +322,12 @@ def test_frozen_taskmanager_is_declared_lost_killed_and_replaced(tmp_path):
     """SIGSTOP (no heartbeats, connections open): after heartbeat.timeout the job restarts on a new one."""
     out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
     count, keys = 500_000, 200
-    proc = start(*checkpointed_run(out, ckdir, "-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s"),
-                 JOB, "--count", str(count), "--keys", str(keys), "--rate", "50000", "--output", out)
-    try:
+    with running(*checkpointed_run(out, ckdir, "-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s"),
+                 JOB, "--count", str(count), "--keys", str(keys), "--rate", "50000", "--output", out) as proc:
         wait_for(lambda: completed_checkpoints(ckdir), 60, "the first checkpoint")
         frozen = runtime_children(proc, "emrflow.runtime.taskmanager")[0]
         frozen.send_signal(signal.SIGSTOP)
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, stderr
     assert "no heartbeat for" in stderr and "declared lost by the JobManager; killing it" in stderr, stderr
     assert not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE
