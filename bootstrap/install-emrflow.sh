@@ -4,7 +4,10 @@
 # Purpose:   copy the emrflow wheel from S3, install it (with its dependencies) into a
 #            dedicated virtual environment and put an `emrflow` command on the PATH, so
 #            command-runner.jar steps can run `emrflow run -t yarn-per-job s3://.../job.py`.
-# Arguments: $1  S3 URI of the wheel, e.g. s3://bucket/emrflow/wheels/emrflow-0.1.0-py3-none-any.whl
+# Arguments: $1  S3 URI of the wheel, e.g. s3://bucket/emrflow/staging/wheels/<sha256
+#                prefix>/emrflow-0.1.0-py3-none-any.whl (emrflow stages itself there), or a
+#                requirement such as emrflow==0.1.0, installed from the package index
+#                (`--wheel index`)
 #            $2  optional: install directory (default /opt/emrflow)
 #            $3  optional: python interpreter (needs >= 3.10; default: the first of python3,
 #                python3.12, python3.11 that is >= 3.10, else python3.11 installed with dnf,
@@ -19,7 +22,7 @@
 #            venv is reused and the wheel reinstalled (--force-reinstall --no-deps for emrflow).
 set -euo pipefail
 
-WHEEL_URI="${1:?usage: install-emrflow.sh s3://bucket/path/emrflow-X.Y.Z-py3-none-any.whl [install dir] [python]}"
+WHEEL_URI="${1:?usage: install-emrflow.sh s3://bucket/path/emrflow-X.Y.Z-py3-none-any.whl|emrflow==X.Y.Z [install dir] [python]}"
 PREFIX="${2:-/opt/emrflow}"
 PYTHON="${3:-}"
 CONF_DIR=/etc/emrflow/conf
@@ -47,9 +50,14 @@ recent "$PYTHON" || {
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-WHEEL="$WORK/$(basename "$WHEEL_URI")"
-log "copying $WHEEL_URI"
-aws s3 cp --only-show-errors "$WHEEL_URI" "$WHEEL"
+if [[ "$WHEEL_URI" == s3://* ]]; then
+  WHEEL="$WORK/$(basename "$WHEEL_URI")"
+  log "copying $WHEEL_URI"
+  aws s3 cp --only-show-errors "$WHEEL_URI" "$WHEEL"
+else
+  WHEEL="$WHEEL_URI"          # a requirement: pip takes it from the package index
+  log "installing $WHEEL from the package index"
+fi
 
 $SUDO mkdir -p "$PREFIX" "$CONF_DIR"
 $SUDO chown "$(id -u):$(id -g)" "$PREFIX"

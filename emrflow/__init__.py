@@ -15,10 +15,22 @@ __version__ = "0.1.0"
 
 from emrflow.api.datastream import DataStream, DataStreamSink, KeyedStream  # noqa: E402
 from emrflow.api.environment import (  # noqa: E402
-    CheckpointingMode, JobExecutionResult, RuntimeExecutionMode, StreamExecutionEnvironment)
+    CheckpointingMode,
+    JobExecutionResult,
+    RuntimeExecutionMode,
+    StreamExecutionEnvironment,
+)
 from emrflow.api.functions import (  # noqa: E402
-    FilterFunction, FlatMapFunction, KeyedProcessFunction, KeySelector, MapFunction,
-    ProcessFunction, ReduceFunction, RuntimeContext, SinkFunction)
+    FilterFunction,
+    FlatMapFunction,
+    KeyedProcessFunction,
+    KeySelector,
+    MapFunction,
+    ProcessFunction,
+    ReduceFunction,
+    RuntimeContext,
+    SinkFunction,
+)
 from emrflow.api.state import ValueState, ValueStateDescriptor  # noqa: E402
 
 __all__ = [

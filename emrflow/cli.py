@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
 import time
 
@@ -72,8 +73,11 @@ def _print_result(result) -> None:
     click.echo(f"Job '{result.job_name}' ({result.job_id}) finished.", err=True)
     click.echo(f"Job Runtime: {result.net_runtime_ms} ms", err=True)
     for op in result.operators:
+        late = f", late records dropped (numLateRecordsDropped) {op.late_records_dropped:,}" \
+            if op.late_records_dropped else ""
         click.echo(f"  {op.name} (parallelism {op.parallelism}): "
-                   f"records in {op.records_in:,}, out {op.records_out:,}", err=True)
+                   f"records in {op.records_in:,}, out {op.records_out:,}{late}", err=True)
+    _warn_late(result)
     if result.bad_records:
         click.echo(f"Skipped {result.bad_records:,} bad input records:", err=True)
         for s in result.bad_record_samples:
@@ -81,6 +85,17 @@ def _print_result(result) -> None:
         if result.bad_records > len(result.bad_record_samples):
             click.echo(f"  ... and {result.bad_records - len(result.bad_record_samples):,} more",
                        err=True)
+
+
+def _warn_late(result) -> None:
+    """Warn (also under ``-q``) that event-time windows dropped late records."""
+    if result.late_records_dropped:
+        total = sum(op.records_in for op in result.operators[:1]) or None
+        of = f" of {total:,} read" if total else ""
+        click.echo(f"Warning: {result.late_records_dropped:,} records{of} arrived after the watermark had "
+                   f"passed their window (numLateRecordsDropped) and were dropped; raise the "
+                   f"watermark's out-of-orderness bound or the window's allowed lateness, or send them "
+                   f"to a side output (side_output_late_data)", err=True)
 
 
 def _load_config(conf_file: str | None, dynamic: tuple[str, ...], extra: dict):
@@ -117,19 +132,52 @@ def main() -> None:
                    "of a job's checkpoint directory (execution.savepoint.path).")
 @click.option("-n", "--allowNonRestoredState", "--allow-non-restored-state", "allow_non_restored",
               is_flag=True, help="Drop savepoint state of operators the job no longer has.")
+@click.option("-yn", "--yarncontainer", "yarn_containers", type=click.IntRange(min=1), default=None,
+              help="Flink 1.x: TaskManager containers; deprecated in Flink, accepted and ignored "
+                   "(TaskManagers start as the job's slots need).")
+@click.option("-ys", "--yarnslots", "yarn_slots", type=click.IntRange(min=1), default=None,
+              help="Flink 1.x: slots per TaskManager (taskmanager.numberOfTaskSlots).")
+@click.option("-yjm", "--yarnjobManagerMemory", "yarn_jm", default=None, metavar="MEMORY",
+              help="Flink 1.x: JobManager container memory, MB unless a unit is given "
+                   "(jobmanager.memory.process.size).")
+@click.option("-ytm", "--yarntaskManagerMemory", "yarn_tm", default=None, metavar="MEMORY",
+              help="Flink 1.x: TaskManager container memory, MB unless a unit is given "
+                   "(taskmanager.memory.process.size).")
+@click.option("-ynm", "--yarnname", "yarn_name", default=None, help="Flink 1.x: YARN application name "
+              "(yarn.application.name).")
+@click.option("-yqu", "--yarnqueue", "yarn_queue", default=None, help="Flink 1.x: YARN queue "
+              "(yarn.application.queue).")
+@click.option("-yD", "yarn_dynamic", multiple=True, metavar="KEY=VALUE",
+              help="Flink 1.x: a configuration option, as -D; repeatable.")
+@click.option("-c", "--class", "entry_class", default=None, metavar="CLASS",
+              help="Flink's entry class of a JAR: refused, a Python job has none (JOB is the script).")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dry_run, py_files,
-        savepoint_path, allow_non_restored, job, job_args) -> None:
+        savepoint_path, allow_non_restored, yarn_containers, yarn_slots, yarn_jm, yarn_tm, yarn_name,
+        yarn_queue, yarn_dynamic, entry_class, job, job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
     Options go before JOB; everything after JOB belongs to the job. JOB may be an
     s3://bucket/key.py URI (what EMR steps run): it is downloaded for the run.
+    Flink 1.x's YARN options work too: `-m yarn-cluster` is `-t yarn-per-job`, and
+    -ys, -yjm, -ytm, -ynm, -yqu, -yD set the configuration keys their help names.
     """
-    from emrflow.api.environment import (
-        ExecutionContext, reset_execution_context, set_execution_context)
+    from emrflow.api.environment import (DryRunComplete, ExecutionContext, reset_execution_context,
+                                         set_execution_context)
     from emrflow.deploy import known_targets
 
+    if entry_class is not None:
+        raise click.UsageError(
+            f"-c/--class {entry_class}: a Python job has no entry class; JOB is the script that "
+            f"calls env.execute(), e.g. `emrflow run -m yarn-cluster my_job.py` (a module's "
+            f"`if __name__ == \"__main__\":` block is its entry point)")
+    if jobmanager == "yarn-cluster":            # Flink 1.x: flink run -m yarn-cluster
+        if target not in (None, "yarn-per-job"):
+            raise click.UsageError(f"-m yarn-cluster means -t yarn-per-job, not -t {target}")
+        jobmanager, target = None, "yarn-per-job"
+    dynamic = (*dynamic, *_flink_yarn_options(yarn_containers, yarn_slots, yarn_jm, yarn_tm, yarn_name,
+                                              yarn_queue, yarn_dynamic))
     extra: dict = {}
     if parallelism is not None:
         extra["parallelism.default"] = parallelism
@@ -159,9 +207,12 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
         job = _fetch_s3_job(job)
     if not os.path.isfile(job):
         raise click.BadParameter(f"job script not found: {job}", param_hint="JOB")
+    _check_python_script(job)
     if config.get("execution.target") == "yarn-application":
         _run_yarn_application(config, job, list(job_args), list(py_files), detached, quiet, dry_run)
         return
+    if config.get("execution.target") == "yarn-session" and not dry_run:
+        _wait_for_session(config, quiet)
     progress = _Progress(int(config.get("client.progress.delay")), quiet)
     ctx = ExecutionContext(config=config, on_progress=progress.update,
                            on_submitted=progress.submitted, dry_run=dry_run)
@@ -169,8 +220,11 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = [job, *job_args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(job)))
+    old_sigterm = _sigterm_as_interrupt()
     try:
         runpy.run_path(job, run_name="__main__")
+    except DryRunComplete:
+        pass
     except JobExecutionError as exc:
         progress.close()
         click.echo(f"Error: {exc}", err=True)
@@ -182,10 +236,19 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
         progress.close()
         click.echo("Interrupted: the job was cancelled and the cluster stopped.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the user's own error: their frames only
+        progress.close()
+        click.echo(_user_traceback(exc, job), err=True, nl=False)
+        sys.exit(1)
     finally:
         progress.close()
         sys.argv, sys.path[:] = old_argv, old_path
         reset_execution_context(token)
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
+    if not ctx.results:
+        raise click.ClickException(f"{job} did not submit a job: it never called env.execute() "
+                                   "(as Flink says: the program didn't contain a job)")
     for r in ctx.results:
         if dry_run:
             continue
@@ -193,6 +256,99 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
             click.echo(f"Job has been submitted with JobID {r.job_id}")
         elif not quiet:
             _print_result(r)
+        else:
+            _warn_late(r)
+
+
+def _check_python_script(job: str) -> None:
+    """Refuse a JOB that is not a Python script (a Flink ``.jar``, a zip, a binary) by name."""
+    with open(job, "rb") as f:
+        head = f.read(4)
+    if job.lower().endswith(".jar") or head.startswith((b"PK\x03\x04", b"\x7fELF")):
+        raise click.BadParameter(
+            f"{job} is {'a Java archive' if job.lower().endswith('.jar') else 'not a Python script'}: "
+            "emrflow runs Python jobs, JOB is the .py script that calls env.execute() "
+            "(a Flink job's jar runs with Flink's own `flink run`)", param_hint="JOB")
+
+
+def _user_traceback(exc: BaseException, job: str) -> str:
+    """The traceback of an error the job script raised, without the launcher's frames (click,
+    runpy, this module): it starts at the script's first frame. A SyntaxError is its
+    ``file:line``, the line and the caret only."""
+    import traceback
+    te = traceback.TracebackException.from_exception(exc)
+    if isinstance(exc, SyntaxError):
+        return "".join(te.format_exception_only())
+    frames = list(te.stack)
+    script = os.path.abspath(job)
+    first = next((i for i, f in enumerate(frames) if os.path.abspath(f.filename) == script), 0)
+    frames = frames[first:]
+    te.stack = traceback.StackSummary.from_list(frames)
+    return "".join(te.format())
+
+
+def _wait_for_session(config, quiet: bool) -> None:
+    """``-t yarn-session`` without ``yarn.application.id``: wait for a recorded session.
+
+    On EMR with step concurrency > 1, a job step may start while the session step is still
+    starting the session; with ``yarn.session.wait-timeout`` set (EMR job steps for
+    ``-t yarn-session`` set it) the job waits for the record (``~/.emrflow/yarn-session.json``)
+    that long, polling every second. If none appears, the submission fails as without
+    waiting ("no YARN session ..."). By default (0) it does not wait.
+    """
+    from emrflow.deploy import yarn
+    if config.get("yarn.application.id"):
+        return
+    app_id = yarn.recorded_session()
+    timeout_s = int(config.get("yarn.session.wait-timeout")) / 1000
+    if app_id is None and timeout_s > 0:
+        if not quiet:
+            click.echo(f"No YARN session recorded yet: waiting up to {timeout_s:.0f} s "
+                       "(yarn.session.wait-timeout) for one to start", err=True)
+        deadline = time.monotonic() + timeout_s
+        while app_id is None and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            app_id = yarn.recorded_session()
+    if app_id is not None and not quiet:
+        click.echo(f"Submitting to YARN session {app_id}", err=True)
+
+
+def _flink_yarn_options(containers, slots, jm, tm, name, queue, yarn_dynamic) -> list[str]:
+    """``-D key=value`` strings for Flink 1.x's ``-ys -yjm -ytm -ynm -yqu -yD`` (``-yn``: a note)."""
+    def memory(value: str, flag: str) -> str:
+        text = str(value).strip()
+        if text.isdigit():                          # Flink: MB unless a unit is given
+            return f"{text}m"
+        if not text:
+            raise click.BadParameter("expected a memory size such as 1024m", param_hint=flag)
+        return text
+    out = []
+    if containers is not None:
+        click.echo(f"Note: -yn {containers} is deprecated in Flink and ignored here: TaskManager containers "
+                   "start as the job's slots need (parallelism / -ys)", err=True)
+    for key, value in (("taskmanager.numberOfTaskSlots", slots),
+                       ("jobmanager.memory.process.size", jm and memory(jm, "-yjm")),
+                       ("taskmanager.memory.process.size", tm and memory(tm, "-ytm")),
+                       ("yarn.application.name", name), ("yarn.application.queue", queue)):
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out + list(yarn_dynamic)
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM behave as Ctrl-C while a job runs; return the previous handler (None if not set).
+
+    EMR's CancelSteps (``SEND_INTERRUPT``) and YARN stop a step's or container's process with
+    SIGTERM: through the Ctrl-C path the job is cancelled, an attached ``yarn-per-job`` YARN
+    application is killed, the embedded cluster is stopped, and ``emrflow run`` exits 130.
+    """
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _fetch_s3_job(uri: str) -> str:
@@ -262,14 +418,23 @@ _workdir_option = click.option("--workdir", default=None, type=click.Path(file_o
                                     "or ~/.emrflow/cluster).")
 
 
+def _conf_options(f):
+    """``-D KEY=VALUE`` and ``--conf FILE`` of the REST commands (``rest.auth.token``, ``rest.address``)."""
+    f = click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
+                     help="Configuration file.")(f)
+    return click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
+                        help="Configuration option, e.g. -D rest.auth.token=... (repeatable).")(f)
+
+
 @main.command("list")
 @_jobmanager_option
 @_workdir_option
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also list ended jobs.")
-def list_jobs(jobmanager, workdir, show_all) -> None:
+@_conf_options
+def list_jobs(jobmanager, workdir, show_all, dynamic, conf_file) -> None:
     """List the jobs of a cluster (running ones unless --all)."""
     try:
-        jobs = _rest_client(jobmanager, workdir).list_jobs()
+        jobs = _rest_client(jobmanager, workdir, conf_file, dynamic).list_jobs()
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
     shown = [j for j in jobs if show_all or j["state"] not in ("FINISHED", "FAILED", "CANCELED")]
@@ -284,10 +449,11 @@ def list_jobs(jobmanager, workdir, show_all) -> None:
 @click.argument("job_id")
 @_jobmanager_option
 @_workdir_option
-def cancel(job_id, jobmanager, workdir) -> None:
+@_conf_options
+def cancel(job_id, jobmanager, workdir, dynamic, conf_file) -> None:
     """Cancel the job JOB_ID (its sinks abort; no partial output stays visible)."""
     try:
-        _rest_client(jobmanager, workdir).cancel(job_id)
+        _rest_client(jobmanager, workdir, conf_file, dynamic).cancel(job_id)
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Cancelled job {job_id}.")
@@ -300,13 +466,15 @@ def cancel(job_id, jobmanager, workdir) -> None:
 @_workdir_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds to wait for the savepoint.")
-def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s) -> None:
+@_conf_options
+def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s, dynamic, conf_file) -> None:
     """Take a savepoint of the running job JOB_ID into TARGET_DIRECTORY (default state.savepoints.dir).
 
     Prints the savepoint's path, which `emrflow run -s PATH` starts a job from.
     """
     try:
-        path = _rest_client(jobmanager, workdir).savepoint(job_id, target_directory, timeout_s=timeout_s)
+        path = _rest_client(jobmanager, workdir, conf_file, dynamic).savepoint(
+            job_id, target_directory, timeout_s=timeout_s)
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Savepoint completed. Path: {path}")
@@ -320,10 +488,11 @@ def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s) -> None:
 @_workdir_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds to wait for the savepoint.")
-def stop(job_id, savepoint_path, jobmanager, workdir, timeout_s) -> None:
+@_conf_options
+def stop(job_id, savepoint_path, jobmanager, workdir, timeout_s, dynamic, conf_file) -> None:
     """Stop the job JOB_ID with a final savepoint (Flink's stop-with-savepoint); it ends FINISHED."""
     try:
-        path = _rest_client(jobmanager, workdir).savepoint(job_id, savepoint_path, stop=True,
+        path = _rest_client(jobmanager, workdir, conf_file, dynamic).savepoint(job_id, savepoint_path, stop=True,
                                                            timeout_s=timeout_s)
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -429,6 +598,27 @@ def config_show(dynamic, conf_file) -> None:
     except EmrflowError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
+
+
+@main.command("resources")
+@click.argument("kind", required=False, type=click.Choice(["bootstrap", "configs", "steps", "examples"]))
+def resources_command(kind) -> None:
+    """Print where emrflow's packaged files are (in the installed package, or the checkout).
+
+    KIND: bootstrap (EMR bootstrap actions), configs (emrflow-conf.yaml and the EMR cluster
+    templates), steps (EMR step templates) or examples (example jobs and the MovieLens
+    ratings). With KIND, prints its directory alone, e.g.
+    `emrflow run -p 2 "$(emrflow resources examples)/latest_rating.py" --output out/latest-rating`.
+    """
+    from emrflow import resources
+    try:
+        if kind:
+            click.echo(resources.resource_dir(kind))
+            return
+        for k in resources.KINDS:
+            click.echo(f"{k}\t{resources.find_dir(k) or '(missing)'}")
+    except EmrflowError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 from emrflow import cli_emr, cli_yarn  # noqa: E402  (command modules register themselves on the group)

@@ -40,7 +40,8 @@ def _session(profile, region, endpoint_url):
 def _spec_options(f):
     for opt in reversed([
         click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
-                     help="Cluster spec, e.g. configs/emr-batch.yaml."),
+                     help="Cluster spec: a YAML file (configs/emr-batch.yaml) or a packaged "
+                          "template's name (emr-batch, emr-streaming; `emrflow resources configs`)."),
         click.option("--name", default=None, help="Cluster name."),
         click.option("--release-label", default=None, help="EMR release label, e.g. emr-7.1.0."),
         click.option("--instance-type", default=None, help="EC2 instance type of every instance group."),
@@ -50,7 +51,9 @@ def _spec_options(f):
         click.option("--s3-staging", "staging_uri", default=None,
                      help="S3 URI for the wheel, bootstrap scripts and job scripts."),
         click.option("--wheel", default=None,
-                     help="A built emrflow wheel (path or s3:// URI); default: build one with pip wheel."),
+                     help="emrflow for the nodes: a built wheel (path or s3:// URI), or `index` for "
+                          "this version from the package index; default: this emrflow, staged under "
+                          "wheels/<sha256>/ (the installed package repacked, or a checkout built)."),
     ]):
         f = opt(f)
     return f
@@ -61,6 +64,36 @@ def _load_spec(config_file, name, release_label, instance_type, core_instance_co
     return load_cluster_spec(config_file, name=name, release_label=release_label,
                              instance_type=instance_type, core_instance_count=core_instance_count,
                              log_uri=log_uri, staging_uri=staging_uri)
+
+
+def _job_args(job_args: tuple[str, ...], command: str) -> list[str]:
+    """The job's own arguments: everything after JOB, as Flink passes everything after the JAR.
+
+    emrflow's options go before JOB. An emrflow option that makes a difference between
+    calling AWS or not, ``--dry-run``, given after JOB is refused rather than silently handed
+    to the job (which would mean a real call): the job gets it only after a ``--``, which is
+    dropped (``JOB --input x -- --dry-run`` gives the job ``--input x --dry-run``).
+
+    Raises:
+        click.UsageError: ``--dry-run`` among the job's arguments before any ``--``.
+    """
+    args = list(job_args)
+    sep = args.index("--") if "--" in args else len(args)
+    if "--dry-run" in args[:sep]:
+        raise click.UsageError(
+            f"--dry-run after JOB would go to the job, and `emrflow {command}` would call AWS: "
+            f"put emrflow's --dry-run before JOB (emrflow {command} --dry-run ... JOB), or, if it is the "
+            f"job's own option, after `--` (JOB ... -- --dry-run)")
+    return args[:sep] + args[sep + 1:]
+
+
+#: --log-wait default: a bit more than the 5 minutes between EMR's copies of logs to S3
+LOG_WAIT_S = 330
+
+_log_wait_option = click.option(
+    "--log-wait", "log_wait", type=click.FloatRange(min=0), default=LOG_WAIT_S, show_default=True,
+    help="On failure, seconds to wait for the step's and its YARN containers' logs to reach S3 "
+         "(EMR copies them about every 5 minutes); 0 looks once.")
 
 
 def _table(rows: list[list], headers: list[str]) -> None:
@@ -86,9 +119,10 @@ def create_cluster(config_file, name, release_label, instance_type, core_instanc
                    staging_uri, wheel, dry_run, wait, timeout, poll, profile, region, endpoint_url) -> None:
     """Create an EMR cluster from a cluster spec (RunJobFlow); print its id.
 
-    Validates the spec, builds the emrflow wheel (unless --wheel), uploads it and the
-    bootstrap scripts under the staging URI, then calls RunJobFlow, like `aws emr
-    create-cluster`. --dry-run prints the request as JSON and the equivalent aws CLI line.
+    Validates the spec, makes the wheel of this emrflow (unless --wheel), checks every local
+    file, uploads the wheel (under a content-addressed key) and the bootstrap scripts under
+    the staging URI, then calls RunJobFlow, like `aws emr create-cluster`. --dry-run prints
+    the request as JSON and the equivalent aws CLI line, and builds and uploads nothing.
     """
     from emrflow.deploy import emr
     try:
@@ -131,20 +165,23 @@ def create_cluster(config_file, name, release_label, instance_type, core_instanc
 @click.option("--wait", is_flag=True, help="Follow the step to its end; diagnose a failure from its logs.")
 @click.option("--timeout", type=click.IntRange(min=1), default=86400, help="--wait limit, seconds.")
 @click.option("--poll", type=click.FloatRange(min=0.01), default=15.0, help="Seconds between polls.")
+@_log_wait_option
 @_aws_options
 @click.argument("job", required=False)
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dynamic, target, yarn_session,
-             taskmanagers, slots, dry_run, wait, timeout, poll, profile, region, endpoint_url, job,
+             taskmanagers, slots, dry_run, wait, timeout, poll, log_wait, profile, region, endpoint_url, job,
              job_args) -> None:
     """Add a step running JOB (local path or s3:// URI) with `emrflow run -t TARGET`; print its id.
 
     EMR's AddJobFlowSteps with a command-runner.jar step, like `aws emr add-steps`
     (templates: steps/). A local JOB is uploaded under --s3-staging first; JOB_ARGS
-    follow JOB unchanged. --yarn-session adds a step starting a detached YARN session
-    instead. With --wait, a failed step exits 1 with the tail of its logs.
+    follow JOB unchanged, except that --dry-run there is refused (emrflow's options go
+    before JOB; the job's own --dry-run goes after `--`, which is dropped).
+    --yarn-session adds a step starting a detached YARN session instead. With --wait,
+    a failed step exits 1 with the tail of its logs (and of its YARN containers' logs).
     """
-    from emrflow.deploy import emr
+    from emrflow.deploy import emr, emr_checks
     try:
         emr.check_cluster_id(cluster_id)
         staging = None
@@ -163,21 +200,23 @@ def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dyna
             else:
                 staging = emr.Staging(emr.check_s3_uri(staging_uri, "--s3-staging", "staging_uri"))
                 job_uri = staging.add_job(job)
-            step = emr.emrflow_step(job_uri, list(job_args), name=name, parallelism=parallelism,
+            step = emr.emrflow_step(job_uri, _job_args(job_args, "add-step"), name=name, parallelism=parallelism,
                                     dynamic=dynamic, action_on_failure=action_on_failure, target=target)
         if dry_run:
+            emr_checks.validate_request("AddJobFlowSteps", {"JobFlowId": cluster_id, "Steps": [step]})
             click.echo(json.dumps({"JobFlowId": cluster_id, "Steps": [step]}, indent=2))
             click.echo(emr.aws_cli_add_steps_command(cluster_id, [step], profile=profile, region=region,
                                                      endpoint_url=endpoint_url))
             return
         with _session(profile, region, endpoint_url) as session:
+            emr.check_steps(session, cluster_id, [step])        # before the job is uploaded
             if staging is not None:
                 session.upload_all(staging, _progress)
             step_id = emr.add_steps(session, cluster_id, [step])[0]
             click.echo(step_id)
             if wait:
                 emr.wait_for_step(session, cluster_id, step_id, timeout_s=timeout, poll_s=poll,
-                                  progress=_progress)
+                                  progress=_progress, log_wait_s=log_wait)
                 _progress(f"step {step_id} COMPLETED")
     except emr.StepFailedError as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -193,34 +232,39 @@ def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dyna
 @click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
 @click.option("--timeout", type=click.IntRange(min=1), default=86400, help="Seconds to follow the job.")
 @click.option("--poll", type=click.FloatRange(min=0.01), default=30.0, help="Seconds between polls.")
+@_log_wait_option
 @_aws_options
 @click.argument("job")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 def run_transient(config_file, name, release_label, instance_type, core_instance_count, log_uri,
-                  staging_uri, wheel, step_name, parallelism, dynamic, timeout, poll, profile, region,
+                  staging_uri, wheel, step_name, parallelism, dynamic, timeout, poll, log_wait, profile, region,
                   endpoint_url, job, job_args) -> None:
     """Run JOB on a new cluster that terminates after it; exit with the job's status.
 
-    RunJobFlow with the job as the only step (ActionOnFailure TERMINATE_CLUSTER) and
+    RunJobFlow with the job as the only step (ActionOnFailure TERMINATE_CLUSTER, or
+    CONTINUE when the spec's step_concurrency_level > 1, as EMR demands) and
     KeepJobFlowAliveWhenNoSteps false, then follows the step; prints the cluster id, and
     where the logs are. A failed step exits 1 with the tail of its logs. Ctrl-C asks
     whether to terminate the cluster and exits 130.
     """
-    from emrflow.deploy import emr
+    from emrflow.deploy import emr, emr_checks
     try:
+        args = _job_args(job_args, "run-transient")
         spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
                           log_uri, staging_uri)
         session = _session(profile, region, endpoint_url)
         created: list[str] = []
         with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
             staging = emr.plan_staging(spec, staging_uri, wheel, tmp)
-            step = emr.emrflow_step(staging.add_job(job), list(job_args), name=step_name,
-                                    parallelism=parallelism, dynamic=dynamic,
-                                    action_on_failure="TERMINATE_CLUSTER")
+            # TERMINATE_CLUSTER, or CONTINUE when steps run concurrently (all EMR accepts then;
+            # the cluster still ends after its last step)
+            action = emr_checks.transient_action_on_failure(spec.get("step_concurrency_level", 1))
+            step = emr.emrflow_step(staging.add_job(job), args, name=step_name,
+                                    parallelism=parallelism, dynamic=dynamic, action_on_failure=action)
             try:
                 cluster_id, step_id, _ = emr.run_transient(session, spec, staging, step, timeout_s=timeout,
                                                            poll_s=poll, progress=_progress,
-                                                           on_created=created.append)
+                                                           on_created=created.append, log_wait_s=log_wait)
             except KeyboardInterrupt:
                 _interrupted(session, created)
             logs = spec.get("log_uri")

@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from emrflow.errors import ConfigError
+from emrflow.resources import REPO_ROOT
+from emrflow.resources import find_dir as _find_resource_dir
 
 __all__ = ["ConfigOption", "OPTIONS", "Configuration", "DEFAULT_CONF_FILE", "CONF_FILE_NAME",
            "parse_duration_ms", "parse_memory_bytes", "options_markdown"]
@@ -32,9 +34,11 @@ __all__ = ["ConfigOption", "OPTIONS", "Configuration", "DEFAULT_CONF_FILE", "CON
 #: Name of the configuration file looked for in ``$EMRFLOW_CONF_DIR``.
 CONF_FILE_NAME = "emrflow-conf.yaml"
 
-#: The documented sample configuration of a source checkout (never read implicitly).
-DEFAULT_CONF_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "configs", CONF_FILE_NAME)
+#: The documented sample configuration, ``configs/emrflow-conf.yaml``, as packaged (in the
+#: installed package, or the source checkout's); read when neither ``--conf`` nor
+#: ``$EMRFLOW_CONF_DIR`` names a file. It sets defaults only.
+DEFAULT_CONF_FILE = os.path.join(_find_resource_dir("configs") or os.path.join(REPO_ROOT, "configs"),
+                                 CONF_FILE_NAME)
 
 # Parsers, one per option type (see _PARSERS): (option, a string or typed value) -> typed
 # value, or ValueError reading "expected ..., got ...".
@@ -256,7 +260,8 @@ class ConfigOption:
 
 
 _S, _MIN, _MIB = 1000, 60_000, 2**20
-_DECLARED = [ConfigOption(*args) for args in [
+# (key, type, default, description[, choices[, min[, max]]]): ConfigOption's fields in order.
+_OPTION_ROWS: list[tuple[Any, ...]] = [
     ("parallelism.default", "int", 1,
      "Default parallelism of a job's operators; `-p` sets it (Flink option).", (), 1),
     ("pipeline.max-parallelism", "int", 128, "Number of key groups keyed state is split into, and so "
@@ -302,6 +307,11 @@ _DECLARED = [ConfigOption(*args) for args in [
     ("s3.endpoint", "str", None, "Endpoint URL of S3 for checkpoints, savepoints and file "
      "sources and sinks (e.g. an S3-compatible store); unset means AWS_ENDPOINT_URL_S3, "
      "AWS_ENDPOINT_URL or AWS's own (Flink option)."),
+    ("s3.endpoint.region", "str", None, "AWS region of S3 requests; unset means the standard AWS "
+     "chain (environment, profile, instance metadata), then the bucket's own region (Flink option)."),
+    ("s3.access-key", "str", None, "S3 access key; unset means the standard AWS credential chain "
+     "(environment, profile, instance role), which is what EMR nodes use (Flink option)."),
+    ("s3.secret-key", "str", None, "S3 secret key, with `s3.access-key` (Flink option)."),
     ("sink.rolling-policy.file-size", "memory", 128 * _MIB, "A file sink's in-progress part file "
      "rolls when it reaches this size, with checkpoints (Flink's file sink option)."),
     ("sink.rolling-policy.rollover-interval", "duration", 30 * _MIN, "A file sink's in-progress "
@@ -371,7 +381,25 @@ _DECLARED = [ConfigOption(*args) for args in [
     ("yarn.application.name", "str", None, "YARN application name (Flink option)."),
     ("yarn.application.queue", "str", "default", "YARN queue to submit to (Flink option)."),
     ("yarn.containers.vcores", "int", 1, "Virtual cores per TaskManager container (Flink option).", (), 1),
-    ("yarn.application.node-label", "str", None, "YARN node label for all containers (Flink option)."),
+    ("yarn.application.node-label", "str", None, "YARN node label of the ApplicationMaster (JobManager) "
+     "container, and of TaskManager containers unless `yarn.taskmanager.node-label` is set (Flink option)."),
+    ("yarn.taskmanager.node-label", "str", None, "YARN node label of TaskManager containers; unset means "
+     "`yarn.application.node-label` (Flink option)."),
+    ("yarn.maximum-failed-containers", "int", 10, "TaskManager containers that may fail (exit on their "
+     "own, not released by emrflow) before the YARN application fails with the last one's exit "
+     "status (Flink option; Flink's default is the initial TaskManager count).", (), 0),
+    ("yarn.application.start-timeout", "duration", 5 * _MIN, "How long the client waits for a submitted "
+     "YARN application to run and its JobManager to answer before it kills the application and "
+     "fails, naming the state it was stuck in (emrflow-specific)."),
+    ("yarn.session.wait-timeout", "duration", 0, "How long `emrflow run -t yarn-session` waits for a "
+     "recorded session to appear (a session step still starting it on EMR); 0 means not at all "
+     "(emrflow-specific; EMR job steps for a session set 10 min)."),
+    ("yarn.application.script-path", "str", None, "Set by `emrflow run -t yarn-application`: the job "
+     "script's path as the user gave it, which tracebacks from the ApplicationMaster name "
+     "(emrflow-specific)."),
+    ("yarn.staging-directory", "str", None, "Local directory for the files of a YARN application that "
+     "must outlive its submission (job graph, configuration); unset means "
+     "`~/.emrflow/yarn-staging` (Flink option, there on the cluster's file system)."),
     ("yarn.tags", "list", (), "YARN application tags, a list or `;`-separated (Flink option)."),
     ("yarn.application-attempts", "int", 1, "ApplicationMaster attempts (Flink option).", (), 1),
     ("security.kerberos.login.principal", "str", None,
@@ -380,16 +408,23 @@ _DECLARED = [ConfigOption(*args) for args in [
      "Keytab of that principal (Flink option)."),
     ("yarn.application.id", "str", None, "The YARN session `-t yarn-session` submits to; unset means "
      "the recorded one (Flink option)."),
-    ("yarn.ship-files", "list", (), "Files and directories to localize in every container (Flink option)."),
+    ("yarn.ship-files", "list", (), "Files and directories to localize in every container; they must "
+     "stay in place while the application runs (Flink option)."),
     ("yarn.ship-archives", "list", (), "Archives (e.g. a packed virtual environment) to localize and "
      "unpack in every container (Flink option)."),
     ("resourcemanager.taskmanager-timeout", "duration", 30 * _S,
      "Release a TaskManager container idle for this long (Flink option)."),
     ("emrflow.bad-records.fail", "bool", False, "Make unparsable input records fatal instead of "
      "skipping and counting them (emrflow-specific)."),
+    ("emrflow.bad-records.max-ratio", "float", 1.0, "The job fails, and commits no output, when more "
+     "than this fraction of its input records were bad (skipped); with 1.0 only when all of them were "
+     "(emrflow-specific).", (), 0.0, 1.0),
+    ("emrflow.bad-records.max-count", "int", None, "The job fails, and commits no output, when more "
+     "than this many input records were bad; unset: no limit by count (emrflow-specific).", (), 0),
     ("emrflow.bad-records.report-limit", "int", 10, "Bad records reported in full per subtask; the "
      "rest are only counted (emrflow-specific).", (), 0),
-]]
+]
+_DECLARED = [ConfigOption(*args) for args in _OPTION_ROWS]
 
 #: Every known option, by key.
 OPTIONS: dict[str, ConfigOption] = {o.key: o for o in _DECLARED}
@@ -441,6 +476,7 @@ class Configuration:
     """
 
     __slots__ = ("_values",)
+    _values: dict[str, Any]   # set once, through object.__setattr__ (instances are immutable)
 
     def __init__(self, values: Mapping[str, Any] | None = None, source: str = "<dict>"):
         checked = {k: _validated(k, v, source) for k, v in _flatten(values or {}).items()}
@@ -494,6 +530,27 @@ class Configuration:
         out.update(self._values)
         return out
 
+    def to_yaml(self) -> str:
+        """Render the explicitly set keys as an ``emrflow-conf.yaml`` that :meth:`load` reads back.
+
+        Used to hand the client's configuration (file, ``-D``) to processes started
+        elsewhere, such as YARN containers. Values are written as a user would type
+        them (``30 s``, ``1728m``), so the file is readable and round-trips exactly.
+
+        Returns:
+            YAML text, one dotted key a line; ``{}`` when nothing is set.
+        """
+        rendered: dict[str, Any] = {}
+        for key, value in sorted(self._values.items()):
+            opt = OPTIONS[key]
+            if value is None:
+                rendered[key] = None
+            elif opt.type == "list":
+                rendered[key] = list(value)
+            else:
+                rendered[key] = opt.format(value)
+        return yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Configuration) and self._values == other._values
 
@@ -544,8 +601,8 @@ class Configuration:
 
         Args:
             conf_file: the YAML file to read. If ``None``, ``$EMRFLOW_CONF_DIR/emrflow-conf.yaml``
-                when ``EMRFLOW_CONF_DIR`` is set (and not empty), else the project's
-                ``configs/emrflow-conf.yaml`` when running from a source checkout, else no file.
+                when ``EMRFLOW_CONF_DIR`` is set (and not empty), else the packaged
+                ``configs/emrflow-conf.yaml`` (:data:`DEFAULT_CONF_FILE`), else no file.
             dynamic: ``key=value`` strings (``-D`` arguments), applied in order; the value is
                 everything after the first ``=``.
             env: the environment ``EMRFLOW_CONF_DIR`` is read from (``None``: ``os.environ``).
@@ -564,7 +621,7 @@ class Configuration:
             conf_file = os.path.join(env["EMRFLOW_CONF_DIR"], CONF_FILE_NAME)
             source = "$EMRFLOW_CONF_DIR"
         if conf_file is None and os.path.isfile(DEFAULT_CONF_FILE):
-            conf_file = DEFAULT_CONF_FILE  # running from a source checkout: the project's file
+            conf_file = DEFAULT_CONF_FILE  # the packaged (or the checkout's) sample file
         config = cls()
         if conf_file is not None:
             config = config._merged(_load_yaml(str(conf_file), source))

@@ -54,6 +54,18 @@ class OutputExistsError(EmrflowError, FileExistsError):
         self.path = path
 
 
+class StorageError(EmrflowError, OSError):
+    """A file system (local or S3) could not be reached or used; the message is one line.
+
+    Attributes:
+        path: the location concerned.
+    """
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class BadRecordError(EmrflowError, ValueError):
     """An input record could not be parsed and bad records are fatal.
 
@@ -102,3 +114,15 @@ class JobExecutionError(EmrflowError, RuntimeError):
         if self.remote_traceback:
             text += "\n" + self.remote_traceback.rstrip()
         return text
+
+
+class ResourceNotFoundError(EmrflowError, FileNotFoundError):
+    """A file emrflow ships (bootstrap script, template, example) is missing from its install.
+
+    Attributes:
+        path: where it was looked for.
+    """
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path

@@ -26,8 +26,9 @@ from emrflow.errors import ConfigError
 
 
 def is_s3(uri: str) -> bool:
-    """True if ``uri`` is an ``s3://``, ``s3a://`` or ``s3n://`` URI."""
-    return uri.startswith(("s3://", "s3a://", "s3n://"))
+    """True if ``uri`` is an ``s3://``, ``s3a://``, ``s3n://`` or ``s3p://`` URI (Hadoop's and
+    Flink's spellings of S3; all go to the same S3 file system)."""
+    return uri.startswith(("s3://", "s3a://", "s3n://", "s3p://"))
 
 
 def _split_s3(uri: str) -> str:
@@ -39,33 +40,126 @@ def _split_s3(uri: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str | None):
+def _s3(endpoint: str | None, region: str, access_key: str | None = None, secret_key: str | None = None):
     import pyarrow.fs as pafs
-    kwargs: dict = {"region": region or "us-east-1"}
+    kwargs: dict = {"region": region}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if access_key and secret_key:
+        kwargs.update(access_key=access_key, secret_key=secret_key)
     return pafs.S3FileSystem(**kwargs)
 
 
-_OPTIONS: dict[str, str | None] = {"endpoint": None}
+_OPTIONS: dict[str, str | None] = {"endpoint": None, "region": None, "access_key": None, "secret_key": None}
+
+#: region used when neither the AWS configuration nor the bucket tells one (S3's own default)
+FALLBACK_REGION = "us-east-1"
 
 
 def configure(config) -> None:
-    """Take ``s3.endpoint`` from a job's configuration (a mapping); it wins over the environment."""
-    endpoint = config.get("s3.endpoint") if config is not None else None
-    if endpoint:
-        _OPTIONS["endpoint"] = str(endpoint)
+    """Take the S3 options of a job's configuration (a mapping); they win over the environment.
+
+    ``s3.endpoint``, ``s3.endpoint.region``, ``s3.access-key`` and ``s3.secret-key`` (Flink's
+    names). Keys and region matter where the standard AWS chain has nothing to offer, such as
+    YARN containers outside AWS talking to an S3-compatible store.
+    """
+    if config is None:
+        return
+    for key, option in (("endpoint", "s3.endpoint"), ("region", "s3.endpoint.region"),
+                        ("access_key", "s3.access-key"), ("secret_key", "s3.secret-key")):
+        value = config.get(option)
+        if value:
+            _OPTIONS[key] = str(value)
 
 
-def s3_filesystem():
-    """Return the S3 file system: endpoint from ``s3.endpoint``, ``AWS_ENDPOINT_URL_S3`` or
-    ``AWS_ENDPOINT_URL``; region from ``AWS_REGION``/``AWS_DEFAULT_REGION``; credentials from
-    the standard AWS chain."""
-    endpoint = (_OPTIONS["endpoint"] or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL"))
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _s3(endpoint, region)
+def _endpoint() -> str | None:
+    return (_OPTIONS["endpoint"] or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+def _configured_region() -> str | None:
+    """The region of the standard AWS chain: ``AWS_REGION``/``AWS_DEFAULT_REGION``, the profile
+    (``AWS_PROFILE``, ``~/.aws/config``), then EC2 instance metadata (an EMR node, a YARN
+    container on it); ``None`` when none of them tells one."""
+    env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return env or _profile_or_instance_region(os.environ.get("AWS_PROFILE"),
+                                              os.environ.get("AWS_CONFIG_FILE"))
+
+
+@functools.lru_cache(maxsize=4)
+def _profile_or_instance_region(profile: str | None, config_file: str | None) -> str | None:
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+    try:
+        region = botocore.session.get_session().get_config_variable("region")
+    except BotoCoreError:               # a broken profile: the bucket's region may still do
+        region = None
+    if region:
+        return region
+    from botocore.utils import InstanceMetadataRegionFetcher
+    try:                                # AWS_EC2_METADATA_DISABLED=true skips it (botocore's switch)
+        return InstanceMetadataRegionFetcher(timeout=1, num_attempts=1).retrieve_region()
+    except Exception:                   # noqa: BLE001 - no metadata service: not on EC2
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def bucket_region(bucket: str, endpoint: str | None = None) -> str | None:
+    """Return the region a bucket lives in, from S3 HeadBucket's ``x-amz-bucket-region`` header.
+
+    S3 sends the header with every answer to HeadBucket, also a 301 (wrong region) or 403
+    (no access to the bucket), so this works from any region and without ListBucket rights.
+
+    Args:
+        bucket: the bucket's name.
+        endpoint: S3 endpoint URL, or ``None`` for AWS's.
+
+    Returns:
+        The region, or ``None`` when S3 does not say (no such bucket, no network).
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+    client = boto3.session.Session().client(
+        "s3", region_name=FALLBACK_REGION, endpoint_url=endpoint,
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=10))
+    try:
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except ClientError as exc:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except BotoCoreError:
+        return None
+    finally:
+        client.close()
+    return headers.get("x-amz-bucket-region") or None
+
+
+def s3_region(bucket: str | None = None) -> str:
+    """Return the region S3 requests for ``bucket`` go to.
+
+    The standard AWS resolution first (:func:`_configured_region`: environment, profile,
+    instance metadata), then the bucket's own region (:func:`bucket_region`), then
+    :data:`FALLBACK_REGION`. YARN containers do not inherit ``AWS_REGION``, so on an EMR
+    node the instance metadata or the bucket tells the region.
+
+    Args:
+        bucket: the bucket to be accessed, or ``None``.
+
+    Returns:
+        A region name such as ``eu-west-1``.
+    """
+    region = _OPTIONS["region"] or _configured_region()
+    if not region and bucket:
+        region = bucket_region(bucket, _endpoint())
+    return region or FALLBACK_REGION
+
+
+def s3_filesystem(bucket: str | None = None):
+    """Return the S3 file system for ``bucket``: endpoint from ``s3.endpoint``,
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; region from :func:`s3_region`;
+    credentials from ``s3.access-key``/``s3.secret-key``, else the standard AWS chain."""
+    return _s3(_endpoint(), s3_region(bucket), _OPTIONS["access_key"], _OPTIONS["secret_key"])
 
 
 def _local(uri: str) -> str:
@@ -83,7 +177,8 @@ def resolve(uri: str):
         ConfigError: an unsupported scheme (the message names it) or a bucket-less S3 URI.
     """
     if is_s3(uri):
-        return s3_filesystem(), _split_s3(uri)
+        path = _split_s3(uri)
+        return s3_filesystem(path.split("/", 1)[0]), path
     return None, _local(uri)
 
 
@@ -226,3 +321,36 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
     else:  # a "directory", or nothing: an S3 prefix exists only through its keys
         fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
+def check_storage(uri: str, key: str) -> None:
+    """Check, before a job runs, that a location can hold its files: a supported scheme, reachable
+    and writable (a probe file is written and deleted).
+
+    ``s3a://``, ``s3n://`` and ``s3p://`` are accepted as S3; ``hdfs://`` and other schemes are
+    refused by name (emrflow's processes write through pyarrow's local and S3 file systems only).
+
+    Args:
+        uri: a local path, ``file://`` or S3 URI.
+        key: the configuration key the location came from (named in the message).
+
+    Raises:
+        ConfigError: an unsupported scheme, or the location cannot be written (the message says
+            why, in one line).
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme != "file" and not is_s3(uri):
+        hint = (" (HDFS is not supported: use s3://bucket/path on EMR, or a directory every host "
+                "shares)" if scheme in ("hdfs", "viewfs") else "")
+        raise ConfigError(f"{key}={uri}: unsupported file system {scheme}://; expected a local path, "
+                          f"file://, s3://, s3a://, s3n:// or s3p://{hint}", key=key)
+    probe = join(uri, f"_emrflow-write-probe-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        write_bytes(probe, b"")
+        delete(probe)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError (and others) with long texts
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f" (S3 endpoint {_endpoint()})" if is_s3(uri) and _endpoint() else ""
+        raise ConfigError(f"{key}={uri}: cannot write there{where}: {first[:300]}", key=key) from None

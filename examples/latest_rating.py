@@ -10,7 +10,7 @@ Input formats (``--format``):
 * ``movielens`` (default): MovieLens CSV with the header line
   ``userId,movieId,rating,timestamp``;
 * ``seed``: the ``Movie^User^Rating^Timestamp`` records of the seed article,
-  ``^``-separated, no header.
+  ``^``-separated, no header; ids are text (``m1^u1^4.0^2000``), numbers are ids too.
 
 Run it on the bundled MovieLens ratings (``examples/data/movielens-latest-small``)::
 
@@ -59,9 +59,9 @@ def build(env: StreamExecutionEnvironment, input_path: str, output: str, fmt: st
                            types=[int, int, float, int], fail_on_bad_records=fail_on_bad_records or None)
         key, to_output = (1, 0), movielens_output   # records stay (user, movie, ...) until the end
     else:
-        source = CsvSource(input_path, delimiter="^", header=False,
+        source = CsvSource(input_path, delimiter="^", header=False,  # ids as given: m1, u1 or 42
                            names=["movieId", "userId", "rating", "timestamp"],
-                           types=[int, int, float, int], fail_on_bad_records=fail_on_bad_records or None)
+                           types=[str, str, float, int], fail_on_bad_records=fail_on_bad_records or None)
         key, to_output = (0, 1), seed_output
     (env.from_source(source, source_name="Source: ratings")
         .key_by(key)

@@ -23,13 +23,23 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from emrflow.api import transformations as T
 from emrflow.api.functions import (
-    FilterFunction, FlatMapFunction, Function, KeyedProcessFunction, KeySelector, MapFunction,
-    ProcessFunction, ReduceFunction, SinkFunction, name_of)
+    FilterFunction,
+    FlatMapFunction,
+    Function,
+    KeyedProcessFunction,
+    KeySelector,
+    MapFunction,
+    ProcessFunction,
+    ReduceFunction,
+    SinkFunction,
+    name_of,
+)
 from emrflow.api.transformations import AggregationSpec, Transformation
 from emrflow.errors import JobGraphError
 
 if TYPE_CHECKING:
-    from emrflow.api.environment import JobExecutionResult, StreamExecutionEnvironment
+    from emrflow.api.environment import StreamExecutionEnvironment
+    from emrflow.api.windowed import AllWindowedStream, WindowedStream
     from emrflow.connectors.base import Sink
 
 
@@ -59,7 +69,10 @@ def key_selector_of(key: Any) -> Callable[[Any], Any]:
     if isinstance(key, (int, str)):
         return operator.itemgetter(key)
     if isinstance(key, tuple) and key and all(isinstance(k, int) for k in key):
-        return operator.itemgetter(*key) if len(key) > 1 else (lambda r, _k=key[0]: (r[_k],))
+        if len(key) > 1:
+            return operator.itemgetter(*key)
+        position = key[0]
+        return lambda r: (r[position],)
     if callable(key) and not isinstance(key, type):
         return key
     raise TypeError(f"key_by expects a callable, KeySelector, int, tuple of int or str, got {key!r}")
@@ -332,7 +345,9 @@ class KeyedStream(DataStream):
         """
         return _count_window(self.window(_global()), size, slide)
 
-    def process(self, func: KeyedProcessFunction) -> DataStream:
+    # Narrower than DataStream.process on purpose, as Flink's KeyedStream.process(KeyedProcessFunction):
+    # a keyed stream's process function gets keyed state and timers.
+    def process(self, func: KeyedProcessFunction) -> DataStream:  # type: ignore[override]
         """Apply a :class:`KeyedProcessFunction` with keyed state."""
         func = _check_function(func, KeyedProcessFunction, "process", "process")
         if not isinstance(func, KeyedProcessFunction):

@@ -56,12 +56,14 @@ class OperatorMetrics:
         parallelism: number of subtasks.
         records_in: records the operator received.
         records_out: records the operator emitted.
+        late_records_dropped: records an event-time window operator dropped as late.
     """
 
     name: str
     parallelism: int
     records_in: int
     records_out: int
+    late_records_dropped: int = 0
 
 
 @dataclass
@@ -75,6 +77,9 @@ class JobExecutionResult:
         operators: per-operator record counts, in topological order.
         bad_records: number of input records skipped as unparsable.
         bad_record_samples: the first few of them as ``"path:line: reason"``.
+        late_records_dropped: records event-time windows dropped because they arrived after
+            the watermark passed their window's end plus the allowed lateness (Flink's
+            ``numLateRecordsDropped``).
     """
 
     job_id: str
@@ -83,6 +88,7 @@ class JobExecutionResult:
     operators: list[OperatorMetrics] = field(default_factory=list)
     bad_records: int = 0
     bad_record_samples: list[str] = field(default_factory=list)
+    late_records_dropped: int = 0
 
     def get_job_id(self) -> str:
         """Return the job id."""
@@ -93,16 +99,28 @@ class JobExecutionResult:
         return self.net_runtime_ms
 
     def get_accumulator_result(self, name: str) -> Any:
-        """Return an accumulator: ``numBadRecords``, or ``<operator>.numRecordsIn/Out``."""
+        """Return an accumulator: ``numBadRecords``, ``numLateRecordsDropped``, or
+        ``<operator>.numRecordsIn/Out/numLateRecordsDropped``."""
         return self.get_all_accumulator_results().get(name)
 
     def get_all_accumulator_results(self) -> dict[str, Any]:
         """Return every accumulator by name."""
-        out: dict[str, Any] = {"numBadRecords": self.bad_records}
+        out: dict[str, Any] = {"numBadRecords": self.bad_records,
+                               "numLateRecordsDropped": self.late_records_dropped}
         for op in self.operators:
             out[f"{op.name}.numRecordsIn"] = op.records_in
             out[f"{op.name}.numRecordsOut"] = op.records_out
+            if op.late_records_dropped:
+                out[f"{op.name}.numLateRecordsDropped"] = op.late_records_dropped
         return out
+
+
+class DryRunComplete(BaseException):
+    """Raised by :meth:`StreamExecutionEnvironment.execute` under ``emrflow run --dry-run`` once the
+    plan is printed, so that the rest of the script (which would use the job's output) does not run.
+
+    A ``BaseException``, so that a script's ``except Exception`` does not swallow it.
+    """
 
 
 @dataclass
@@ -355,10 +373,18 @@ class StreamExecutionEnvironment:
             job_graph.restore = plan_restore(
                 meta, job_graph.topology(), bool(config.get("execution.savepoint.ignore-unclaimed-state")))
         job_graph.validate_connectors(sinks=not savepoint)
+        if job_graph.topology().get("checkpointing"):
+            base = config.get("state.checkpoints.dir")
+            if base:  # the default is a local temporary directory
+                fs.check_storage(str(base), "state.checkpoints.dir")
+        if config.get("state.savepoints.dir"):
+            fs.check_storage(str(config.get("state.savepoints.dir")), "state.savepoints.dir")
         try:
             result = execute_job(job_graph, self.get_config(), self._context)
             if self._context is not None:
                 self._context.results.append(result)
+                if self._context.dry_run:
+                    raise DryRunComplete(job_graph.name)
             return result
         finally:
             self._transformations.clear()

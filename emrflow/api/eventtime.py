@@ -145,11 +145,15 @@ class WatermarkStrategy:
             raise JobGraphError("the watermark strategy has no timestamp assigner: add "
                                 ".with_timestamp_assigner(...)")
         if isinstance(a, TimestampAssigner):
-            return lambda v, _f=a.extract_timestamp: _f(v, MIN_WATERMARK)
+            extract = a.extract_timestamp
+            return lambda v: extract(v, MIN_WATERMARK)
         try:
             import inspect
             n = len([p for p in inspect.signature(a).parameters.values()
                      if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
         except (TypeError, ValueError):
             n = 1
-        return (lambda v, _f=a: _f(v, MIN_WATERMARK)) if n >= 2 else a
+        if n < 2:
+            return a
+        fn = a
+        return lambda v: fn(v, MIN_WATERMARK)

@@ -11,7 +11,6 @@ gets its own copy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from typing import Any, Iterable
 
 

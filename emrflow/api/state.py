@@ -9,7 +9,6 @@ group, so it can be redistributed when the parallelism changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from typing import Any
 
 

@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 from emrflow.api import transformations as T
 from emrflow.api.eventtime import to_millis
 from emrflow.api.functions import (
-    AggregateFunction, AllWindowFunction, OutputTag, ProcessAllWindowFunction,
-    ProcessWindowFunction, ReduceFunction, WindowFunction)
+    AggregateFunction,
+    AllWindowFunction,
+    OutputTag,
+    ProcessAllWindowFunction,
+    ProcessWindowFunction,
+    ReduceFunction,
+    WindowFunction,
+)
 from emrflow.api.transformations import Transformation
 from emrflow.api.windowing import Evictor, Trigger, WindowAssigner
 from emrflow.errors import JobGraphError

@@ -141,12 +141,14 @@ class _Session(WindowAssigner):
         self.gap = None if gap is None else to_millis(gap, "gap")
         if self.gap is not None and self.gap <= 0:
             raise ValueError(f"session gap must be > 0 ms, got {self.gap}")
+        if self.gap is None and extractor is None:
+            raise ValueError("a session window needs a gap (with_gap) or a gap extractor (with_dynamic_gap)")
         self.extractor = extractor
 
     def assign_windows(self, value, timestamp, now_ms):
         t = timestamp if self.is_event_time else now_ms
         gap = self.gap if self.extractor is None else int(self.extractor(value))
-        if gap <= 0:
+        if gap is None or gap <= 0:
             raise ValueError(f"the dynamic session gap must be > 0 ms, got {gap} for {value!r}")
         return [TimeWindow(t, t + gap)]
 

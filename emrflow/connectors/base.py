@@ -18,7 +18,6 @@ created on the TaskManager and need not be.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -37,6 +36,7 @@ class SubtaskContext:
             that counts a skipped bad record; the runtime keeps the first few in full.
         checkpointing: the job takes checkpoints (STREAMING with a checkpoint interval),
             so sinks commit per checkpoint rather than at the end of the job.
+        job_id: the job's id (32 hex characters), ``""`` if unknown.
     """
 
     operator_name: str
@@ -46,6 +46,7 @@ class SubtaskContext:
     config: dict = field(default_factory=dict)
     report_bad_record: Callable[[str, int, str], None] = lambda path, line, reason: None
     checkpointing: bool = False
+    job_id: str = ""
 
 
 class SourceReader(ABC):

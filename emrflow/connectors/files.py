@@ -401,6 +401,8 @@ class _CsvReader(_BlockReader):
                 try:
                     batch = self._fast(block)
                 except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
+                    batch = None
+                if batch is None:  # outside the except clause: a BadRecordError has no internal cause
                     batch = self._slow(block, split, index)
                 index += block.count(b"\n")
                 self._position = (n, reached[0], index)
@@ -503,7 +505,7 @@ class _CsvReader(_BlockReader):
     def _bad(self, split: _Split, index_in_split: int, reason: str) -> None:
         line = split.first_line_number() + index_in_split
         if self._fail:
-            raise BadRecordError(split.path, line, reason)
+            raise BadRecordError(split.path, line, reason) from None
         self._ctx.report_bad_record(split.path, line, reason)
 
 
@@ -558,7 +560,9 @@ class _FileWriter(SinkWriter):
         self._max_bytes = int(config.get("sink.rolling-policy.file-size") or (128 << 20))
         self._max_age_s = int(config.get("sink.rolling-policy.rollover-interval") or 30 * 60_000) / 1000.0
         self._counter = 0
-        self._token = secrets.token_hex(4)
+        # <job id prefix><random>: the commit tells this job's in-progress files from those of
+        # interrupted earlier runs
+        self._token = (ctx.job_id[:8] if ctx.job_id else "") + secrets.token_hex(4)
         self._f: io.TextIOBase | None = None
         self._raw = None
         self._current: tuple[str, str] | None = None  # (in-progress uri, final uri)
@@ -625,20 +629,25 @@ class _FileWriter(SinkWriter):
 
     def commit(self) -> None:
         """Publish every file written (rename its in-progress file; idempotent)."""
-        if self._sink.write_mode is WriteMode.OVERWRITE and self._ctx.subtask_index == 0 and self._local:
-            self._remove_stale()
+        if self._ctx.subtask_index == 0:
+            self._remove_stale(self._sink.write_mode is WriteMode.OVERWRITE and not self._checkpointing)
         for tmp, final in self._prepared:
             _publish(tmp, final)
         self._pending, self._closed = [], []
 
-    def _remove_stale(self) -> None:
-        """Delete ``part-*`` files no subtask of this job writes, and a ``_SUCCESS`` marker."""
+    def _remove_stale(self, parts: bool) -> None:
+        """Delete in-progress files of other jobs (interrupted runs) and, with ``parts``, the
+        ``part-*`` files no subtask of this job writes and a ``_SUCCESS`` marker (local or S3)."""
         keep = {self._sink.part_name(i) for i in range(self._ctx.parallelism)}
-        for name in os.listdir(self._sink.path):
-            if name == "_SUCCESS" or (name.startswith("part-") and name not in keep):
-                full = os.path.join(self._sink.path, name)
-                if os.path.isfile(full) or os.path.islink(full):
-                    os.remove(full)
+        mine = "." + self._ctx.job_id[:8] if self._ctx.job_id else None
+        for name in fs.listdir(self._path):
+            m = _IN_PROGRESS.match(name)
+            stale_tmp = m is not None and mine is not None and not (m.group(3) or "").startswith(mine)
+            stale_part = parts and (name == "_SUCCESS" or (name.startswith("part-") and name not in keep))
+            if stale_tmp or stale_part:
+                full = fs.join(self._path, name)
+                if not self._local or os.path.isfile(full) or os.path.islink(full):
+                    fs.delete(full)
 
     def abort(self, discard_pending: bool = True) -> None:
         """Close and delete the in-progress file and files not yet in a checkpoint; with
@@ -792,9 +801,18 @@ class FileSink(Sink):
         return f"part-{subtask_index}-0{self.suffix}"
 
     def validate(self) -> None:
-        """Raises: OutputExistsError: ``path`` is a file, or a non-empty directory and NO_OVERWRITE."""
-        is_file = os.path.isfile(self.path)
-        exists = is_file or (os.path.isdir(self.path) and bool(os.listdir(self.path)))
+        """Check the output before the job starts, on local disk and S3 alike.
+
+        Hidden in-progress files (``.part-*.inprogress.*``) left by an interrupted or
+        killed run do not count: they were never committed, and the run that commits
+        next deletes them.
+
+        Raises:
+            OutputExistsError: ``path`` is a file, or holds anything else and the
+                write mode is NO_OVERWRITE.
+        """
+        is_file = fs.is_file(self.path)
+        exists = is_file or any(not _IN_PROGRESS.match(n) for n in fs.listdir(self.path))
         if exists and self.write_mode is WriteMode.NO_OVERWRITE:
             raise OutputExistsError(
                 f"output path already exists: {self.path} (use write mode OVERWRITE, "

@@ -2,54 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import sysconfig
 import time
 from typing import Callable
 
-import cloudpickle
-
 from emrflow.errors import ClusterError, JobExecutionError
+from emrflow.graph.pickling import dumps_job_graph
 from emrflow.runtime import rpc
 
-_SKIP_PREFIXES = tuple({os.path.realpath(p) for p in (
-    sysconfig.get_paths().get("stdlib", ""), sysconfig.get_paths().get("purelib", ""),
-    sysconfig.get_paths().get("platlib", ""), sys.prefix, sys.base_prefix) if p})
-_EMRFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def ship_user_modules_by_value() -> list[str]:
-    """Make cloudpickle ship the job's own modules by value.
-
-    The job script (``__main__``) is always pickled by value. Functions from other
-    modules are pickled by reference, which works on a TaskManager only if the
-    module is installed there. So every imported top-level module that is *not*
-    installed (not under the interpreter's prefix or site-packages, and not
-    emrflow itself), such as a helper module next to the job script, is
-    registered to travel by value.
-
-    Returns:
-        The names of the modules registered.
-    """
-    names = []
-    for name, mod in list(sys.modules.items()):
-        f = getattr(mod, "__file__", None)
-        if not f or name == "__main__" or "." in name or name in _REGISTERED:
-            continue
-        real = os.path.realpath(f)
-        if real.startswith(_EMRFLOW_DIR + os.sep) or real.startswith(_SKIP_PREFIXES):
-            continue
-        try:
-            cloudpickle.register_pickle_by_value(mod)
-        except (ValueError, TypeError):
-            continue
-        _REGISTERED.add(name)
-        names.append(name)
-    return names
-
-
-_REGISTERED: set[str] = set()
+#: Seconds an interrupted client waits for its cancelled job to end (sinks to abort).
+CANCEL_WAIT_S = 10.0
 
 
 class ClusterClient:
@@ -78,8 +40,7 @@ class ClusterClient:
         Raises:
             ClusterError: the JobManager refused the job.
         """
-        ship_user_modules_by_value()
-        job_bytes = cloudpickle.dumps(job_graph, protocol=5)
+        job_bytes = dumps_job_graph(job_graph)
         return self.conn.request("submit", topology=job_graph.topology(), job_bytes=job_bytes)["job_id"]
 
     def job_status(self, job_id: str, wait_s: float = 0.0) -> dict:
@@ -121,7 +82,13 @@ class ClusterClient:
         except KeyboardInterrupt:
             try:
                 self.cancel(job_id)
-            except ClusterError:
+                # let the sinks abort (delete their in-progress files) before the caller
+                # stops the cluster: an interrupted run leaves the output as it was
+                deadline = time.monotonic() + CANCEL_WAIT_S
+                while time.monotonic() < deadline:
+                    if self.job_status(job_id, wait_s=0.5)["state"] in ("FAILED", "CANCELED", "FINISHED"):
+                        break
+            except (ClusterError, rpc.ConnectionClosed, OSError):
                 pass
             raise
         return result_from_status(status, job_graph)
@@ -150,11 +117,12 @@ def result_from_status(status: dict, job_graph=None):
     for v in status.get("vertices", []):
         for o in v["operators"]:
             operators.append(OperatorMetrics(o["name"], v["parallelism"], o["records_in"],
-                                             o["records_out"]))
+                                             o["records_out"], int(o.get("late_records_dropped", 0))))
     return JobExecutionResult(job_id=status["job_id"], job_name=name,
                               net_runtime_ms=int(status["duration_ms"]), operators=operators,
                               bad_records=int(status.get("bad_records", 0)),
-                              bad_record_samples=list(status.get("bad_record_samples", [])))
+                              bad_record_samples=list(status.get("bad_record_samples", [])),
+                              late_records_dropped=int(status.get("late_records_dropped", 0)))
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,

@@ -28,8 +28,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -37,7 +35,10 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from emrflow.deploy.emr_logs import STEP_LOG_FILES, StepLogs, decode_log, step_log_prefix
+from emrflow import resources
+from emrflow.deploy import emr_checks
+from emrflow.deploy.emr_logs import STEP_LOG_FILES, StepLogs, container_log_prefix, decode_log, step_log_prefix
+from emrflow.deploy.wheel import build_wheel, check_wheel_name, self_wheel, wheel_digest  # noqa: F401
 from emrflow.errors import ClusterError, ConfigError, EmrflowError
 
 DEFAULT_SERVICE_ROLE = "EMR_DefaultRole"
@@ -50,9 +51,15 @@ MARKETS = ("ON_DEMAND", "SPOT")
 STEP_TERMINAL_STATES = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
 CLUSTER_TERMINAL_STATES = ("TERMINATED", "TERMINATED_WITH_ERRORS")
 CLUSTER_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
-#: where emrflow's bootstrap scripts live in this repository
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BOOTSTRAP_DIR = os.path.join(REPO_ROOT, "bootstrap")
+#: the source checkout emrflow runs from, if it does
+REPO_ROOT = resources.REPO_ROOT
+#: the bootstrap scripts install-emrflow.sh and write-emrflow-conf.sh: in the installed package
+#: (emrflow/_data/bootstrap), else in the source checkout; None when neither has them
+BOOTSTRAP_DIR = resources.find_dir("bootstrap")
+#: ``--wheel index``: the nodes install this emrflow version from the package index
+WHEEL_FROM_INDEX = "index"
+#: what a dry run shows for the digest of a wheel it does not build
+DIGEST_PLACEHOLDER = "<sha256>"
 
 RELEASE_LABEL_RE = re.compile(r"^emr-\d+\.\d+\.\d+$")
 INSTANCE_TYPE_RE = re.compile(
@@ -195,7 +202,7 @@ _TOP_KEYS = {
     "name", "release_label", "applications", "log_uri", "staging_uri", "service_role",
     "job_flow_role", "keep_alive", "idle_timeout", "termination_protected",
     "step_concurrency_level", "ec2", "instance_groups", "instance_fleets", "configurations",
-    "bootstrap_actions", "tags", "steps", "wheel",
+    "bootstrap_actions", "tags", "steps", "wheel", "managed_scaling", "security_configuration",
 }
 _EC2_KEYS = {"key_name", "subnet_id", "subnet_ids", "master_security_group", "slave_security_group",
              "additional_master_security_groups", "additional_slave_security_groups"}
@@ -205,6 +212,11 @@ _FLEET_TYPE_KEYS = {"instance_type", "weight", "bid_percent", "ebs_size_gb"}
 _SPOT_KEYS = {"timeout_minutes", "timeout_action", "allocation_strategy"}
 _BA_KEYS = {"name", "path", "args"}
 _STEP_KEYS = {"name", "job", "args", "parallelism", "dynamic", "action_on_failure"}
+_SCALING_KEYS = {"unit_type", "minimum_capacity_units", "maximum_capacity_units",
+                 "maximum_on_demand_capacity_units", "maximum_core_capacity_units"}
+#: classifications that configure emrflow (mapped, see emr_checks.emrflow_configuration); the
+#: Flink ones also go to EMR when the cluster installs Flink
+FLINK_CLASSIFICATIONS = ("flink-conf", "flink-log4j")
 
 
 class _Checker:
@@ -351,6 +363,7 @@ def validate_spec(spec: ClusterSpec) -> ClusterSpec:
     c.string(d.get("name"), ("name",))
     c.string(d.get("release_label"), ("release_label",), RELEASE_LABEL_RE,
              "a release label emr-X.Y.Z (such as emr-7.1.0)")
+    emr_checks.check_release_label(d["release_label"], spec.where(("release_label",)))
     c.str_list(d.get("applications", []), ("applications",))
     if d.get("log_uri") is not None:
         c.s3(d["log_uri"], ("log_uri",))
@@ -424,6 +437,10 @@ def validate_spec(spec: ClusterSpec) -> ClusterSpec:
                     c.integer(t["ebs_size_gb"], tp + ("ebs_size_gb",), 1, 16384)
             if "spot" in g:
                 s = c.keys(g["spot"], p + ("spot",), _SPOT_KEYS, "Spot options")
+                if "timeout_minutes" not in s:     # EMR's SpotProvisioningSpecification requires it
+                    c.fail(p + ("spot", "timeout_minutes"), "timeout_minutes (5..1440) in a spot block: "
+                           "how long to wait for Spot capacity, then timeout_action (default "
+                           "SWITCH_TO_ON_DEMAND)", "nothing")
                 if "timeout_minutes" in s:
                     c.integer(s["timeout_minutes"], p + ("spot", "timeout_minutes"), 5, 1440)
                 if "timeout_action" in s:
@@ -442,6 +459,8 @@ def validate_spec(spec: ClusterSpec) -> ClusterSpec:
             c.fail((what,), f"at most one {r} entry", roles.count(r))
     if "configurations" in d:
         _validate_classifications(c, d["configurations"], ("configurations",))
+        emr_checks.emrflow_configuration(d["configurations"], lambda path: spec.where(("configurations", *path)))
+    _validate_scaling_and_security(c, d)
     for i, ba in enumerate(d.get("bootstrap_actions", []) or []):
         p = ("bootstrap_actions", i)
         c.keys(ba, p, _BA_KEYS, "a bootstrap action {name, path, args}")
@@ -466,6 +485,8 @@ def validate_spec(spec: ClusterSpec) -> ClusterSpec:
             c.string(st["action_on_failure"], p + ("action_on_failure",),
                      re.compile("^(CONTINUE|CANCEL_AND_WAIT|TERMINATE_CLUSTER)$"),
                      "CONTINUE, CANCEL_AND_WAIT or TERMINATE_CLUSTER")
+            emr_checks.check_action_on_failure(st["action_on_failure"], d.get("step_concurrency_level", 1),
+                                               spec.where(p + ("action_on_failure",)))
         if "args" in st:
             c.str_list([str(a) for a in st["args"]] if isinstance(st["args"], list) else st["args"],
                        p + ("args",))
@@ -476,13 +497,67 @@ def validate_spec(spec: ClusterSpec) -> ClusterSpec:
     return spec
 
 
+def _validate_scaling_and_security(c: _Checker, d: dict) -> None:
+    """``managed_scaling`` (EMR managed scaling's ComputeLimits) and ``security_configuration``."""
+    if "security_configuration" in d:
+        c.string(d["security_configuration"], ("security_configuration",),
+                 re.compile(r"^[\w.+=@-]{1,10280}$"), "the name of an EMR security configuration")
+    if "managed_scaling" not in d:
+        return
+    p = ("managed_scaling",)
+    m = c.keys(d["managed_scaling"], p, _SCALING_KEYS, "EMR managed scaling's compute limits")
+    unit = m.get("unit_type", "Instances")
+    c.string(unit, p + ("unit_type",), re.compile("^(Instances|InstanceFleetUnits|VCPU)$"),
+             "Instances, InstanceFleetUnits or VCPU")
+    if unit == "InstanceFleetUnits" and "instance_fleets" not in d:
+        c.fail(p + ("unit_type",), "Instances or VCPU with instance_groups (InstanceFleetUnits needs "
+               "instance_fleets)", unit)
+    if unit == "Instances" and "instance_fleets" in d:
+        c.fail(p + ("unit_type",), "InstanceFleetUnits or VCPU with instance_fleets", unit)
+    for k in ("minimum_capacity_units", "maximum_capacity_units"):
+        if k not in m:
+            c.fail(p + (k,), f"{k}, an integer >= 1", "nothing")
+    low = c.integer(m["minimum_capacity_units"], p + ("minimum_capacity_units",), 1)
+    high = c.integer(m["maximum_capacity_units"], p + ("maximum_capacity_units",), low)
+    for k in ("maximum_on_demand_capacity_units", "maximum_core_capacity_units"):
+        if k in m:
+            c.integer(m[k], p + (k,), 0 if k == "maximum_on_demand_capacity_units" else 1, high)
+
+
+def resolve_cluster_spec(path: str) -> str:
+    """Return the file of a cluster spec given as a path or as a packaged template's name.
+
+    Args:
+        path: a YAML file; if there is no such file and ``path`` is a bare name (no
+            directory), the packaged template of that name (``emr-batch``, ``emr-batch.yaml``
+            or ``batch``; :func:`emrflow.resources.cluster_templates`).
+
+    Returns:
+        The file to read.
+
+    Raises:
+        ConfigError: neither a file nor a template's name; lists the packaged templates.
+    """
+    if os.path.exists(path):
+        return path
+    bare = os.path.basename(path) == path and "/" not in path
+    template = resources.cluster_template(path) if bare else None
+    if template is not None:
+        return template
+    names = ", ".join(resources.cluster_templates()) or "none"
+    raise ConfigError(f"--config: cluster spec not found: {path} (no such file"
+                      + (", and no packaged template of that name" if bare else "")
+                      + f"); packaged templates: {names}, e.g. --config emr-batch",
+                      key="config", source=path)
+
+
 def load_cluster_spec(path: str, *, name: str | None = None, release_label: str | None = None,
                       instance_type: str | None = None, core_instance_count: int | None = None,
                       log_uri: str | None = None, staging_uri: str | None = None) -> ClusterSpec:
     """Load and validate a cluster spec, with command-line overrides.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or a packaged template's name (:func:`resolve_cluster_spec`).
         name: ``--name``: the cluster's name.
         release_label: ``--release-label``, such as ``emr-7.1.0``.
         instance_type: ``--instance-type``: the type of every instance group (or of the
@@ -498,7 +573,7 @@ def load_cluster_spec(path: str, *, name: str | None = None, release_label: str 
     Raises:
         ConfigError: a wrong field, named with its ``file:line`` or option.
     """
-    data, smap = load_yaml_with_marks(path)
+    data, smap = load_yaml_with_marks(resolve_cluster_spec(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{smap.where(())}: expected a mapping (an EMR cluster spec), "
                           f"got {type(data).__name__}", source=path)
@@ -598,6 +673,10 @@ def emrflow_step(job_uri: str, job_args: list[str] | tuple[str, ...] = (), *, na
     args = ["emrflow", "run", "-t", target]
     if parallelism is not None:
         args += ["-p", str(parallelism)]
+    dynamic = list(dynamic)
+    if target == "yarn-session" and not any(str(d).startswith("yarn.session.wait-timeout=") for d in dynamic):
+        # with step concurrency > 1 the session step may still be starting the session
+        dynamic.append("yarn.session.wait-timeout=10 min")
     args += [*_dynamic_args(dynamic), job_uri, *map(str, job_args)]
     return {"Name": name or f"emrflow {job_uri.rsplit('/', 1)[-1]}",
             "ActionOnFailure": action_on_failure,
@@ -640,10 +719,15 @@ def session_step(*, taskmanagers: int = 1, slots: int | None = None, name: str =
 class Staging:
     """What a cluster needs in S3 and where it goes.
 
+    Every local file is checked when its upload is planned, and all of them again just before
+    the first upload (:meth:`check`), so a missing file stops everything before S3 holds any
+    of them.
+
     Attributes:
         uri: the staging prefix, ``s3://bucket/prefix``.
         uploads: ``(local path, s3 uri)`` pairs to upload before RunJobFlow.
-        wheel_uri: the emrflow wheel's S3 URI.
+        wheel_uri: what the bootstrap action installs: the emrflow wheel's S3 URI, or the
+            requirement ``emrflow==X.Y.Z`` (installed from the package index, ``--wheel index``).
     """
 
     uri: str
@@ -654,12 +738,56 @@ class Staging:
         """Return ``<uri>/<parts...>``."""
         return "/".join([self.uri.rstrip("/"), *parts])
 
-    def add(self, local: str, *parts: str) -> str:
-        """Plan the upload of ``local`` to ``<uri>/<parts...>``; return that URI."""
+    def add(self, local: str, *parts: str, what: str = "file") -> str:
+        """Plan the upload of ``local`` to ``<uri>/<parts...>``; return that URI.
+
+        Args:
+            local: the local file.
+            *parts: the key's parts below the staging prefix.
+            what: what the file is (``bootstrap script``), for the error message.
+
+        Raises:
+            ConfigError: ``local`` is not a file.
+        """
+        if not os.path.isfile(local):
+            raise ConfigError(f"{what} not found: {local} (nothing was uploaded)", source=local)
         uri = self.child(*parts)
         if (local, uri) not in self.uploads:
             self.uploads.append((local, uri))
         return uri
+
+    def add_wheel(self, wheel: str, where: str = "--wheel") -> str:
+        """Plan a wheel's upload under a content-addressed key and make it the one installed.
+
+        Args:
+            wheel: the local wheel file.
+            where: where it came from (``--wheel``), for error messages.
+
+        Returns:
+            Its S3 URI, ``<uri>/wheels/<first 16 hex digits of its SHA-256>/<file name>``: the
+            same build always has the same key, a different build never does, so nodes added
+            later install exactly this build. The file name stays as it is, so pip takes it.
+
+        Raises:
+            ConfigError: not a file, or not named like a wheel.
+        """
+        check_wheel_name(wheel, where)
+        if not os.path.isfile(wheel):
+            raise ConfigError(f"{where}: wheel not found: {wheel}", source=where)
+        self.wheel_uri = self.add(wheel, "wheels", wheel_digest(wheel), os.path.basename(wheel),
+                                  what="wheel")
+        return self.wheel_uri
+
+    def check(self) -> None:
+        """Check that every planned local file still exists.
+
+        Raises:
+            ConfigError: naming every missing file (nothing was uploaded).
+        """
+        missing = [local for local, _ in self.uploads if not os.path.isfile(local)]
+        if missing:
+            raise ConfigError(f"file{'s' if len(missing) > 1 else ''} to stage not found: "
+                              f"{', '.join(missing)} (nothing was uploaded)", source=missing[0])
 
     def add_job(self, job: str) -> str:
         """Plan a job script's upload under ``jobs/<content hash>/``.
@@ -679,7 +807,7 @@ class Staging:
             raise ConfigError(f"job script not found: {job}", source="JOB")
         with open(job, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        return self.add(job, "jobs", digest, os.path.basename(job))
+        return self.add(job, "jobs", digest, os.path.basename(job), what="job script")
 
 
 def _encode_classification(cl: dict) -> str:
@@ -690,7 +818,7 @@ def _encode_classification(cl: dict) -> str:
 
 def build_run_job_flow_request(spec: ClusterSpec, staging: Staging, *,
                                steps: list[dict] | None = None, transient: bool = False,
-                               bootstrap_dir: str = BOOTSTRAP_DIR) -> dict:
+                               bootstrap_dir: str | None = None) -> dict:
     """Return the RunJobFlow request for ``spec``; plan the uploads it needs in ``staging``.
 
     Args:
@@ -699,32 +827,39 @@ def build_run_job_flow_request(spec: ClusterSpec, staging: Staging, *,
         steps: steps to run (after the spec's own ``steps``, whose jobs are staged here).
         transient: end the cluster after its last step (KeepJobFlowAliveWhenNoSteps false,
             no AutoTerminationPolicy).
-        bootstrap_dir: directory holding install-emrflow.sh and write-emrflow-conf.sh.
+        bootstrap_dir: directory holding install-emrflow.sh and write-emrflow-conf.sh; default:
+            the packaged ``bootstrap/`` (:func:`emrflow.resources.resource_dir`).
 
     Returns:
         Keyword arguments of ``emr.run_job_flow`` (EMR's RunJobFlow; ``aws emr create-cluster``).
 
     Raises:
-        ConfigError: a local job script of the spec's ``steps`` is missing.
+        ConfigError: a bootstrap script or a local job script of the spec's ``steps`` is missing.
+        ResourceNotFoundError: the install has no ``bootstrap/`` at all.
     """
     d = spec.data
     apps = ["Hadoop"] + [a for a in d.get("applications", []) if a != "Hadoop"]
-    emr_conf = [cl for cl in d.get("configurations", []) if cl["Classification"] not in EMRFLOW_CLASSIFICATIONS]
-    own = {cl["Classification"]: cl for cl in d.get("configurations", [])
-           if cl["Classification"] in EMRFLOW_CLASSIFICATIONS}
-    install = staging.add(os.path.join(bootstrap_dir, "install-emrflow.sh"), "bootstrap", "install-emrflow.sh")
+    # emrflow's own classifications never go to EMR (it refuses them); Flink's only when the
+    # cluster installs Flink. All of them configure emrflow (emr_checks.emrflow_configuration).
+    consumed = EMRFLOW_CLASSIFICATIONS + (() if "Flink" in apps else FLINK_CLASSIFICATIONS)
+    emr_conf = emr_checks.emr_properties([cl for cl in d.get("configurations", [])
+                                          if cl["Classification"] not in consumed])
+    own_conf, own_log, _ = emr_checks.emrflow_configuration(
+        d.get("configurations", []), lambda path: spec.where(("configurations", *path)), warn=lambda m: None)
+    bootstrap_dir = bootstrap_dir or resources.resource_dir("bootstrap")
+    install = staging.add(os.path.join(bootstrap_dir, "install-emrflow.sh"), "bootstrap", "install-emrflow.sh",
+                          what="emrflow's bootstrap script")
     actions = [{"Name": "install emrflow",
                 "ScriptBootstrapAction": {"Path": install, "Args": [staging.wheel_uri]}}]
-    if own:
-        write = staging.add(os.path.join(bootstrap_dir, "write-emrflow-conf.sh"), "bootstrap",
-                            "write-emrflow-conf.sh")
-        args = []
-        if "emrflow-conf" in own:
-            args += ["--conf-b64", _encode_classification(own["emrflow-conf"])]
-        if "emrflow-log" in own:
-            args += ["--log-b64", _encode_classification(own["emrflow-log"])]
-        actions.append({"Name": "write emrflow configuration",
-                        "ScriptBootstrapAction": {"Path": write, "Args": args}})
+    # always written, empty when the spec configures nothing: the `emrflow` wrapper points
+    # EMRFLOW_CONF_DIR at it, and a step must find emrflow-conf.yaml there
+    write = staging.add(os.path.join(bootstrap_dir, "write-emrflow-conf.sh"), "bootstrap",
+                        "write-emrflow-conf.sh", what="emrflow's bootstrap script")
+    args = ["--conf-b64", _encode_classification({"Properties": own_conf})]
+    if own_log:
+        args += ["--log-b64", _encode_classification({"Properties": own_log})]
+    actions.append({"Name": "write emrflow configuration",
+                    "ScriptBootstrapAction": {"Path": write, "Args": args}})
     for ba in d.get("bootstrap_actions", []) or []:
         actions.append({"Name": ba["name"], "ScriptBootstrapAction": {
             "Path": ba["path"], "Args": [str(a) for a in ba.get("args", [])]}})
@@ -773,7 +908,19 @@ def build_run_job_flow_request(spec: ClusterSpec, staging: Staging, *,
         request["StepConcurrencyLevel"] = d["step_concurrency_level"]
     if keep_alive and d.get("idle_timeout"):
         request["AutoTerminationPolicy"] = {"IdleTimeout": d["idle_timeout"]}
-    return request
+    if d.get("security_configuration"):
+        request["SecurityConfiguration"] = d["security_configuration"]
+    if d.get("managed_scaling"):
+        m = d["managed_scaling"]
+        limits = {"UnitType": m.get("unit_type", "Instances"),
+                  "MinimumCapacityUnits": m["minimum_capacity_units"],
+                  "MaximumCapacityUnits": m["maximum_capacity_units"]}
+        for key, name in (("maximum_on_demand_capacity_units", "MaximumOnDemandCapacityUnits"),
+                          ("maximum_core_capacity_units", "MaximumCoreCapacityUnits")):
+            if key in m:
+                limits[name] = m[key]
+        request["ManagedScalingPolicy"] = {"ComputeLimits": limits}
+    return emr_checks.validate_request("RunJobFlow", request)
 
 
 def _ebs(size_gb: int | None) -> dict:
@@ -878,7 +1025,8 @@ def aws_cli_command(request: dict, *, profile: str | None = None, region: str | 
              "--applications", *[f"Name={a['Name']}" for a in request["Applications"]]]
     if "InstanceGroups" in inst:
         groups = [{"Name": g["Name"], "InstanceGroupType": g["InstanceRole"], "InstanceType": g["InstanceType"],
-                   "InstanceCount": g["InstanceCount"], **({"BidPrice": g["BidPrice"]} if "BidPrice" in g else {}),
+                   "InstanceCount": g["InstanceCount"], "Market": g.get("Market", "ON_DEMAND"),
+                   **({"BidPrice": g["BidPrice"]} if "BidPrice" in g else {}),
                    **({"EbsConfiguration": g["EbsConfiguration"]} if "EbsConfiguration" in g else {})}
                   for g in inst["InstanceGroups"]]
         parts += ["--instance-groups", json.dumps(groups)]
@@ -910,36 +1058,15 @@ def aws_cli_command(request: dict, *, profile: str | None = None, region: str | 
         parts += ["--auto-termination-policy", f"IdleTimeout={request['AutoTerminationPolicy']['IdleTimeout']}"]
     if "StepConcurrencyLevel" in request:
         parts += ["--step-concurrency-level", str(request["StepConcurrencyLevel"])]
+    if "SecurityConfiguration" in request:
+        parts += ["--security-configuration", request["SecurityConfiguration"]]
+    if "ManagedScalingPolicy" in request:
+        parts += ["--managed-scaling-policy", json.dumps(request["ManagedScalingPolicy"])]
     parts += _aws_cli_globals(profile, region, endpoint_url)
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 # --------------------------------------------------------------------------- the wheel
-
-def build_wheel(out_dir: str, project_dir: str = REPO_ROOT) -> str:
-    """Build the emrflow wheel with ``pip wheel --no-deps``.
-
-    Args:
-        out_dir: directory the wheel is written to.
-        project_dir: the emrflow source tree (holding pyproject.toml).
-
-    Returns:
-        The wheel's path.
-
-    Raises:
-        ConfigError: no source tree here (pass a prebuilt wheel instead) or pip failed.
-    """
-    if not os.path.isfile(os.path.join(project_dir, "pyproject.toml")):
-        raise ConfigError(f"cannot build the emrflow wheel: no pyproject.toml in {project_dir}; "
-                          "pass a built wheel with --wheel PATH or s3://...", source="--wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out_dir,
-                           project_dir], capture_output=True, text=True, timeout=600)
-    wheels = sorted(f for f in os.listdir(out_dir) if f.startswith("emrflow-") and f.endswith(".whl"))
-    if proc.returncode != 0 or not wheels:
-        raise ConfigError("building the emrflow wheel failed (pip wheel --no-deps, exit "
-                          f"{proc.returncode}):\n{proc.stderr[-2000:]}", source="--wheel")
-    return os.path.join(out_dir, wheels[-1])
-
 
 def expected_wheel_name() -> str:
     """Return the file name ``pip wheel`` gives this version's wheel (``emrflow-X.Y.Z-py3-none-any.whl``)."""
@@ -949,20 +1076,28 @@ def expected_wheel_name() -> str:
 
 def plan_staging(spec: ClusterSpec, staging_uri: str | None, wheel: str | None, work_dir: str | None,
                  dry_run: bool = False) -> Staging:
-    """Decide the staging prefix and the wheel (built unless ``wheel`` is given).
+    """Decide the staging prefix and the emrflow the nodes install.
+
+    emrflow stages itself (:func:`emrflow.deploy.wheel.self_wheel`): an installed emrflow is
+    repacked into a wheel, a source checkout built with pip; ``wheel`` (``--wheel``, or the
+    spec's ``wheel``) overrides that with a built wheel (a local file or an ``s3://`` URI), or
+    with ``index``: the nodes install ``emrflow==<this version>`` from the package index (their
+    pip's, e.g. a mirror in ``/etc/pip.conf``). A local wheel goes under a content-addressed
+    key, ``wheels/<sha256 prefix>/<file name>``.
 
     Args:
         spec: the cluster spec (its ``staging_uri`` and ``wheel`` are the defaults).
         staging_uri: ``--s3-staging``, overriding the spec.
-        wheel: a built wheel (path or s3:// URI), overriding the spec, or ``None`` to build one.
-        work_dir: directory for a built wheel (required unless ``dry_run``).
-        dry_run: do not build; name the wheel the build would produce.
+        wheel: ``--wheel``: a built wheel (path or s3:// URI) or ``index``, overriding the
+            spec, or ``None`` to stage this emrflow.
+        work_dir: directory for the wheel made here (a temporary one when ``None``).
+        dry_run: build nothing: the key of a wheel made here shows ``<sha256>`` for its digest.
 
     Returns:
         The :class:`Staging` plan: prefix, wheel URI and the uploads planned so far.
 
     Raises:
-        ConfigError: no staging URI, a bad wheel path, or the build failed.
+        ConfigError: no staging URI, a bad or missing wheel, or the wheel could not be made.
     """
     uri = staging_uri or spec.get("staging_uri")
     if not uri:
@@ -971,18 +1106,23 @@ def plan_staging(spec: ClusterSpec, staging_uri: str | None, wheel: str | None, 
                           "and jobs, got nothing", key="staging_uri", source=spec.source.file)
     check_s3_uri(uri, "--s3-staging" if staging_uri else spec.where(("staging_uri",)), "staging_uri")
     staging = Staging(uri)
+    where = "--wheel" if wheel else spec.where(("wheel",))
     wheel = wheel or spec.get("wheel")
-    if wheel and wheel.startswith("s3://"):
-        staging.wheel_uri = check_s3_uri(wheel, "--wheel", "wheel", key_required=True)
+    if wheel == WHEEL_FROM_INDEX:
+        from emrflow import __version__
+        staging.wheel_uri = f"emrflow=={__version__}"
+    elif wheel and wheel.startswith("s3://"):
+        staging.wheel_uri = check_wheel_name(check_s3_uri(wheel, where, "wheel", key_required=True), where)
     elif wheel:
         if not (os.path.isfile(wheel) and wheel.endswith(".whl")):
-            raise ConfigError(f"--wheel: expected a .whl file or s3:// URI, got {wheel!r}", source="--wheel")
-        staging.wheel_uri = staging.add(wheel, "wheels", os.path.basename(wheel))
+            raise ConfigError(f"{where}: expected a .whl file, an s3:// URI or {WHEEL_FROM_INDEX}, "
+                              f"got {wheel!r}" + ("" if os.path.exists(wheel) else " (no such file)"),
+                              source=where)
+        staging.add_wheel(wheel, where)
     elif dry_run:
-        staging.wheel_uri = staging.child("wheels", expected_wheel_name())
+        staging.wheel_uri = staging.child("wheels", DIGEST_PLACEHOLDER, expected_wheel_name())
     else:
-        built = build_wheel(work_dir or tempfile.mkdtemp(prefix="emrflow-wheel-"))
-        staging.wheel_uri = staging.add(built, "wheels", os.path.basename(built))
+        staging.add_wheel(self_wheel(work_dir or tempfile.mkdtemp(prefix="emrflow-wheel-")), "the staged emrflow")
     return staging
 
 
@@ -1107,8 +1247,10 @@ class EmrSession:
             log: receives a line per upload.
 
         Raises:
+            ConfigError: a planned file is missing (checked for all before the first upload).
             ClusterError: an upload failed (the AWS code).
         """
+        staging.check()
         for local, uri in staging.uploads:
             log(f"uploading {local} -> {uri}")
             self.upload(local, uri)
@@ -1212,6 +1354,7 @@ def create_cluster(session: EmrSession, request: dict, staging: Staging,
     Raises:
         ClusterError: an upload or RunJobFlow failed (the AWS code, e.g. ``ValidationException``).
     """
+    emr_checks.validate_request("RunJobFlow", request)    # before anything is uploaded
     session.upload_all(staging, log)
     with aws_errors("RunJobFlow"):
         return session.emr.run_job_flow(**request)["JobFlowId"]
@@ -1227,7 +1370,8 @@ def check_cluster_id(cluster_id: str) -> str:
         ConfigError: anything else.
     """
     if not isinstance(cluster_id, str) or not CLUSTER_ID_RE.match(cluster_id):
-        raise ConfigError(f"cluster id: expected j- and capital letters or digits (like j-1K48XUW4CPOOB), got {cluster_id!r}", source="CLUSTER_ID")
+        raise ConfigError("cluster id: expected j- and capital letters or digits (like j-1K48XUW4CPOOB), "
+                          f"got {cluster_id!r}", source="CLUSTER_ID")
     return cluster_id
 
 
@@ -1241,8 +1385,25 @@ def check_step_id(step_id: str) -> str:
         ConfigError: anything else.
     """
     if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
-        raise ConfigError(f"step id: expected s- and capital letters or digits (like s-2QJ7LNM4PEWQ8), got {step_id!r}", source="STEP_ID")
+        raise ConfigError("step id: expected s- and capital letters or digits (like s-2QJ7LNM4PEWQ8), "
+                          f"got {step_id!r}", source="STEP_ID")
     return step_id
+
+
+def check_steps(session: EmrSession, cluster_id: str, steps: list[dict]) -> None:
+    """Check an AddJobFlowSteps request as EMR would: botocore's model, and ``ActionOnFailure``
+    against the cluster's step concurrency (only CONTINUE when it is > 1; one DescribeCluster).
+
+    Raises:
+        ConfigError: what EMR would refuse, naming the step and what is expected.
+        ClusterError: no such cluster, or another AWS error.
+    """
+    emr_checks.validate_request("AddJobFlowSteps", {"JobFlowId": cluster_id, "Steps": steps})
+    concurrency = describe_cluster(session, cluster_id).get("StepConcurrencyLevel", 1)
+    for i, step in enumerate(steps, 1):
+        emr_checks.check_action_on_failure(step["ActionOnFailure"], concurrency,
+                                           f"--action-on-failure of step {i} ({step['Name']}) "
+                                           f"for {cluster_id}")
 
 
 def add_steps(session: EmrSession, cluster_id: str, steps: list[dict]) -> list[str]:
@@ -1259,6 +1420,7 @@ def add_steps(session: EmrSession, cluster_id: str, steps: list[dict]) -> list[s
     Raises:
         ClusterError: EMR refused (an ended cluster, too many steps...).
     """
+    check_steps(session, cluster_id, steps)
     with aws_errors(f"AddJobFlowSteps on {cluster_id}"):
         return session.emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=steps)["StepIds"]
 
@@ -1321,7 +1483,11 @@ def list_steps(session: EmrSession, cluster_id: str) -> list[dict]:
 
 
 def cancel_step(session: EmrSession, cluster_id: str, step_id: str) -> dict:
-    """Cancel a pending or running step (EMR's CancelSteps).
+    """Cancel a pending or running step (EMR's CancelSteps with ``SEND_INTERRUPT``).
+
+    ``SEND_INTERRUPT`` sends SIGTERM to the step's process: ``emrflow run`` then kills its
+    YARN application (attached ``yarn-per-job``) or cancels its job, as on Ctrl-C; EMR's
+    other option, ``TERMINATE_PROCESS`` (SIGKILL), would leave the YARN application running.
 
     Args:
         session: the AWS session.
@@ -1335,7 +1501,8 @@ def cancel_step(session: EmrSession, cluster_id: str, step_id: str) -> dict:
         ClusterError: an AWS error.
     """
     with aws_errors(f"CancelSteps {step_id} on {cluster_id}"):
-        info = session.emr.cancel_steps(ClusterId=cluster_id, StepIds=[step_id])
+        info = session.emr.cancel_steps(ClusterId=cluster_id, StepIds=[step_id],
+                                        StepCancellationOption="SEND_INTERRUPT")
     return (info.get("CancelStepsInfoList") or [{}])[0]
 
 
@@ -1399,7 +1566,9 @@ def step_logs(session: EmrSession, log_uri: str, cluster_id: str, step_id: str) 
 
     Returns:
         :class:`StepLogs` with the decompressed text of the files found (``stderr.gz`` or
-        ``stderr``, and so on) and the names of those missing.
+        ``stderr``, and so on) and the names of those missing; and the ``stderr``/``stdout`` of
+        the containers of every YARN application the step's logs name, under
+        ``<log-uri>/<cluster-id>/containers/<application-id>/`` (or the prefixes without any yet).
 
     Raises:
         ClusterError: an S3 error other than a missing key.
@@ -1414,17 +1583,39 @@ def step_logs(session: EmrSession, log_uri: str, cluster_id: str, step_id: str) 
             logs.missing.append(name)
         else:
             logs.files[name] = decode_log(data)
+    for app_id in logs.applications():
+        app_prefix = container_log_prefix(log_uri, cluster_id, app_id)
+        bucket, key = split_s3_uri(app_prefix)
+        with aws_errors(f"listing {app_prefix}"):
+            pages = session.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        wanted = [k for k in keys if k.rsplit("/", 1)[-1] in ("stderr", "stderr.gz", "stdout", "stdout.gz")]
+        if not wanted:
+            logs.containers_missing.append(app_prefix)
+        for k in sorted(wanted):
+            data = session.read(f"s3://{bucket}/{k}")
+            if data is not None:
+                logs.containers[f"s3://{bucket}/{k}"] = decode_log(data)
     return logs
 
 
-def step_failure(session: EmrSession, cluster_id: str, step_id: str, state: str | None = None) -> StepFailedError:
+def step_failure(session: EmrSession, cluster_id: str, step_id: str, state: str | None = None, *,
+                 log_wait_s: float = 0, poll_s: float = 15,
+                 progress: Callable[[str], None] = lambda s: None) -> StepFailedError:
     """Build the error of a step that did not complete.
+
+    EMR copies logs to S3 about every five minutes, so right after a failure they may not be
+    there: this looks again every ``poll_s`` seconds, for up to ``log_wait_s`` seconds, until
+    the step's ``stderr`` and the container logs of every YARN application it names are there.
 
     Args:
         session: the AWS session.
         cluster_id: ``j-...``.
         step_id: ``s-...``.
         state: the state to report, else the step's recorded state.
+        log_wait_s: longest time to wait for the logs to reach S3, seconds (0: look once).
+        poll_s: seconds between looks.
+        progress: receives a line when waiting for logs.
 
     Returns:
         A :class:`StepFailedError` with the step's position among the cluster's steps, EMR's
@@ -1446,7 +1637,14 @@ def step_failure(session: EmrSession, cluster_id: str, step_id: str, state: str 
     log_uri = cluster.get("LogUri")
     prefix, diagnosis = "", "the cluster has no log URI, so the step's logs are not in S3"
     if log_uri:
+        deadline = time.monotonic() + log_wait_s
         logs = step_logs(session, log_uri, cluster_id, step_id)
+        if not logs.complete() and time.monotonic() < deadline:
+            progress(f"waiting up to {log_wait_s:.0f} s for the logs of step {step_id} to reach "
+                     f"{log_uri.rstrip('/')}/{cluster_id}/ (EMR copies them about every 5 minutes)")
+        while not logs.complete() and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            logs = step_logs(session, log_uri, cluster_id, step_id)
         prefix, diagnosis = logs.prefix, logs.diagnosis()
     return StepFailedError(cluster_id=cluster_id, step_id=step_id, step_name=step.get("Name", ""),
                            index=index, total=len(steps), state=state, reason=reason,
@@ -1454,7 +1652,8 @@ def step_failure(session: EmrSession, cluster_id: str, step_id: str, state: str 
 
 
 def wait_for_step(session: EmrSession, cluster_id: str, step_id: str, *, timeout_s: float = 86400,
-                  poll_s: float = 15, progress: Callable[[str], None] = lambda s: None) -> dict:
+                  poll_s: float = 15, progress: Callable[[str], None] = lambda s: None,
+                  log_wait_s: float = 0) -> dict:
     """Follow a step (and its cluster) to the end.
 
     Args:
@@ -1464,6 +1663,7 @@ def wait_for_step(session: EmrSession, cluster_id: str, step_id: str, *, timeout
         timeout_s: give up after this many seconds.
         poll_s: seconds between DescribeStep calls.
         progress: called with a line whenever the step's or cluster's state changes.
+        log_wait_s: on failure, how long to wait for its logs to reach S3 (:func:`step_failure`).
 
     Returns:
         The step (DescribeStep's ``Step``) once COMPLETED.
@@ -1485,11 +1685,13 @@ def wait_for_step(session: EmrSession, cluster_id: str, step_id: str, *, timeout
         if s_state == "COMPLETED":
             return step
         if s_state in STEP_TERMINAL_STATES:
-            raise step_failure(session, cluster_id, step_id, s_state)
+            raise step_failure(session, cluster_id, step_id, s_state, log_wait_s=log_wait_s,
+                               poll_s=poll_s, progress=progress)
         if c_state in CLUSTER_TERMINAL_STATES:
             reason = cluster["Status"].get("StateChangeReason", {}).get("Message", "")
             err = step_failure(session, cluster_id, step_id,
-                               f"{s_state} when the cluster ended {c_state}" + (f" ({reason})" if reason else ""))
+                               f"{s_state} when the cluster ended {c_state}" + (f" ({reason})" if reason else ""),
+                               log_wait_s=log_wait_s, poll_s=poll_s, progress=progress)
             raise err
         if time.monotonic() > deadline:
             raise ClusterError(f"step {step_id} of cluster {cluster_id} still {s_state} after "
@@ -1500,7 +1702,8 @@ def wait_for_step(session: EmrSession, cluster_id: str, step_id: str, *, timeout
 def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step: dict, *,
                   timeout_s: float = 86400, poll_s: float = 30,
                   progress: Callable[[str], None] = lambda s: None,
-                  on_created: Callable[[str], None] = lambda cluster_id: None) -> tuple[str, str, dict]:
+                  on_created: Callable[[str], None] = lambda cluster_id: None,
+                  log_wait_s: float = 0) -> tuple[str, str, dict]:
     """Run a job on a transient cluster that ends after its last step.
 
     Args:
@@ -1513,6 +1716,7 @@ def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step
         progress: receives progress lines.
         on_created: called with the cluster id as soon as RunJobFlow returned (so that a
             caller interrupted while following the step knows which cluster to terminate).
+        log_wait_s: on failure, how long to wait for its logs to reach S3 (:func:`step_failure`).
 
     Returns:
         ``(cluster_id, step_id, step)`` once the step COMPLETED.
@@ -1528,7 +1732,7 @@ def run_transient(session: EmrSession, spec: ClusterSpec, staging: Staging, step
     steps = list_steps(session, cluster_id)
     step_id = steps[-1]["Id"]
     return cluster_id, step_id, wait_for_step(session, cluster_id, step_id, timeout_s=timeout_s,
-                                              poll_s=poll_s, progress=progress)
+                                              poll_s=poll_s, progress=progress, log_wait_s=log_wait_s)
 
 
 def with_overrides(spec: ClusterSpec, **data: Any) -> ClusterSpec:

@@ -3,9 +3,14 @@
 EMR copies every step's logs to the cluster's log URI, under
 ``<log-uri>/<cluster-id>/steps/<step-id>/`` as ``stderr.gz``, ``stdout.gz``,
 ``syslog.gz`` and ``controller.gz`` (about every five minutes, and once more
-when the step ends). This module finds those files, decompresses them and
-picks what a user needs to see: the last Python traceback of ``stderr``, or
-else the last lines.
+when the step ends), and the YARN containers' logs under
+``<log-uri>/<cluster-id>/containers/<application-id>/<container-id>/stderr.gz``
+(and ``stdout.gz``): there is the user's traceback when a task failed in a
+TaskManager. The step's own output names its YARN application
+(``submitted with JobID application_...``). This module finds those files,
+decompresses them and picks what a user needs to see: the last Python traceback
+of a container's or the step's ``stderr``, or else the last lines; and it says
+which logs are not there yet.
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ class StepLogs:
     prefix: str
     files: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    #: container log URI (``.../containers/<app>/<container>/stderr.gz``) to its text
+    containers: dict[str, str] = field(default_factory=dict)
+    #: container log prefixes of the step's YARN applications that hold no logs yet
+    containers_missing: list[str] = field(default_factory=list)
+
+    def applications(self) -> list[str]:
+        """YARN application ids the step's logs name (``application_<cluster ts>_<n>``), in order."""
+        return application_ids("\n".join(self.files.values()))
+
+    def complete(self) -> bool:
+        """True when the step's stderr and the logs of every YARN application it names are there."""
+        return "stderr" in self.files and not self.containers_missing
 
     def diagnosis(self) -> str:
         """Return the relevant part of the logs: the last traceback of stderr, else tails.
@@ -49,6 +66,18 @@ class StepLogs:
             Text to show under the failure message; a note saying where logs will
             appear if none were found.
         """
+        notes = [f"no YARN container logs at {p} yet (EMR copies them to S3 about every 5 minutes; "
+                 "look again later)" for p in self.containers_missing]
+        text = self._found()
+        return "\n".join([text, *notes]) if text else "\n".join(
+            [f"no step logs at {self.prefix} yet (EMR copies them to S3 about every "
+             "5 minutes and when the step ends; look again later)", *notes])
+
+    def _found(self) -> str:
+        for uri in sorted(self.containers, reverse=True):      # the newest container first
+            tb = last_traceback(self.containers[uri])
+            if tb:
+                return f"last traceback in the YARN container log {uri}:\n{tb}"
         stderr = self.files.get("stderr", "")
         tb = last_traceback(stderr)
         if tb:
@@ -57,8 +86,7 @@ class StepLogs:
             text = self.files.get(name, "").strip()
             if text:
                 return f"last lines of {self.prefix}{name}.gz:\n{tail(text)}"
-        return (f"no step logs at {self.prefix} yet (EMR copies them to S3 about every "
-                "5 minutes and when the step ends; look again later)")
+        return ""
 
 
 def step_log_prefix(log_uri: str, cluster_id: str, step_id: str) -> str:
@@ -74,6 +102,21 @@ def step_log_prefix(log_uri: str, cluster_id: str, step_id: str) -> str:
     """
     base = re.sub(r"^s3n://", "s3://", log_uri).rstrip("/")
     return f"{base}/{cluster_id}/steps/{step_id}/"
+
+
+_APPLICATION_ID = re.compile(r"\bapplication_\d+_\d+\b")
+
+
+def application_ids(text: str) -> list[str]:
+    """Return the YARN application ids in ``text``, each once, in order of appearance."""
+    return list(dict.fromkeys(_APPLICATION_ID.findall(text)))
+
+
+def container_log_prefix(log_uri: str, cluster_id: str, app_id: str) -> str:
+    """Return ``s3://bucket/path/<cluster-id>/containers/<application-id>/``, where EMR puts the logs
+    of a YARN application's containers (one ``container_...`` directory each)."""
+    base = re.sub(r"^s3n://", "s3://", log_uri).rstrip("/")
+    return f"{base}/{cluster_id}/containers/{app_id}/"
 
 
 def decode_log(data: bytes) -> str:

@@ -10,10 +10,9 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-import cloudpickle
-
-from emrflow.deploy.client import result_from_status, ship_user_modules_by_value
+from emrflow.deploy.client import result_from_status
 from emrflow.errors import ClusterError
+from emrflow.graph.pickling import dumps_job_graph
 
 TERMINAL = ("FINISHED", "FAILED", "CANCELED")
 
@@ -54,6 +53,10 @@ class RestClient:
                 detail = "; ".join(json.loads(exc.read()).get("errors", []))
             except ValueError:
                 detail = exc.reason
+            if exc.code == 401:
+                detail = (f"{detail}: " if detail else "") + (
+                    "the token was refused (rest.auth.token)" if self.token else
+                    "the cluster needs a token: pass -D rest.auth.token=<token> (or set it in --conf FILE)")
             raise ClusterError(f"{method} {path} on {self.base} failed ({exc.code}): {detail}") from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise ClusterError(f"cannot reach the JobManager's REST API at {self.base}: "
@@ -66,8 +69,7 @@ class RestClient:
 
     def submit(self, job_graph) -> str:
         """Submit a JobGraph (``POST /jobs``); returns the job id."""
-        ship_user_modules_by_value()
-        payload = base64.b64encode(cloudpickle.dumps(job_graph, protocol=5)).decode()
+        payload = base64.b64encode(dumps_job_graph(job_graph)).decode()
         return self.request("POST", "/jobs", {"topology": job_graph.topology(), "jobgraph": payload})["jobid"]
 
     def status(self, job_id: str, wait_s: float = 0.0) -> dict:
@@ -153,16 +155,18 @@ class RestClient:
             time.sleep(0.05)
 
 
-def execute(job_graph, config, context=None):
-    """The ``remote`` target: run ``job_graph`` on the cluster at ``rest.address:rest.port``.
+def follow(client: RestClient, job_graph, config, context=None):
+    """Submit ``job_graph`` through ``client`` and, attached, follow it to its end.
 
-    Attached (default): follows the job and returns its result. Detached
-    (``execution.attached`` false, ``-d``): returns once the job is accepted, with
-    ``net_runtime_ms`` 0.
+    Attached (default): reports progress to ``context.on_progress`` and returns the
+    job's result; Ctrl-C cancels the job. Detached (``execution.attached`` false, ``-d``):
+    returns once the job is accepted, with ``net_runtime_ms`` 0.
+
+    Raises:
+        JobExecutionError: the job failed or was cancelled (with the user's traceback).
+        ClusterError: the JobManager refused the job or stopped answering.
     """
     from emrflow.api.environment import JobExecutionResult
-    client = RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}",
-                        config.get("rest.auth.token"))
     job_id = client.submit(job_graph)
     if context is not None and context.on_submitted is not None:
         context.on_submitted(job_id, job_graph.name)
@@ -177,3 +181,10 @@ def execute(job_graph, config, context=None):
             pass
         raise
     return result_from_status(status, job_graph)
+
+
+def execute(job_graph, config, context=None):
+    """The ``remote`` target: run ``job_graph`` on the cluster at ``rest.address:rest.port`` (see :func:`follow`)."""
+    client = RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}",
+                        config.get("rest.auth.token"))
+    return follow(client, job_graph, config, context)

@@ -26,7 +26,6 @@ from emrflow.deploy.rest_client import RestClient
 from emrflow.errors import ClusterError
 from emrflow.runtime.process import spawn
 
-
 _DAEMONS: list[subprocess.Popen] = []
 
 

@@ -4,26 +4,30 @@
   runs in the skein ApplicationMaster container: it starts the JobManager (RPC and
   REST, with a fresh cluster secret and REST token), publishes their addresses in the
   application's skein key-value store (``emrflow.jobmanager.rpc``,
-  ``emrflow.jobmanager.rest``, ``emrflow.secret``, ``emrflow.rest.token``), asks skein
-  for TaskManager containers when jobs need more slots and releases idle ones after
+  ``emrflow.jobmanager.rest``, ``emrflow.secret``, ``emrflow.rest.token``; the
+  application's ACLs keep the store to its owner), asks skein for TaskManager
+  containers when jobs need more slots and releases idle ones after
   ``resourcemanager.taskmanager-timeout``. In ``per-job`` mode it runs the localized
   JobGraph (``jobgraph.pkl``), in ``application`` mode the job's script, then shuts
-  the application down with SUCCEEDED, FAILED or KILLED and the job's diagnostics.
+  the application down with SUCCEEDED, FAILED or KILLED and the job's diagnostics,
+  which YARN's application report carries to the client.
 * ``python -m emrflow.deploy.yarn_containers taskmanager --slots S`` runs in each
   ``taskmanager`` service container: it reads the JobManager's address and the secret
   from the key-value store and runs a TaskManager.
 
-The skein ``ApplicationClient`` comes from :func:`application_client`; tests swap in a
-stand-in through ``EMRFLOW_YARN_APP_CLIENT=module:factory``.
+Both read the client's configuration from the localized ``emrflow-conf`` directory
+(``$EMRFLOW_CONF_DIR``), so ``-D`` options and the client's configuration file apply
+in the containers too. Other containers reach this one at the NodeManager's host
+(``$NM_HOST``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -36,22 +40,22 @@ KV_RPC = "emrflow.jobmanager.rpc"
 KV_REST = "emrflow.jobmanager.rest"
 KV_SECRET = "emrflow.secret"
 KV_TOKEN = "emrflow.rest.token"
-KV_STATUS = "emrflow.job.status"
+KV_PROM = "emrflow.metrics.prom"
+#: skein web UI routes (``<tracking URL>pages/<route>/``) of the dashboard and the Prometheus endpoint
+UI_ROUTE_DASHBOARD, UI_ROUTE_METRICS = "emrflow", "metrics"
+#: name of the localized directory holding the client's emrflow-conf.yaml
+CONF_DIR_NAME = "emrflow-conf"
 
 
 def application_client():
-    """The skein ``ApplicationClient`` of the current container (or the test stand-in)."""
-    spec = os.environ.get("EMRFLOW_YARN_APP_CLIENT")
-    if spec:
-        module, _, func = spec.partition(":")
-        return getattr(importlib.import_module(module), func)()
+    """The skein ``ApplicationClient`` of the current container."""
     import skein
     return skein.ApplicationClient.from_current()
 
 
 def container_host() -> str:
-    """The address other containers reach this one at (YARN's NodeManager host)."""
-    return os.environ.get("EMRFLOW_CONTAINER_HOST") or socket.gethostbyname(socket.gethostname())
+    """The address other containers reach this one at: the NodeManager's host (``$NM_HOST``)."""
+    return os.environ.get("NM_HOST") or socket.getfqdn()
 
 
 @dataclass
@@ -95,18 +99,67 @@ class ResourceManagerLogic:
         return target
 
 
-def _start_jobmanager(rest_token: str, secret: str, heartbeat_timeout_ms: int):
+def _start_jobmanager(config, rest_token: str, secret: str):
     from emrflow.runtime.jobmanager import JobManager
     from emrflow.runtime.rest import start_rest_server
     listener = socket.create_server(("0.0.0.0", 0))
-    jm = JobManager(listener, secret, heartbeat_timeout_ms, slot_request_timeout_ms=300_000)
+    jm = JobManager(listener, secret, int(config.get("heartbeat.timeout")), slot_request_timeout_ms=300_000)
+    jm.savepoint_dir = config.get("state.savepoints.dir")
     rest = start_rest_server(jm, "0.0.0.0", 0, rest_token)
+    prom_port = None
+    if config.get("metrics.reporter.prom.port") is not None:
+        from emrflow.runtime.metrics import start_prometheus_endpoint
+        prom_port = start_prometheus_endpoint(jm, int(config.get("metrics.reporter.prom.port")), host="0.0.0.0")
     threading.Thread(target=jm.serve, daemon=True, name="jobmanager").start()
-    return jm, listener.getsockname()[1], rest[1]
+    return jm, listener.getsockname()[1], rest[1], prom_port
+
+
+def _publish_ui_pages(app, host: str, rest_port: int, rest_token: str, prom_port: int | None) -> None:
+    """Add the dashboard (and the Prometheus endpoint) to skein's web UI, YARN's tracking URL.
+
+    They are then reachable through the ResourceManager's web proxy at
+    ``<tracking URL>pages/emrflow/`` and ``<tracking URL>pages/metrics``, for whom skein's UI
+    ACLs admit (the application's owner). The dashboard's target is the REST server's
+    :func:`~emrflow.runtime.rest.proxy_path`, so the browser needs no token there: YARN's proxy
+    forwards neither ``Authorization`` nor the browser's cookies. Failures are logged: the
+    session works without the pages.
+
+    Args:
+        app: The skein ``ApplicationClient``.
+        host: The JobManager's host.
+        rest_port: The REST server's port.
+        rest_token: The REST server's ``rest.auth.token``.
+        prom_port: The Prometheus endpoint's port, or None when there is none.
+    """
+    from emrflow.runtime.rest import proxy_path
+    try:
+        app.ui.add_page(UI_ROUTE_DASHBOARD, f"http://{host}:{rest_port}{proxy_path(rest_token)}/",
+                        link_name="emrflow dashboard")
+        if prom_port is not None:
+            app.kv[KV_PROM] = f"{host}:{prom_port}".encode()
+            app.ui.add_page(UI_ROUTE_METRICS, f"http://{host}:{prom_port}/metrics",
+                            link_name="Prometheus metrics")
+    except Exception as exc:  # noqa: BLE001 - the session works without the pages
+        log.warning("cannot add the dashboard to skein's web UI: %s", exc)
+
+
+def _failed_taskmanagers(app, seen: set[str]) -> None:
+    """Log TaskManager containers that failed since the last look, with YARN's exit message."""
+    try:
+        failed = app.get_containers(services=["taskmanager"], states=["FAILED"])
+    except Exception as exc:  # noqa: BLE001 - the ApplicationMaster is shutting down
+        log.debug("cannot list failed containers: %s", exc)
+        return
+    for c in failed:
+        if c.yarn_container_id not in seen:
+            seen.add(c.yarn_container_id)
+            log.warning("TaskManager container %s on %s failed: %s", c.yarn_container_id,
+                        c.yarn_node_http_address, (c.exit_message or "no exit message").strip()[-2000:])
 
 
 def _scale_loop(jm, app, logic: ResourceManagerLogic, stop: threading.Event) -> None:
     current = None
+    seen_failures: set[str] = set()
     while not stop.wait(0.5):
         with jm.cond:
             waiting = sum(max(v["parallelism"] for v in j.topology["vertices"])
@@ -114,98 +167,134 @@ def _scale_loop(jm, app, logic: ResourceManagerLogic, stop: threading.Event) -> 
             busy = sum(1 for s in jm.slots.values() if s.job_id is not None)
             registered = len(jm.taskmanagers)
         target = logic.wanted(waiting + busy, busy, registered, time.time() * 1000)
-        # also re-issued while fewer TaskManagers are registered than wanted: YARN does not
-        # replace a container that died, scaling to the same count does (a restarting job waits)
+        # also re-issued while fewer TaskManagers are registered than wanted: a TaskManager
+        # killed from outside (not failed on its own) is not replaced by skein, scaling is
         if target != current or registered < target:
             try:
                 app.scale("taskmanager", count=target)
                 current = target
             except Exception as exc:  # noqa: BLE001 - YARN refusals are logged, retried next round
                 log.warning("scaling the taskmanager service to %d failed: %s", target, exc)
+        _failed_taskmanagers(app, seen_failures)
 
 
-def run_master(mode: str, slots: int, taskmanagers: int, idle_timeout_ms: int,
-               heartbeat_timeout_ms: int, job_args: list[str]) -> int:
+def run_master(mode: str, slots: int, taskmanagers: int, job_args: list[str]) -> int:
     """Entry point of the ApplicationMaster container; returns the process exit status."""
+    from emrflow.config import Configuration
+    config = Configuration.load()
     app = application_client()
     secret, token = secrets.token_hex(16), secrets.token_hex(16)
-    jm, rpc_port, rest_port = _start_jobmanager(token, secret, heartbeat_timeout_ms)
+    jm, rpc_port, rest_port, prom_port = _start_jobmanager(config, token, secret)
     host = container_host()
     app.kv[KV_SECRET] = secret.encode()
     app.kv[KV_TOKEN] = token.encode()
     app.kv[KV_RPC] = f"{host}:{rpc_port}".encode()
     app.kv[KV_REST] = f"{host}:{rest_port}".encode()
-    logic = ResourceManagerLogic(slots, taskmanagers if mode == "session" else 0, idle_timeout_ms)
+    _publish_ui_pages(app, host, rest_port, token, prom_port)
+    log.info("JobManager RPC at %s:%d, REST API and dashboard at http://%s:%d/", host, rpc_port, host, rest_port)
+    logic = ResourceManagerLogic(slots, taskmanagers if mode == "session" else 0,
+                                 int(config.get("resourcemanager.taskmanager-timeout")))
     stop = threading.Event()
     threading.Thread(target=_scale_loop, args=(jm, app, logic, stop), daemon=True, name="scaler").start()
-    if mode == "session":
-        jm.stopping.wait()
-        stop.set()
-        app.shutdown("SUCCEEDED", "session stopped")
-        return 0
     status, diagnostics = "FAILED", ""
     try:
-        status, diagnostics = _run_job(mode, jm, rest_port, token, job_args)
+        if mode == "session":
+            jm.stopping.wait()
+            status, diagnostics = "SUCCEEDED", "session stopped"
+        else:
+            status, diagnostics = _run_job(mode, jm, rest_port, token, job_args, config)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes YARN diagnostics
+        log.exception("the ApplicationMaster failed")
         status, diagnostics = "FAILED", f"{type(exc).__name__}: {exc}"
     finally:
         stop.set()
-        app.kv[KV_STATUS] = f"{status}\n{diagnostics}".encode()
         jm.shutdown()
+        staging = os.environ.get("EMRFLOW_STAGING_DIR")
+        if staging and os.path.isdir(staging):  # file:/// default file system: the client's files
+            shutil.rmtree(staging, ignore_errors=True)
         app.shutdown(status, diagnostics[-4000:])
     return 0 if status == "SUCCEEDED" else 1
 
 
-def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str]) -> tuple[str, str]:
+def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str], config) -> tuple[str, str]:
     from emrflow.deploy.client import result_from_status
     from emrflow.errors import JobExecutionError
     if mode == "per-job":
         import cloudpickle
         with open("jobgraph.pkl", "rb") as f:
-            job_graph = cloudpickle.load(f)
-        reply = jm.submit(topology=job_graph.topology(), job_bytes=cloudpickle.dumps(job_graph))
+            job_bytes = f.read()  # passed on as the client pickled it (file names, sources)
+        job_graph = cloudpickle.loads(job_bytes)
+        reply = jm.submit(topology=job_graph.topology(), job_bytes=job_bytes)
         if isinstance(reply, str):
             return "FAILED", reply
         while True:
             status = jm.job_status(reply["job_id"], wait_s=5)
             if status["state"] in ("FINISHED", "FAILED", "CANCELED"):
                 break
+        # an attached client long-polls the job's status: give it a moment to read the end
+        # over REST (with the user's traceback) before the JobManager goes away
+        time.sleep(1.0)
         try:
             result = result_from_status(status)
         except JobExecutionError as exc:
             return ("KILLED" if status["state"] == "CANCELED" else "FAILED"), str(exc)
         return "SUCCEEDED", f"job {result.job_id} finished in {result.net_runtime_ms} ms"
     # application mode: the job's main runs here, submitting to this JobManager
-    import runpy
-
     from emrflow.api.environment import ExecutionContext, set_execution_context
-    from emrflow.config import Configuration
-    config = Configuration.load(dynamic=["execution.target=remote", "rest.address=127.0.0.1",
-                                         f"rest.port={rest_port}", f"rest.auth.token={token}"])
-    set_execution_context(ExecutionContext(config=config))
+    job_config = config.with_overrides({"execution.target": "remote", "rest.address": "127.0.0.1",
+                                        "rest.port": rest_port, "rest.auth.token": token,
+                                        "execution.attached": True}, source="yarn-application")
+    set_execution_context(ExecutionContext(config=job_config))
     script, *args = job_args
     sys.argv = [script, *args]
-    sys.path.insert(0, os.getcwd())  # the localized --py-files
+    # the localized --py-files: modules beside the script, and .zip/.egg archives as they are
+    sys.path[:0] = [os.getcwd()] + sorted(os.path.abspath(f) for f in os.listdir(".")
+                                          if f.endswith((".zip", ".egg")))
     try:
-        runpy.run_path(script, run_name="__main__")
+        _run_script(script, config.get("yarn.application.script-path") or script)
     except JobExecutionError as exc:
         return "FAILED", str(exc)
     except SystemExit as exc:
         if exc.code not in (None, 0):
             return "FAILED", f"{script} exited with status {exc.code}"
+    except Exception:  # noqa: BLE001 - the user's script raised before or after its job
+        import traceback
+        return "FAILED", f"{script} raised:\n{traceback.format_exc()}"
     return "SUCCEEDED", f"{script} finished"
 
 
-def run_taskmanager(slots: int, heartbeat_interval_ms: int) -> int:
+def _run_script(path: str, shown_as: str) -> None:
+    """Run the localized script ``path`` as ``__main__``, compiled under the name the user gave it."""
+    import types
+
+    from emrflow.graph.pickling import remember_source
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    remember_source(shown_as, source)
+    module = types.ModuleType("__main__")
+    module.__file__ = shown_as
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        exec(compile(source, shown_as, "exec"), module.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+def run_taskmanager(slots: int) -> int:
     """Entry point of a ``taskmanager`` service container."""
+    from emrflow.config import Configuration
     from emrflow.runtime.taskmanager import TaskManager
+    config = Configuration.load()
     app = application_client()
     rpc = app.kv.wait(KV_RPC).decode()
     secret = app.kv.wait(KV_SECRET).decode()
     os.environ["EMRFLOW_CLUSTER_SECRET"] = secret
     host, _, port = rpc.rpartition(":")
-    container = os.environ.get("SKEIN_CONTAINER_ID") or os.environ.get("CONTAINER_ID") or f"tm-{secrets.token_hex(3)}"
-    TaskManager((host, int(port)), secret, slots, container, container_host(), heartbeat_interval_ms).run()
+    container = os.environ.get("CONTAINER_ID") or f"tm-{secrets.token_hex(3)}"
+    TaskManager((host, int(port)), secret, slots, container, container_host(),
+                int(config.get("heartbeat.interval"))).run()
     return 0
 
 
@@ -218,19 +307,17 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--mode", choices=["session", "per-job", "application"], required=True)
     m.add_argument("--slots", type=int, default=1)
     m.add_argument("--taskmanagers", type=int, default=0)
-    m.add_argument("--idle-timeout-ms", type=int, default=30_000)
-    m.add_argument("--heartbeat-timeout-ms", type=int, default=50_000)
     m.add_argument("job_args", nargs=argparse.REMAINDER)
     t = sub.add_parser("taskmanager")
     t.add_argument("--slots", type=int, default=1)
-    t.add_argument("--heartbeat-interval-ms", type=int, default=10_000)
     args = parser.parse_args(argv)
     setup_logging(f"yarn {args.role}")
     if args.role == "master":
-        job_args = [a for a in args.job_args if a != "--"]
-        sys.exit(run_master(args.mode, args.slots, args.taskmanagers, args.idle_timeout_ms,
-                            args.heartbeat_timeout_ms, job_args))
-    sys.exit(run_taskmanager(args.slots, args.heartbeat_interval_ms))
+        job_args = list(args.job_args)
+        if job_args[:1] == ["--"]:
+            job_args = job_args[1:]
+        sys.exit(run_master(args.mode, args.slots, args.taskmanagers, job_args))
+    sys.exit(run_taskmanager(args.slots))
 
 
 if __name__ == "__main__":

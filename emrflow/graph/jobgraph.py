@@ -174,7 +174,7 @@ class JobGraph:
     def topology(self) -> dict:
         """Return the graph without user code, as plain data (what the JobManager needs)."""
         jm_keys = ("execution.checkpointing.", "state.", "restart-strategy", "jobmanager.execution.",
-                   "execution.savepoint.", "s3.")
+                   "execution.savepoint.", "s3.", "emrflow.bad-records.")
         return {
             "job_id": self.job_id, "name": self.name, "batch": self.batch,
             "checkpointing": bool(self.config.get("execution.checkpointing.interval")) and not self.batch,
@@ -203,12 +203,22 @@ class JobGraph:
 
         Raises:
             InputNotFoundError, OutputExistsError: as the connectors raise them.
+            StorageError: a source's or sink's file system cannot be reached (e.g. S3).
         """
+        from emrflow.errors import EmrflowError, StorageError
         kinds = (T.SOURCE, T.SINK) if sinks else (T.SOURCE,)
         for v in self.vertices.values():
             for op in v.operators.values():
                 if op.kind in kinds:
-                    op.function.validate()
+                    try:
+                        op.function.validate()
+                    except EmrflowError:
+                        raise
+                    except OSError as exc:  # pyarrow's S3 errors are long: their first line says it
+                        path = str(getattr(op.function, "path", ""))
+                        text = str(exc).strip().splitlines()
+                        raise StorageError(f"{op.name}: cannot access {path}: "
+                                           f"{text[0] if text else type(exc).__name__}", path) from None
 
 
 def pipelined_regions(vertices: list[int], edges: list[tuple[int, int]]) -> list[set[int]]:

@@ -84,7 +84,7 @@ def stable_hash(key: Any) -> int:
     if isinstance(key, (datetime.date, datetime.time)):
         return zlib.crc32(key.isoformat().encode())
     if isinstance(key, (str, int, float, tuple)):  # subclasses, e.g. namedtuple
-        base = str if isinstance(key, str) else int if isinstance(key, int) else float if isinstance(key, float) else tuple
+        base = next(t for t in (str, int, float, tuple) if isinstance(key, t))
         return stable_hash(base(key))
     if type(key).__name__ == "Decimal":
         return zlib.crc32(str(key.normalize()).encode())

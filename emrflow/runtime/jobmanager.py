@@ -616,12 +616,47 @@ class JobManager:
     def _progress(self, job: JobState) -> None:
         states = job.tasks.values()
         if job.state == "RUNNING" and all(s == "FINISHED" for s in states):
+            too_many = self._bad_records_exceeded(job)
+            if too_many is not None:  # deterministic: no restart; the sinks abort, nothing committed
+                job.failure = {"message": too_many, "operator": None, "subtask_index": None,
+                               "parallelism": None, "traceback": ""}
+                job.failure_time = time.time()
+                job.state = "FAILING"
+                self._abort_pending_checkpoints(job, "the job failed")
+                self._finish_on_slots(job, "abort")
+                return
             job.state = "COMMITTING"
             self._abort_pending_checkpoints(job, "the job finished")
             self._finish_on_slots(job, "commit")
         elif job.state in ("FAILING", "CANCELLING", "RESTARTING") and all(
                 s in ("FINISHED", "FAILED", "CANCELED") for s in states):
             self._finish_on_slots(job, "abort")
+
+    @staticmethod
+    def _bad_records_exceeded(job: JobState) -> str | None:
+        """The failure message if the job's bad input records pass ``emrflow.bad-records.max-ratio``
+        or ``.max-count`` (or all input records were bad), else ``None``."""
+        bad = sum(m.get("bad_records", 0) for m in job.metrics.values())
+        if not bad:
+            return None
+        sources = {o["id"] for v in job.topology["vertices"] for o in v["operators"] if o.get("kind") == "source"}
+        good = sum(rout for m in job.metrics.values()
+                   for op_id, (_rin, rout) in m.get("operators", {}).items() if int(op_id) in sources)
+        config = job.topology.get("config", {})
+        ratio = float(config.get("emrflow.bad-records.max-ratio", 1.0))
+        count = config.get("emrflow.bad-records.max-count")
+        total = bad + good
+        if good == 0:
+            why = "all of them"
+        elif bad / total > ratio:
+            why = f"more than emrflow.bad-records.max-ratio={ratio:g}"
+        elif count is not None and bad > int(count):
+            why = f"more than emrflow.bad-records.max-count={int(count)}"
+        else:
+            return None
+        samples = [x for m in job.metrics.values() for x in m.get("bad_record_samples", [])][:3]
+        return (f"{bad:,} of {total:,} input records were bad ({why}); no output was committed. "
+                f"First: {'; '.join(samples)}")
 
     def _finish_on_slots(self, job: JobState, what: str) -> None:
         job.pending_acks = {s.id for s in job.slots if s.id in self.slots}
@@ -951,7 +986,10 @@ class JobManager:
         ops: dict[int, list[int]] = {}
         bad, samples = 0, []
         busy: dict[int, float] = {}
+        late: dict[int, int] = {}
         for (v, _i), m in job.metrics.items():
+            for op_id, n in m.get("late", {}).items():
+                late[int(op_id)] = late.get(int(op_id), 0) + n
             for op_id, (rin, rout) in m.get("operators", {}).items():
                 acc = ops.setdefault(int(op_id), [0, 0])
                 acc[0] += rin
@@ -964,11 +1002,13 @@ class JobManager:
             states = [job.tasks.get((v["id"], i), "CREATED") for i in range(v["parallelism"])]
             operators = [{"id": o["id"], "name": o["name"], "uid": o["uid"],
                           "records_in": ops.get(o["id"], [0, 0])[0],
-                          "records_out": ops.get(o["id"], [0, 0])[1]} for o in v["operators"]]
+                          "records_out": ops.get(o["id"], [0, 0])[1],
+                          "late_records_dropped": late.get(o["id"], 0)} for o in v["operators"]]
             vertices.append({"id": v["id"], "name": v["name"], "parallelism": v["parallelism"],
                              "subtask_states": states, "operators": operators,
                              "busy_s": busy.get(v["id"], 0.0)})
-        out.update(vertices=vertices, bad_records=bad, bad_record_samples=samples)
+        out.update(vertices=vertices, bad_records=bad, bad_record_samples=samples,
+                   late_records_dropped=sum(late.values()))
         return out
 
 

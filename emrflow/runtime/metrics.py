@@ -5,7 +5,7 @@ JobManager's state at scrape time (a custom collector), named as Flink's
 Prometheus reporter names them:
 
 * ``flink_taskmanager_job_task_operator_numRecordsIn`` / ``..._numRecordsOut``
-  (counters per job, task, operator and subtask) and ``..._numRecordsInPerSecond`` /
+  (counters per job, task, operator and subtask), ``..._numLateRecordsDropped`` and ``..._numRecordsInPerSecond`` /
   ``..._numRecordsOutPerSecond``;
 * ``flink_taskmanager_job_task_busyTimeMsPerSecond``,
   ``flink_taskmanager_job_task_backPressuredTimeMsPerSecond`` and
@@ -38,6 +38,9 @@ def _collector(jm):
             bp = GaugeMetricFamily("flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
                                    "Milliseconds per second a subtask waited for credit",
                                    labels=task_labels)
+            late = GaugeMetricFamily("flink_taskmanager_job_task_operator_numLateRecordsDropped",
+                                     "Records an event-time window operator dropped as late",
+                                     labels=op_labels)
             wm = GaugeMetricFamily("flink_taskmanager_job_task_operator_currentInputWatermark",
                                    "The subtask's input watermark (ms; Long.MIN_VALUE before the first)",
                                    labels=task_labels)
@@ -52,6 +55,7 @@ def _collector(jm):
                                 a, b = m.get("operators", {}).get(o["id"], (0, 0))
                                 ra, rb = r.get("operators", {}).get(o["id"], (0.0, 0.0))
                                 rin.add_metric(labels, a)
+                                late.add_metric(labels, m.get("late", {}).get(o["id"], 0))
                                 rout.add_metric(labels, b)
                                 rin_s.add_metric(labels, ra)
                                 rout_s.add_metric(labels, rb)
@@ -77,7 +81,7 @@ def _collector(jm):
                 for tm in jm.taskmanagers.values():
                     rss.add_metric([tm.id], tm.rss_bytes)
                     cpu.add_metric([tm.id], tm.cpu_percent)
-            yield from (rin, rout, rin_s, rout_s, busy, bp, wm, tms, total, free, running, rss, cpu)
+            yield from (rin, rout, rin_s, rout_s, late, busy, bp, wm, tms, total, free, running, rss, cpu)
 
     return JobManagerCollector()
 

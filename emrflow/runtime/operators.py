@@ -25,12 +25,21 @@ from typing import Any, Callable
 from emrflow.api import transformations as T
 from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from emrflow.api.functions import (
-    FilterFunction, FlatMapFunction, Function, KeyedProcessFunction, MapFunction, OutputTag,
-    ProcessFunction, RuntimeContext, TimeDomain)
+    FilterFunction,
+    FlatMapFunction,
+    Function,
+    KeyedProcessFunction,
+    MapFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeContext,
+    TimeDomain,
+)
+from emrflow.graph.keygroups import assign_to_key_group
 from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.network.events import Watermark, WatermarkStatus
-from emrflow.graph.keygroups import assign_to_key_group
 from emrflow.runtime.state import create_backend
+
 
 class Output:
     """Fans an operator's output batches out to chained operators and record writers.
@@ -153,8 +162,8 @@ class Operator:
     def snapshot_state(self, checkpoint_id: int) -> bytes | Callable[[], bytes] | None:
         """Snapshot the operator's state at a checkpoint barrier (Flink's ``snapshotState``).
 
-        ``checkpoint_id`` numbers the checkpoint (savepoints included). Runs in the task thread while the task is stopped at the barrier (the
-        synchronous part). Returns ``None`` (no state), the snapshot as bytes, or a
+        ``checkpoint_id`` numbers the checkpoint (savepoints included). Runs in the task thread while the
+        task is stopped at the barrier (the synchronous part). Returns ``None`` (no state), the snapshot as bytes, or a
         function that produces the bytes later in a background thread (the
         asynchronous part), which must not read anything the task changes meanwhile.
         """

@@ -18,13 +18,23 @@ Served by Flask on waitress in a thread of the JobManager process. Endpoints
 Security: the server binds ``rest.bind-address`` (127.0.0.1 by default). If a token
 is configured (``rest.auth.token``, passed as ``EMRFLOW_REST_TOKEN``), every request
 must carry ``Authorization: Bearer <token>`` or gets 401 before anything runs;
-binding another address without a token is refused at start.
+binding another address without a token is refused at start. Two more ways in, both
+derived from the token, for browsers:
+
+* ``GET /login?expires=...&signature=...`` (a link made by :func:`login_link`, signed
+  with the token, valid until ``expires``) sets an HttpOnly, SameSite=Strict session
+  cookie that authenticates later requests, and sends the browser on to the dashboard;
+* paths under :func:`proxy_path` (``/s/<key>/...``, the key derived from the token) are
+  served as if the prefix were not there and need no other credential: the target of
+  the page the JobManager adds to skein's web UI on YARN, whose ACLs admit only the
+  application's owner (see ``docs/yarn.md``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import os
 import threading
@@ -37,6 +47,64 @@ from emrflow.api.eventtime import MIN_WATERMARK
 
 #: Largest request body accepted (a submitted JobGraph), in bytes.
 MAX_BODY_BYTES = 256 * 1024 * 1024
+#: Name of the cookie a login link sets.
+SESSION_COOKIE = "emrflow_session"
+#: How long a login link made by :func:`login_link` stays valid by default, in seconds.
+LOGIN_LINK_VALIDITY_S = 12 * 3600
+
+
+def _derived(token: str, purpose: str) -> str:
+    """A value only the token's holder can compute: HMAC-SHA256 of ``purpose`` keyed with it."""
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def login_link(base_url: str, token: str, valid_s: float = LOGIN_LINK_VALIDITY_S,
+               now_s: float | None = None) -> str:
+    """Return a link that logs a browser in to the dashboard at ``base_url``.
+
+    The link carries no token, only its expiry and an HMAC-SHA256 signature made with the
+    token; the server answers it with a session cookie (see the module docstring).
+
+    Args:
+        base_url: The REST server's address as the browser reaches it, e.g.
+            ``http://host:8081``.
+        token: The server's ``rest.auth.token``.
+        valid_s: Seconds the link stays valid from ``now_s``.
+        now_s: The current time in seconds since the epoch (default: now).
+
+    Returns:
+        ``<base_url>/login?expires=<epoch seconds>&signature=<hex>``.
+    """
+    expires = int((time.time() if now_s is None else now_s) + valid_s)
+    return f"{base_url.rstrip('/')}/login?expires={expires}&signature={_derived(token, f'login:{expires}')}"
+
+
+def proxy_path(token: str) -> str:
+    """Return the path prefix (``/s/<key>``) under which the server needs no other credential.
+
+    Args:
+        token: The server's ``rest.auth.token``.
+
+    Returns:
+        The prefix, without a trailing slash; give it only to a trusted proxy.
+    """
+    return f"/s/{_derived(token, 'proxy')}"
+
+
+class _ProxyPrefix:
+    """WSGI middleware: strips :func:`proxy_path` from the path and marks the request trusted."""
+
+    def __init__(self, wsgi_app, token: str | None):
+        self.wsgi_app = wsgi_app
+        self.prefix = proxy_path(token) if token else None
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if self.prefix and path.startswith("/s/"):
+            head, _, rest = path[1:].partition("/")[2].partition("/")
+            if hmac.compare_digest(f"/s/{head}".encode(), self.prefix.encode()):
+                environ = dict(environ, PATH_INFO="/" + rest, **{"emrflow.proxied": True})
+        return self.wsgi_app(environ, start_response)
 
 _REST_STATE = {"RUNNING": "RUNNING", "COMMITTING": "RUNNING", "FAILING": "FAILING",
                "FAILED_ABORTING": "FAILING", "CANCELLING": "CANCELLING",
@@ -101,7 +169,8 @@ def _subtask_metrics(job, vid: int, i: int, head_id: int, tail_id: int) -> dict:
             "accumulated-backpressured-time": int(m.get("backpressured_s", 0) * 1000),
             "busy-time-ms-per-second": r.get("busy_ms_per_s", 0.0),
             "backpressured-time-ms-per-second": r.get("backpressured_ms_per_s", 0.0),
-            "current-input-watermark": m.get("watermark", MIN_WATERMARK)}
+            "current-input-watermark": m.get("watermark", MIN_WATERMARK),
+            "numLateRecordsDropped": sum(m.get("late", {}).values())}
 
 
 def _sum_metrics(parts: list[dict]) -> dict:
@@ -147,7 +216,8 @@ def job_details(jm, job) -> dict:
                                       for n, e in enumerate(edges_in.get(v["id"], []))]})
     status_counts = _task_counts(list(job.tasks.values()))
     return {"jid": job.id, "name": job.name, "isStoppable": False,
-            "state": _REST_STATE.get(job.state, job.state), "job-type": "BATCH" if job.topology["batch"] else "STREAMING",
+            "state": _REST_STATE.get(job.state, job.state),
+            "job-type": "BATCH" if job.topology["batch"] else "STREAMING",
             "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
             "duration": _job_duration_ms(job), "maxParallelism": -1, "now": _ms(time.time()),
             "timestamps": {"CREATED": _ms(job.submitted), "RUNNING": _ms(job.start),
@@ -211,15 +281,43 @@ def create_app(jm, token: str | None = None):
 
     app = Flask("emrflow", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.wsgi_app = _ProxyPrefix(app.wsgi_app, token)
+    session_value = _derived(token, "session") if token else ""
 
     @app.before_request
     def check_token():
-        if token is None:
+        if token is None or request.environ.get("emrflow.proxied") or request.path == "/login":
             return None
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return jsonify(errors=["missing or wrong bearer token"]), 401
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if not (hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+                or hmac.compare_digest(cookie.encode(), session_value.encode())):
+            return jsonify(errors=["missing or wrong bearer token or login cookie (a browser opens the "
+                                   "login link `emrflow yarn-session start` or `status` prints)"]), 401
         return None
+
+    @app.get("/login")
+    def login():
+        if token is not None:
+            expires, signature = request.args.get("expires", ""), request.args.get("signature", "")
+            if not expires.isdigit() or not hmac.compare_digest(
+                    signature.encode(), _derived(token, f"login:{expires}").encode()):
+                return jsonify(errors=["not a valid login link: expected ?expires=<epoch seconds>"
+                                       "&signature=<hex> as made by the CLI"]), 401
+            if int(expires) < time.time():
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(expires)))
+                return jsonify(errors=[f"this login link expired at {when}; "
+                                       "`emrflow yarn-session status` prints a new one"]), 401
+        # a page of our own moves on, not a redirect: a SameSite=Strict cookie set during a
+        # cross-site navigation (a link clicked in a terminal or a mail) would not be sent on it
+        resp = Response('<!doctype html><meta http-equiv="refresh" content="0; url=./">'
+                        '<a href="./">Open the dashboard</a>', mimetype="text/html")
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        if token is not None:
+            resp.set_cookie(SESSION_COOKIE, session_value, httponly=True, samesite="Strict",
+                            secure=request.scheme == "https")
+        return resp
 
     @app.errorhandler(404)
     def not_found(_e):

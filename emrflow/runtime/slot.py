@@ -26,12 +26,11 @@ from emrflow import fs
 from emrflow.connectors.base import abort_writer
 from emrflow.graph.jobgraph import JobGraph
 from emrflow.runtime import rpc
-from emrflow.runtime.network.channels import (
-    Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel)
+from emrflow.runtime.aggregators import make_aggregator
+from emrflow.runtime.checkpoint import StateReader
+from emrflow.runtime.network.channels import Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel
 from emrflow.runtime.network.events import CheckpointBarrier
 from emrflow.runtime.network.writers import make_writer
-from emrflow.runtime.checkpoint import StateReader
-from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.process import die_with_parent, setup_logging
 from emrflow.runtime.task import StreamTask, TaskFailure, describe_failure
 
@@ -136,7 +135,7 @@ class SlotProcess:
         """Create gates, then tasks, then start them; each pipelined region gets its own cancel event."""
         job = dep.job
         cancel = {}
-        for vertex_id, index in subtasks:
+        for vertex_id, _index in subtasks:
             ev = dep.region_cancel.get(vertex_id)
             if ev is None or ev.is_set():
                 region = job.region_of(vertex_id)

@@ -28,9 +28,19 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 
 from emrflow.api.state import (
-    AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateDescriptor, StateTtlConfig,
-    ValueState, ValueStateDescriptor)
+    AggregatingState,
+    AggregatingStateDescriptor,
+    ListState,
+    ListStateDescriptor,
+    MapState,
+    MapStateDescriptor,
+    ReducingState,
+    ReducingStateDescriptor,
+    StateDescriptor,
+    StateTtlConfig,
+    ValueState,
+    ValueStateDescriptor,
+)
 from emrflow.api.windowing import TimeWindow
 from emrflow.graph.keygroups import assign_to_key_group
 

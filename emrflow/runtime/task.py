@@ -25,13 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from emrflow.api import transformations as T
+from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from emrflow.api.functions import RuntimeContext
 from emrflow.connectors.base import SubtaskContext, abort_writer
 from emrflow.graph.jobgraph import JobGraph, JobVertex
-from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
-from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
-from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
 from emrflow.runtime import checkpoint as chk
+from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
+from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
 from emrflow.runtime.operators import Operator, Output, create_operator
 
@@ -122,7 +122,9 @@ class StreamTask:
         ops = {op_id: (op.records_in, op.output.records_out if op.output else 0)
                for op_id, op in self.operators.items()}
         head = self.operators.get(self.vertex.head)
-        return {"operators": ops, "bad_records": self.bad_records,
+        late = {op_id: op.late_records_dropped for op_id, op in self.operators.items()
+                if getattr(op, "late_records_dropped", 0)}
+        return {"operators": ops, "bad_records": self.bad_records, "late": late,
                 "bad_record_samples": list(self.bad_record_samples),
                 "busy_s": self.busy_s,
                 "watermark": head.current_watermark if head is not None else MIN_WATERMARK,
@@ -138,7 +140,7 @@ class StreamTask:
         return SubtaskContext(operator_name=name, subtask_index=self.subtask_index,
                               parallelism=self.vertex.parallelism, attempt=self.attempt,
                               config=self.job.config, report_bad_record=self._report_bad_record,
-                              checkpointing=self.periodic)
+                              checkpointing=self.periodic, job_id=self.job.job_id)
 
     def _build_chain(self) -> None:
         v = self.vertex

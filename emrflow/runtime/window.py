@@ -38,10 +38,15 @@ except ImportError:  # pragma: no cover - other Pythons
 
 from emrflow.api.eventtime import MAX_WATERMARK
 from emrflow.api.functions import (
-    AllWindowFunction, Function, ProcessAllWindowFunction, ProcessWindowFunction, ReduceFunction,
-    RuntimeContext, WindowFunction)
-from emrflow.api.windowing import (
-    GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows)
+    AllWindowFunction,
+    Function,
+    ProcessAllWindowFunction,
+    ProcessWindowFunction,
+    ReduceFunction,
+    RuntimeContext,
+    WindowFunction,
+)
+from emrflow.api.windowing import GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows
 from emrflow.runtime.operators import Operator, keyed_restore, keyed_snapshot
 from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
 

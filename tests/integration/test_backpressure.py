@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
 import pytest
-
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +33,7 @@ env.execute("backpressure")
 
 
 def peak_tree_rss(cmd: list[str], env: dict) -> tuple[int, int]:
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # cwd: tmp_path
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:

@@ -22,8 +22,8 @@ import uuid
 
 import psutil
 import pytest
-
 from conftest_emr import aws, aws_env, moto_endpoint  # noqa: F401  (moto server fixtures)
+
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration,
@@ -50,7 +50,7 @@ def output_lines(directory: str) -> collections.Counter:
 def start(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, EMRFLOW_TEST_TOKEN=uuid.uuid4().hex, **(env_extra or {}))
     return subprocess.Popen([sys.executable, "-m", "emrflow.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env)  # cwd: the test's tmp_path
 
 
 @contextlib.contextmanager
@@ -193,7 +193,7 @@ def test_savepoint_stop_and_restore_at_another_parallelism(tmp_path):
 
     def cli(*args, timeout=120):
         return subprocess.run([sys.executable, "-m", "emrflow.cli", *args], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=ROOT)
+                              timeout=timeout, env=env, cwd=tmp_path)
     r = cli("cluster", "start", "--taskmanagers", "1", "--slots", "3", "--rest-port", "0",
             "-D", f"state.savepoints.dir={sp}")
     assert r.returncode == 0, r.stderr
@@ -250,12 +250,12 @@ def test_restoring_state_of_a_missing_operator_needs_allow_non_restored_state(tm
                                  "tasks": [entry]})
     out = str(tmp_path / "out")
     r = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", "-s", str(sp), JOB, "--count", "1000",
-                        "--output", out], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                        "--output", out], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 1
     assert "'old map' (uid gone-operator)" in r.stderr and "--allow-non-restored-state" in r.stderr
     r = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", "-s", str(sp),
                         "--allow-non-restored-state", JOB, "--count", "1000", "--keys", "10",
-                        "--output", out], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                        "--output", out], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert output_lines(out) == reference(1000, 10)
 

@@ -21,11 +21,15 @@ from tests.conftest import ROOT, SHARED_DATA
 pytestmark = pytest.mark.integration
 
 RATINGS = os.path.join(ROOT, "examples", "data", "movielens-latest-small", "ratings.csv")
+LATEST_RATING = os.path.join(ROOT, "examples", "latest_rating.py")
 
 
 def emrflow(*args: str, env_extra: dict | None = None, timeout: float = 240,
-            cwd: str = ROOT) -> tuple[subprocess.CompletedProcess, str]:
-    """Run the emrflow CLI in a subprocess tagged with a unique token in its environment."""
+            cwd: str | None = None) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the emrflow CLI in a subprocess tagged with a unique token in its environment.
+
+    It runs in ``cwd``, by default the test's own ``tmp_path`` (see ``tests/conftest.py``).
+    """
     token = uuid.uuid4().hex
     env = dict(os.environ, EMRFLOW_TEST_TOKEN=token, **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "emrflow.cli", *args], capture_output=True,
@@ -97,19 +101,19 @@ def test_version():
 
 
 def test_unknown_target_is_a_usage_error(tmp_path):
-    proc, _ = emrflow("run", "-t", "moon", "examples/latest_rating.py")
+    proc, _ = emrflow("run", "-t", "moon", LATEST_RATING)
     assert proc.returncode == 2
     assert "unknown target 'moon'" in proc.stderr and "local" in proc.stderr
 
 
 def test_bad_config_key_names_it(tmp_path):
-    proc, _ = emrflow("run", "-D", "paralellism.default=2", "examples/latest_rating.py")
+    proc, _ = emrflow("run", "-D", "paralellism.default=2", LATEST_RATING)
     assert proc.returncode == 1
     assert "paralellism.default" in proc.stderr and "parallelism.default" in proc.stderr
 
 
 def test_bad_config_value_names_key_and_type():
-    proc, _ = emrflow("run", "-D", "taskmanager.numberOfTaskSlots=four", "examples/latest_rating.py")
+    proc, _ = emrflow("run", "-D", "taskmanager.numberOfTaskSlots=four", LATEST_RATING)
     assert proc.returncode == 1
     assert "taskmanager.numberOfTaskSlots" in proc.stderr and "integer" in proc.stderr
 
@@ -127,7 +131,7 @@ def test_latest_rating_p2_on_real_ratings_with_rerating(tmp_path):
         rows = list(csv.reader(f))
     header, data = rows[0], rows[1:]
     extra = []
-    for user, movie, rating, ts in rng.sample(data, 10_000):
+    for user, movie, _rating, ts in rng.sample(data, 10_000):
         # later re-ratings, earlier ones, and equal timestamps with another rating
         extra.append([user, movie, f"{rng.randint(1, 10) / 2:g}", str(int(ts) + rng.randint(1, 10**7))])
         extra.append([user, movie, "0.5", str(int(ts) - 1)])
@@ -140,7 +144,7 @@ def test_latest_rating_p2_on_real_ratings_with_rerating(tmp_path):
         w.writerow(header)
         w.writerows(all_rows)
     out = tmp_path / "out"
-    proc, token = emrflow("run", "-p", "2", "examples/latest_rating.py", "--input", str(src),
+    proc, token = emrflow("run", "-p", "2", LATEST_RATING, "--input", str(src),
                           "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(token)
@@ -153,14 +157,14 @@ def test_latest_rating_p2_on_real_ratings_with_rerating(tmp_path):
 
 
 def test_latest_rating_runs_with_no_arguments(tmp_path):
-    proc, token = emrflow("run", os.path.join(ROOT, "examples", "latest_rating.py"), cwd=str(tmp_path))
+    proc, token = emrflow("run", LATEST_RATING, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     got = read_parts(str(tmp_path / "out" / "latest-rating"), ["movieId", "userId", "rating", "timestamp"])
     assert len(got) == len(latest_reference(RATINGS))
     # a second run refuses to overwrite, a third with --overwrite replaces
-    proc, _ = emrflow("run", os.path.join(ROOT, "examples", "latest_rating.py"), cwd=str(tmp_path))
+    proc, _ = emrflow("run", LATEST_RATING, cwd=str(tmp_path))
     assert proc.returncode == 1 and "already exists" in proc.stderr
-    proc, _ = emrflow("run", os.path.join(ROOT, "examples", "latest_rating.py"), "--overwrite",
+    proc, _ = emrflow("run", LATEST_RATING, "--overwrite",
                       cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
 
@@ -169,7 +173,7 @@ def test_seed_format_with_caret_delimiter(tmp_path):
     src = tmp_path / "seed.txt"
     src.write_text("10^1^4.5^100\n10^1^2^200\n11^1^3^50\n10^2^5^10\n")
     out = tmp_path / "out"
-    proc, _ = emrflow("run", "examples/latest_rating.py", "--format", "seed", "--input", str(src),
+    proc, _ = emrflow("run", LATEST_RATING, "--format", "seed", "--input", str(src),
                       "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     got = sorted(read_parts(str(out), ["movieId", "userId", "rating", "timestamp"]))
@@ -193,7 +197,7 @@ def test_bad_records_are_skipped_counted_and_located(tmp_path):
     src = tmp_path / "r.csv"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    proc, _ = emrflow("run", "-p", "2", "examples/latest_rating.py", "--input", str(src),
+    proc, _ = emrflow("run", "-p", "2", LATEST_RATING, "--input", str(src),
                       "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert f"Skipped {len(bad_lines)} bad input records" in proc.stderr
@@ -202,7 +206,7 @@ def test_bad_records_are_skipped_counted_and_located(tmp_path):
     assert len(reported) == min(len(bad_lines), 20)  # 10 per subtask in full
     assert len(read_parts(str(out), ["movieId", "userId", "rating", "timestamp"])) == 398 - len(bad_lines)
 
-    proc, _ = emrflow("run", "examples/latest_rating.py", "--input", str(src), "--output",
+    proc, _ = emrflow("run", LATEST_RATING, "--input", str(src), "--output",
                       str(tmp_path / "out2"), "--fail-on-bad-records")
     assert proc.returncode == 1
     assert re.search(re.escape(str(src)) + r":37: ", proc.stderr), proc.stderr
@@ -211,7 +215,7 @@ def test_bad_records_are_skipped_counted_and_located(tmp_path):
 
 def test_missing_input_fails_before_the_job_starts(tmp_path):
     missing = tmp_path / "nope.csv"
-    proc, _ = emrflow("run", "examples/latest_rating.py", "--input", str(missing), "--output",
+    proc, _ = emrflow("run", LATEST_RATING, "--input", str(missing), "--output",
                       str(tmp_path / "o"))
     assert proc.returncode == 1
     assert f"input path does not exist: {missing}" in proc.stderr
@@ -275,7 +279,7 @@ def test_ctrl_c_stops_job_and_cluster(tmp_path):
     env = dict(os.environ, EMRFLOW_TEST_TOKEN=token)
     proc = subprocess.Popen([sys.executable, "-m", "emrflow.cli", "run", "-p", "2", str(job)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
+                            cwd=tmp_path)
     # wait for the job to run, then press Ctrl-C
     deadline = time.monotonic() + 60
     line = ""
@@ -299,7 +303,8 @@ def test_word_count_on_shakespeare(tmp_path):
     if not os.path.exists(text):
         pytest.skip("Shakespeare's text is not next to the repository")
     out = tmp_path / "wc"
-    proc, _ = emrflow("run", "-p", "2", "examples/word_count.py", "--input", text, "--output", str(out))
+    proc, _ = emrflow("run", "-p", "2", os.path.join(ROOT, "examples", "word_count.py"), "--input", text,
+                      "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     got = {w: int(c) for w, c in read_parts(str(out), ["word", "count"])}
     expected: dict = {}

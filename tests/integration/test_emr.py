@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -20,14 +21,12 @@ import time
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest_emr import BUCKET, FAKE_ENV, aws, aws_env, built_wheel, counting_endpoint, moto_endpoint  # noqa: F401
 
 from emrflow.cli import main
 from emrflow.cli_emr import register
 from emrflow.deploy import emr
 from emrflow.errors import ClusterError, ConfigError
-
-from conftest_emr import (BUCKET, FAKE_ENV, aws, aws_env, built_wheel, counting_endpoint,  # noqa: F401
-                           moto_endpoint)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:moto.*"),
@@ -52,6 +51,11 @@ def cli(*args, endpoint=None):
 
 def s3_text(aws, uri) -> bytes:
     return aws.read(uri)
+
+
+def sha256_prefix(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def request_of(spec_path, **over):
@@ -109,8 +113,10 @@ def test_create_cluster_batch_template_builds_and_stages_the_wheel(aws, moto_end
     assert [a["Name"] for a in actions] == ["install emrflow", "write emrflow configuration"]
     wheel_uri = actions[0]["Args"][0]
     assert actions[0]["ScriptPath"] == f"{STAGING}/bootstrap/install-emrflow.sh"
-    assert wheel_uri == f"{STAGING}/wheels/{emr.expected_wheel_name()}"
-    assert s3_text(aws, wheel_uri)[:2] == b"PK"               # a zip: the wheel
+    staged = s3_text(aws, wheel_uri)
+    assert staged[:2] == b"PK"                                # a zip: the wheel
+    digest = hashlib.sha256(staged).hexdigest()[:16]          # content-addressed key
+    assert wheel_uri == f"{STAGING}/wheels/{digest}/{emr.expected_wheel_name()}"
     for name in ("install-emrflow.sh", "write-emrflow-conf.sh"):
         with open(os.path.join(ROOT, "bootstrap", name), "rb") as f:
             assert s3_text(aws, f"{STAGING}/bootstrap/{name}") == f.read()
@@ -123,13 +129,13 @@ def test_create_cluster_batch_template_builds_and_stages_the_wheel(aws, moto_end
 
 
 def test_create_cluster_streaming_template_with_overrides(aws, moto_endpoint, built_wheel):
-    r = cli("create-cluster", "--config", STREAMING, "--name", "stream-x", "--release-label", "emr-6.15.0",
+    r = cli("create-cluster", "--config", STREAMING, "--name", "stream-x", "--release-label", "emr-7.2.0",
             "--instance-type", "m5.2xlarge", "--core-instance-count", "3", "--log-uri", f"s3://{BUCKET}/other/",
             "--wheel", built_wheel, endpoint=moto_endpoint)
     assert r.exit_code == 0, r.output
     cluster_id = r.stdout.strip().splitlines()[-1]
     c = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
-    assert (c["Name"], c["ReleaseLabel"], c["LogUri"]) == ("stream-x", "emr-6.15.0", f"s3://{BUCKET}/other/")
+    assert (c["Name"], c["ReleaseLabel"], c["LogUri"]) == ("stream-x", "emr-7.2.0", f"s3://{BUCKET}/other/")
     assert [a["Name"] for a in c["Applications"]] == ["Hadoop", "ZooKeeper"]
     assert c["StepConcurrencyLevel"] == 2
     assert [x["Classification"] for x in c["Configurations"]] == ["yarn-site", "core-site", "hadoop-env"]
@@ -141,7 +147,7 @@ def test_create_cluster_streaming_template_with_overrides(aws, moto_endpoint, bu
     assert (groups["TASK"]["Market"], groups["TASK"]["BidPrice"]) == ("SPOT", "0.20")
     assert groups["TASK"]["RequestedInstanceCount"] == 4
     actions = aws.emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
-    assert actions[0]["Args"] == [f"{STAGING}/wheels/{os.path.basename(built_wheel)}"]
+    assert actions[0]["Args"] == [f"{STAGING}/wheels/{sha256_prefix(built_wheel)}/{os.path.basename(built_wheel)}"]
     assert actions[1]["Args"][0] == "--conf-b64" and len(actions[1]["Args"]) == 2
     conf = yaml.safe_load(base64.b64decode(actions[1]["Args"][1]))
     assert conf == {"execution.runtime-mode": "STREAMING", "taskmanager.numberOfTaskSlots": 2}
@@ -162,7 +168,8 @@ def test_instance_fleet_with_spot_options_in_the_request(tmp_path):
     path.write_text(yaml.safe_dump(data))
     fleets = request_of(str(path), instance_type="m6i.xlarge", core_instance_count=4)["Instances"]["InstanceFleets"]
     assert fleets[0]["InstanceTypeConfigs"] == [{"InstanceType": "m6i.xlarge", "WeightedCapacity": 1}]
-    assert (fleets[1]["TargetOnDemandCapacity"], fleets[1]["InstanceTypeConfigs"][0]["InstanceType"]) == (4, "m6i.xlarge")
+    assert fleets[1]["TargetOnDemandCapacity"] == 4
+    assert fleets[1]["InstanceTypeConfigs"][0]["InstanceType"] == "m6i.xlarge"
     assert fleets[2] == {"Name": "Task", "InstanceFleetType": "TASK", "TargetOnDemandCapacity": 0,
                          "TargetSpotCapacity": 8,
                          "InstanceTypeConfigs": [{"InstanceType": "c5.2xlarge", "WeightedCapacity": 2,
@@ -174,10 +181,12 @@ def test_instance_fleet_with_spot_options_in_the_request(tmp_path):
 
 BAD = [  # (text to replace in emr-batch.yaml, replacement, field named, text on the line the error names)
     ("release_label: emr-7.1.0", "release_label: emr7.1", "release_label", "emr7.1"),
-    ("    instance_type: m5.xlarge\n    count: 1", "    instance_type: huge\n    count: 1", "instance_groups[0].instance_type", "huge"),
+    ("    instance_type: m5.xlarge\n    count: 1", "    instance_type: huge\n    count: 1",
+     "instance_groups[0].instance_type", "huge"),
     ("    count: 2", "    count: -1", "instance_groups[1].count", "count: -1"),
     ("log_uri: s3://my-emrflow-bucket/emr-logs/", "log_uri: https://example.com/logs", "log_uri", "https://example.com"),
-    ("  - Classification: yarn-site\n    Properties:", "  - Classification: yarn-site\n    Props:", "configurations[0].Props", "Props:"),
+    ("  - Classification: yarn-site\n    Properties:", "  - Classification: yarn-site\n    Props:",
+     "configurations[0].Props", "Props:"),
     ("      parallelism.default: 4", "      parallelism.defualt: 4", "parallelism.defualt", "defualt"),
 ]
 
@@ -531,3 +540,104 @@ def test_fetch_job_script_errors(aws, tmp_path):
         emr.fetch_job_script("s3://bucket-only", str(tmp_path), aws)
     with pytest.raises(ClusterError, match="downloading the job script"):
         emr.fetch_job_script(f"s3://{BUCKET}/no/such/job.py", str(tmp_path), aws)
+
+
+# --------------------------------------------------------------------------- staging an installed emrflow
+
+def _installed_layout(wheel: str, root) -> str:
+    """Unpack ``wheel`` into ``root/site`` as pip lays a wheel out (a site-packages directory)."""
+    import zipfile
+    site = root / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    return str(site)
+
+
+def _emrflow_from(site: str, cwd, endpoint: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m emrflow.cli ARGS`` with only ``site`` (no checkout) providing emrflow."""
+    env = dict(os.environ, **FAKE_ENV, PYTHONPATH=site, AWS_ENDPOINT_URL=endpoint)
+    code = ("import sys, emrflow, emrflow.cli as c; "
+            "assert emrflow.__file__.startswith(sys.argv[1]), emrflow.__file__; "
+            "sys.argv = ['emrflow', *sys.argv[2:]]; c.main()")
+    return subprocess.run([sys.executable, "-c", code, site, *args], capture_output=True, text=True,
+                          timeout=120, cwd=str(cwd), env=env)
+
+
+def test_installed_emrflow_stages_itself_and_finds_its_templates(aws, moto_endpoint, built_wheel, tmp_path):
+    """From an installed layout (no checkout): --config by template name, the wheel repacked from
+    the installed files under a content-addressed key, the bootstrap scripts from the package."""
+    site = _installed_layout(built_wheel, tmp_path)
+    staging = f"s3://{BUCKET}/installed-{time.monotonic_ns()}"
+    runs = [_emrflow_from(site, tmp_path, moto_endpoint, "create-cluster", "--config", "emr-batch",
+                          "--s3-staging", staging) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+    actions = aws.emr.list_bootstrap_actions(ClusterId=runs[0].stdout.split()[-1])["BootstrapActions"]
+    wheel_uri = actions[0]["Args"][0]
+    second = aws.emr.list_bootstrap_actions(ClusterId=runs[1].stdout.split()[-1])["BootstrapActions"]
+    assert second[0]["Args"][0] == wheel_uri                  # the same install, the same key
+    staged = aws.read(wheel_uri)
+    assert wheel_uri == f"{staging}/wheels/{hashlib.sha256(staged).hexdigest()[:16]}/{emr.expected_wheel_name()}"
+    for name in ("install-emrflow.sh", "write-emrflow-conf.sh"):
+        with open(os.path.join(ROOT, "bootstrap", name), "rb") as f:
+            assert aws.read(f"{staging}/bootstrap/{name}") == f.read()
+    import io
+    import zipfile
+    with zipfile.ZipFile(io.BytesIO(staged)) as zf, zipfile.ZipFile(built_wheel) as original:
+        # the repacked install holds what the built wheel holds, file for file
+        assert sorted(zf.namelist()) == sorted(original.namelist())
+        for name in original.namelist():
+            if not name.endswith("/RECORD"):
+                assert zf.read(name) == original.read(name), name
+        assert {"emrflow/__init__.py", "emrflow/_data/bootstrap/install-emrflow.sh",
+                "emrflow/_data/configs/emr-batch.yaml", "emrflow/_data/steps/emrflow-job.json",
+                "emrflow/_data/examples/latest_rating.py"} <= set(zf.namelist())
+    r = _emrflow_from(site, tmp_path, moto_endpoint, "resources")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{k}\t{os.path.join(site, 'emrflow', '_data', k)}"
+                                     for k in ("bootstrap", "configs", "steps", "examples")]
+    r = _emrflow_from(site, tmp_path, moto_endpoint, "create-cluster", "--config", "configs/emr-batch.yaml",
+                      "--dry-run")
+    assert r.returncode == 1
+    assert "cluster spec not found: configs/emr-batch.yaml" in r.stderr and "emr-batch, emr-streaming" in r.stderr
+
+
+def test_installed_emrflow_missing_file_fails_before_any_upload(aws, moto_endpoint, built_wheel, tmp_path):
+    """A bootstrap script missing from the install: a clear error naming it, and S3 stays empty."""
+    site = _installed_layout(built_wheel, tmp_path)
+    missing = os.path.join(site, "emrflow", "_data", "bootstrap", "write-emrflow-conf.sh")
+    os.remove(missing)
+    bucket = f"empty-{time.monotonic_ns()}"
+    aws.s3.create_bucket(Bucket=bucket)
+    clusters = len(aws.emr.list_clusters()["Clusters"])
+    # with a given wheel: the bootstrap script is found missing before the wheel is uploaded
+    proc = _emrflow_from(site, tmp_path, moto_endpoint, "create-cluster", "--config", "emr-batch",
+                         "--s3-staging", f"s3://{bucket}/staging", "--wheel", built_wheel)
+    assert proc.returncode == 1
+    assert f"Error: emrflow's bootstrap script not found: {missing} (nothing was uploaded)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert aws.s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    # staging itself: repacking the install finds the file its RECORD lists missing
+    proc = _emrflow_from(site, tmp_path, moto_endpoint, "create-cluster", "--config", "emr-batch",
+                         "--s3-staging", f"s3://{bucket}/staging")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Error: the installed emrflow is incomplete: {missing}: No such file" in proc.stderr
+    assert aws.s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert len(aws.emr.list_clusters()["Clusters"]) == clusters            # no RunJobFlow either
+
+    proc = _emrflow_from(site, tmp_path, moto_endpoint, "create-cluster", "--config", "emr-batch",
+                         "--s3-staging", f"s3://{bucket}/staging", "--wheel", str(tmp_path / "nope.whl"))
+    assert proc.returncode == 1 and "--wheel: expected a .whl file" in proc.stderr and "no such file" in proc.stderr
+    assert aws.s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_wheel_index_installs_this_version_from_the_package_index(counting_endpoint):
+    url, requests = counting_endpoint
+    from emrflow import __version__
+    r = cli("create-cluster", "--config", "emr-batch", "--wheel", "index", "--dry-run", endpoint=url)
+    assert r.exit_code == 0, r.output
+    request = json.loads(r.stdout.rpartition("}\n")[0] + "}")
+    assert request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"] == [f"emrflow=={__version__}"]
+    r = cli("create-cluster", "--config", "emr-batch", "--wheel", "s3://bkt/emrflow.whl", "--dry-run", endpoint=url)
+    assert r.exit_code == 1 and "NAME-VERSION-PYTHON-ABI-PLATFORM.whl" in r.stderr
+    assert requests == []

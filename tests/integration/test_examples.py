@@ -22,7 +22,7 @@ JOB = os.path.join(ROOT, "examples", "ratings_per_window.py")
 
 def run(*args):
     proc = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+                          text=True, timeout=300)  # cwd: the test's tmp_path
     assert proc.returncode == 0, proc.stderr
     return proc
 

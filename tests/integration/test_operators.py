@@ -9,8 +9,15 @@ from collections import Counter, defaultdict
 import pytest
 
 from emrflow import (
-    FilterFunction, FlatMapFunction, KeyedProcessFunction, MapFunction, ReduceFunction,
-    RuntimeExecutionMode, StreamExecutionEnvironment, ValueStateDescriptor)
+    FilterFunction,
+    FlatMapFunction,
+    KeyedProcessFunction,
+    MapFunction,
+    ReduceFunction,
+    RuntimeExecutionMode,
+    StreamExecutionEnvironment,
+    ValueStateDescriptor,
+)
 from emrflow.errors import JobGraphError
 from emrflow.graph.keygroups import assign_key_to_subtask
 from emrflow.testing import GeneratedSource

@@ -84,7 +84,7 @@ def test_responses_match_the_documented_schemas(tmp_path):
             status, body = call(c.rest, "GET", concrete)
             assert status == 200, (concrete, body)
             check(spec, path, "get", status, body)
-        for concrete, path in [(f"/jobs/nope", "/jobs/{jobid}"), (f"/taskmanagers/nope", "/taskmanagers/{tmid}")]:
+        for concrete, path in [("/jobs/nope", "/jobs/{jobid}"), ("/taskmanagers/nope", "/taskmanagers/{tmid}")]:
             status, body = call(c.rest, "GET", concrete)
             assert status == 404
             check(spec, path, "get", 404, body)

@@ -39,7 +39,7 @@ env.execute("slow job")
 def cli(*args, workdir, check=True, timeout=120, env_extra=None):
     env = dict(os.environ, EMRFLOW_CLUSTER_DIR=str(workdir), **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "emrflow.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
+                          env=env, cwd=os.path.dirname(workdir), timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -105,8 +105,8 @@ def test_cluster_runs_remote_jobs_and_stop_leaves_nothing(tmp_path):
         ov = get(c.rest, "/overview")
         assert ov["taskmanagers"] == 2 and ov["slots-total"] == 2 and ov["slots-available"] == 2
         out = tmp_path / "out"
-        proc = cli("run", "-m", c.rest, "-p", "2", "examples/latest_rating.py", "--output", str(out),
-                   workdir=c.workdir)
+        proc = cli("run", "-m", c.rest, "-p", "2", os.path.join(ROOT, "examples", "latest_rating.py"),
+                   "--output", str(out), workdir=c.workdir)
         assert "Job Runtime" in proc.stderr
         rows = []
         for path in glob.glob(str(out / "part-*")):
@@ -174,7 +174,8 @@ def test_prometheus_metrics_during_a_job(tmp_path):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 text = r.read().decode()
             for line in text.splitlines():
-                if line.startswith("flink_taskmanager_job_task_operator_numRecordsIn{") and 'operator_name="slow map"' in line:
+                if (line.startswith("flink_taskmanager_job_task_operator_numRecordsIn{")
+                        and 'operator_name="slow map"' in line):
                     if float(line.rsplit(" ", 1)[1]) > 0:
                         return text
             return None
@@ -303,7 +304,6 @@ def test_fuzzed_requests_never_break_the_jobmanager(cluster):
     one_request()
     assert get(cluster.rest, "/overview")["slots-total"] == 2
     big = "x" * (300 * 1024 * 1024)
-    import http.client
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         conn.putrequest("POST", "/jobs")

@@ -12,8 +12,13 @@ from emrflow import KeyedProcessFunction, ProcessFunction, StreamExecutionEnviro
 from emrflow.api.eventtime import Duration, WatermarkStrategy
 from emrflow.api.functions import AggregateFunction, OutputTag, TimeDomain
 from emrflow.api.state import (
-    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    StateTtlConfig, ValueStateDescriptor)
+    AggregatingStateDescriptor,
+    ListStateDescriptor,
+    MapStateDescriptor,
+    ReducingStateDescriptor,
+    StateTtlConfig,
+    ValueStateDescriptor,
+)
 from emrflow.config import Configuration
 from emrflow.testing import GeneratedSource
 
@@ -183,8 +188,9 @@ def test_side_outputs_from_process_functions(parallelism):
 
     env = env_for(parallelism)
     main = env.from_source(GeneratedSource(1000)).process(Split())
-    from emrflow.testing import CollectSink
     import tempfile
+
+    from emrflow.testing import CollectSink
     sink = CollectSink(tempfile.mkdtemp())
     main.get_side_output(odd).map(lambda v: v + 1).sink_to(sink)
     evens = main.execute_and_collect()

@@ -11,10 +11,24 @@ import pytest
 from emrflow import RuntimeExecutionMode, StreamExecutionEnvironment
 from emrflow.api.eventtime import Duration, Time, WatermarkStrategy
 from emrflow.api.functions import (
-    AggregateFunction, OutputTag, ProcessAllWindowFunction, ProcessWindowFunction, WindowFunction)
+    AggregateFunction,
+    OutputTag,
+    ProcessAllWindowFunction,
+    ProcessWindowFunction,
+    WindowFunction,
+)
 from emrflow.api.windowing import (
-    CountEvictor, CountTrigger, EventTimeSessionWindows, GlobalWindows, SlidingEventTimeWindows,
-    TimeEvictor, TumblingEventTimeWindows, TumblingProcessingTimeWindows, Trigger, TriggerResult)
+    CountEvictor,
+    CountTrigger,
+    EventTimeSessionWindows,
+    GlobalWindows,
+    SlidingEventTimeWindows,
+    TimeEvictor,
+    Trigger,
+    TriggerResult,
+    TumblingEventTimeWindows,
+    TumblingProcessingTimeWindows,
+)
 from emrflow.errors import JobGraphError
 from emrflow.testing import GeneratedSource
 
@@ -225,8 +239,9 @@ def test_late_data_dropped_kept_with_lateness_or_side_output(parallelism):
             .side_output_late_data(tag).reduce(lambda a, b: (a[0], a[1], a[2] + b[2]))
         side_records = []
         env2_result = windowed.get_side_output(tag)
-        from emrflow.testing import CollectSink
         import tempfile
+
+        from emrflow.testing import CollectSink
         d = tempfile.mkdtemp()
         side_sink = CollectSink(d)
         env2_result.sink_to(side_sink)

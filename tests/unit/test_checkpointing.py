@@ -26,7 +26,6 @@ from emrflow.runtime.task import _Alignment
 from emrflow.runtime.window import WindowOperator
 from emrflow.testing import CollectingTarget
 
-
 # -- restart strategies ------------------------------------------------------------------------------
 
 class Clock:
@@ -358,6 +357,7 @@ def test_file_sink_rolls_by_size_and_publishes_only_completed_checkpoints(tmp_pa
 
 def test_file_sink_rolls_by_age(tmp_path):
     import time as _time
+
     from emrflow.connectors.files import TextFileSink
     out = tmp_path / "out"
     w = _ckpt_writer(TextFileSink(str(out)), **{"sink.rolling-policy.rollover-interval": 50})

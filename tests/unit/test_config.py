@@ -14,8 +14,14 @@ import re
 import pytest
 
 from emrflow.config import (
-    DEFAULT_CONF_FILE, OPTIONS, ConfigOption, Configuration, options_markdown, parse_duration_ms,
-    parse_memory_bytes)
+    DEFAULT_CONF_FILE,
+    OPTIONS,
+    ConfigOption,
+    Configuration,
+    options_markdown,
+    parse_duration_ms,
+    parse_memory_bytes,
+)
 from emrflow.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,8 +11,7 @@ import pytest
 
 from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
-from emrflow.connectors.files import (CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode,
-                                      parse_bool)
+from emrflow.connectors.files import CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode, parse_bool
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
 
 

@@ -11,8 +11,13 @@ import sys
 import pytest
 
 from emrflow.graph.keygroups import (
-    KeyToSubtask, assign_key_to_subtask, assign_to_key_group, key_group_range,
-    operator_index_for_key_group, stable_hash)
+    KeyToSubtask,
+    assign_key_to_subtask,
+    assign_to_key_group,
+    key_group_range,
+    operator_index_for_key_group,
+    stable_hash,
+)
 
 KEYS = ["", "a", "movie-42", "ünïcødé", 0, 1, -1, 2**40, 2**70, 1.5, (1, 2), ("a", 3, None), None,
         b"bytes", True]

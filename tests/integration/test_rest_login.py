@@ -1,0 +1,120 @@
+"""Browser access to a token-protected REST server: signed login links, the session cookie, the
+proxy path prefix; against a real standalone cluster (JobManager and TaskManager processes).
+
+Signatures are computed here with plain ``hmac``/``hashlib`` from the documented recipe, not with
+emrflow's helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.cookiejar
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.integration.test_standalone import Cluster
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+
+
+def sign(purpose: str) -> str:
+    return hmac.new(TOKEN.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def link(rest: str, expires: int) -> str:
+    return f"http://{rest}/login?expires={expires}&signature={sign(f'login:{expires}')}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(str(tmp_path_factory.mktemp("login") / "cluster"), taskmanagers=1,
+                extra=("-D", f"rest.auth.token={TOKEN}"))
+    yield c
+    assert not c.stop(), "cluster processes left running"
+
+
+def browser():
+    jar = http.cookiejar.CookieJar()
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)), jar
+
+
+def fetch(opener, url):
+    """(status, headers, body text) of a GET; HTTP errors are answers too."""
+    try:
+        with opener.open(url, timeout=10) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers, exc.read().decode()
+
+
+def test_login_link_sets_a_session_cookie_that_authenticates(cluster):
+    opener, jar = browser()
+    status, _, body = fetch(opener, f"http://{cluster.rest}/overview")
+    assert status == 401 and "login" in json.loads(body)["errors"][0]
+    status, headers, body = fetch(opener, link(cluster.rest, int(time.time()) + 600))
+    assert status == 200
+    assert 'url=./' in body and TOKEN not in body
+    set_cookie = headers["Set-Cookie"]
+    assert set_cookie.startswith(f"emrflow_session={sign('session')};")
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert [c.name for c in jar] == ["emrflow_session"]
+    status, _, body = fetch(opener, f"http://{cluster.rest}/overview")
+    assert status == 200 and json.loads(body)["slots-total"] == 1
+    status, _, body = fetch(opener, f"http://{cluster.rest}/")
+    assert status == 200 and "emrflow dashboard" in body
+    # the dashboard asks for its data with relative URLs, so it works under a proxy's prefix
+    assert 'api("overview")' in body and 'api("/' not in body and "api(`/" not in body
+    # another browser, without the cookie, is still refused
+    assert fetch(browser()[0], f"http://{cluster.rest}/overview")[0] == 401
+
+
+def test_the_cli_helper_makes_the_documented_link():
+    from emrflow.runtime.rest import login_link
+    now = 1_700_000_000
+    assert login_link("http://h:1/", TOKEN, valid_s=60, now_s=now) == link("h:1", now + 60)
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("", "not a valid login link"),
+    ("?expires=99999999999&signature=" + "0" * 64, "not a valid login link"),
+    ("?expires=abc&signature=x", "not a valid login link"),
+    (None, "expired"),
+])
+def test_wrong_or_expired_login_links_set_no_cookie(cluster, query, reason):
+    opener, jar = browser()
+    if query is None:  # rightly signed, but over
+        url = link(cluster.rest, int(time.time()) - 5)
+    else:
+        url = f"http://{cluster.rest}/login{query}"
+    status, headers, body = fetch(opener, url)
+    assert status == 401 and reason in json.loads(body)["errors"][0]
+    assert "Set-Cookie" not in headers and not list(jar)
+    assert fetch(opener, f"http://{cluster.rest}/overview")[0] == 401
+
+
+def test_a_forged_cookie_is_refused(cluster):
+    req = urllib.request.Request(f"http://{cluster.rest}/overview",
+                                 headers={"Cookie": "emrflow_session=" + sign("something else")})
+    assert fetch(urllib.request.build_opener(), req)[0] == 401
+
+
+def test_the_proxy_path_prefix_needs_no_other_credential(cluster):
+    opener, _ = browser()
+    prefix = f"http://{cluster.rest}/s/{sign('proxy')}"
+    status, _, body = fetch(opener, prefix + "/overview")
+    assert status == 200 and json.loads(body)["taskmanagers"] == 1
+    status, _, body = fetch(opener, prefix + "/")
+    assert status == 200 and "emrflow dashboard" in body
+    assert fetch(opener, prefix + "/jobs/nope")[0] == 404
+    for wrong in (f"/s/{sign('proxy')[:-1]}x/overview", f"/s/{TOKEN}/overview", "/s//overview"):
+        assert fetch(opener, f"http://{cluster.rest}{wrong}")[0] == 401, wrong
+    from emrflow.runtime.rest import proxy_path
+    assert proxy_path(TOKEN) == f"/s/{sign('proxy')}"
