@@ -163,8 +163,7 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
     Flink 1.x's YARN options work too: `-m yarn-cluster` is `-t yarn-per-job`, and
     -ys, -yjm, -ytm, -ynm, -yqu, -yD set the configuration keys their help names.
     """
-    from emrflow.api.environment import (DryRunComplete, ExecutionContext, reset_execution_context,
-                                         set_execution_context)
+    from emrflow.api.environment import DryRunComplete, ExecutionContext, reset_execution_context, set_execution_context
     from emrflow.deploy import known_targets
 
     if entry_class is not None:

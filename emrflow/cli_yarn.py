@@ -60,12 +60,14 @@ def start(name, queue, taskmanagers, slots, jobmanager_memory, taskmanager_memor
             return
         client = yarn.yarn_client(config, principal, keytab)
         app_id, rest = yarn.start_session(config, client, **args)
-        access = _access(client, app_id)
     except EmrflowError as exc:
         _fail(exc)
     click.echo(f"YARN application {app_id} runs the session; REST API and dashboard at http://{rest}/")
-    for line in access:
-        click.echo(line)
+    try:
+        for line in _access(client, app_id):
+            click.echo(line)
+    except EmrflowError as exc:  # the session runs; only the hints are missing
+        click.echo(f"Cannot tell the dashboard's other addresses: {exc}", err=True)
     if detached:
         return
     click.echo("Press Ctrl-C to stop the session.", err=True)

@@ -9,7 +9,6 @@ from emrflow.errors import ClusterError, JobExecutionError
 from emrflow.graph.pickling import dumps_job_graph
 from emrflow.runtime import rpc
 
-
 #: Seconds an interrupted client waits for its cancelled job to end (sinks to abort).
 CANCEL_WAIT_S = 10.0
 

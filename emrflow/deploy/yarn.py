@@ -324,9 +324,20 @@ class YarnClient:
     def __init__(self, config: Configuration, principal: str | None = None, keytab: str | None = None):
         check_hadoop()
         import skein
+        principal = principal or config.get("security.kerberos.login.principal")
+        keytab = keytab or config.get("security.kerberos.login.keytab")
+        if not (principal or keytab):
+            # a global driver (`skein driver start`) saves starting a JVM for every command
+            try:
+                self.client = skein.Client.from_global_driver()
+                return
+            except Exception:  # noqa: BLE001 - none running, or a stale record of one
+                pass
+        # skein's Java driver logs to this process's stderr: only its errors, unless asked for more
+        verbose = os.environ.get("EMRFLOW_LOG_LEVEL", "").upper() in ("DEBUG", "INFO")
         try:
-            self.client = skein.Client(principal=principal or config.get("security.kerberos.login.principal"),
-                                       keytab=keytab or config.get("security.kerberos.login.keytab"))
+            self.client = skein.Client(principal=principal, keytab=keytab,
+                                       log_level="INFO" if verbose else "ERROR")
         except Exception as exc:  # noqa: BLE001 - skein raises several driver errors
             raise ClusterError(f"cannot start skein's YARN client: {exc}") from exc
 
@@ -651,10 +662,14 @@ def _follow_application_job(yarn: YarnClient, app_id: str, app, timeout_s: float
             time.sleep(0.2)
             jobs = client.list_jobs()
         return client.wait(jobs[0]["jid"], context.on_progress if context is not None else None)
-    except ClusterError:
-        if yarn.report(app_id).ended:
-            return None   # the ApplicationMaster shut down between two polls
-        raise
+    except ClusterError as exc:
+        # the JobManager stopped answering: the application ended (its job's end, or a dead
+        # ApplicationMaster that YARN notices within its heartbeat) or the network failed
+        try:
+            yarn.wait_ended(app_id, _FINAL_REPORT_TIMEOUT_S)
+        except ClusterError:
+            raise exc from None
+        return None       # YARN's final report decides
 
 
 def submit_application(config: Configuration, script: str, job_args: list[str], py_files: list[str] = (),

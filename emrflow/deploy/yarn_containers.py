@@ -4,8 +4,10 @@
   runs in the skein ApplicationMaster container: it starts the JobManager (RPC and
   REST, with a fresh cluster secret and REST token), publishes their addresses in the
   application's skein key-value store (``emrflow.jobmanager.rpc``,
-  ``emrflow.jobmanager.rest``, ``emrflow.secret``, ``emrflow.rest.token``; the
-  application's ACLs keep the store to its owner), asks skein for TaskManager
+  ``emrflow.jobmanager.rest``, ``emrflow.secret``, ``emrflow.rest.token``, with
+  ``metrics.reporter.prom.port`` also ``emrflow.metrics.prom``; the application's ACLs
+  keep the store to its owner), adds the dashboard and the Prometheus endpoint to
+  skein's web UI (the tracking URL, see ``_publish_ui_pages``), asks skein for TaskManager
   containers when jobs need more slots and releases idle ones after
   ``resourcemanager.taskmanager-timeout``. In ``per-job`` mode it runs the localized
   JobGraph (``jobgraph.pkl``), in ``application`` mode the job's script, then shuts

@@ -68,10 +68,7 @@ def session_access(yarn, app_id: str, app, timeout_s: float = 20.0,
         prom = (app.kv.get(KV_PROM) or b"").decode()
     except Exception:  # noqa: BLE001 - the address is optional; the REST address was read
         prom = ""
-    tracking = yarn.report(app_id).tracking_url
-    tracking = tracking if not tracking or tracking.endswith("/") else tracking + "/"
-    if tracking and "://" not in tracking:
-        tracking = "http://" + tracking
+    tracking = _proxy_base(yarn.report(app_id).tracking_url, app_id)
     return SessionAccess(
         rest=rest,
         login_link=login_link(f"http://{rest}", token, valid_s, now) if token else "",
@@ -79,6 +76,27 @@ def session_access(yarn, app_id: str, app, timeout_s: float = 20.0,
         dashboard_proxy=f"{tracking}pages/{UI_ROUTE_DASHBOARD}/" if tracking else "",
         prometheus=prom,
         metrics_proxy=f"{tracking}pages/{UI_ROUTE_METRICS}" if tracking and prom else "")
+
+
+def _proxy_base(tracking_url: str, app_id: str) -> str:
+    """The application's tracking URL, ending in ``/``; empty when YARN reports none.
+
+    A ResourceManager whose web address is configured with port 0 (bound to a free port, as
+    Hadoop's MiniYARNCluster does) reports tracking URLs with port 0: then the web address
+    in this client's ``yarn-site.xml`` is used, with the proxy's path ``/proxy/<app id>/``.
+    """
+    from urllib.parse import urlsplit
+    if not tracking_url:
+        return ""
+    if "://" not in tracking_url:
+        tracking_url = "http://" + tracking_url
+    if urlsplit(tracking_url).port == 0:
+        from emrflow.deploy.yarn_logs import hadoop_conf_dir, rm_web_address
+        try:
+            tracking_url = f"http://{rm_web_address(hadoop_conf_dir())}/proxy/{app_id}/"
+        except Exception:  # noqa: BLE001 - only a printed hint depends on it
+            return ""
+    return tracking_url if tracking_url.endswith("/") else tracking_url + "/"
 
 
 def describe(access: SessionAccess) -> list[str]:

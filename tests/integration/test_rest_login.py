@@ -17,7 +17,8 @@ import urllib.request
 
 import pytest
 
-from tests.integration.test_standalone import Cluster
+from tests.integration.test_dashboard import browser, text_of  # noqa: F401 - browser: a fixture
+from tests.integration.test_standalone import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def cluster(tmp_path_factory):
     assert not c.stop(), "cluster processes left running"
 
 
-def browser():
+def jar_opener():
     jar = http.cookiejar.CookieJar()
     return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)), jar
 
@@ -56,7 +57,7 @@ def fetch(opener, url):
 
 
 def test_login_link_sets_a_session_cookie_that_authenticates(cluster):
-    opener, jar = browser()
+    opener, jar = jar_opener()
     status, _, body = fetch(opener, f"http://{cluster.rest}/overview")
     assert status == 401 and "login" in json.loads(body)["errors"][0]
     status, headers, body = fetch(opener, link(cluster.rest, int(time.time()) + 600))
@@ -73,7 +74,7 @@ def test_login_link_sets_a_session_cookie_that_authenticates(cluster):
     # the dashboard asks for its data with relative URLs, so it works under a proxy's prefix
     assert 'api("overview")' in body and 'api("/' not in body and "api(`/" not in body
     # another browser, without the cookie, is still refused
-    assert fetch(browser()[0], f"http://{cluster.rest}/overview")[0] == 401
+    assert fetch(jar_opener()[0], f"http://{cluster.rest}/overview")[0] == 401
 
 
 def test_the_cli_helper_makes_the_documented_link():
@@ -89,7 +90,7 @@ def test_the_cli_helper_makes_the_documented_link():
     (None, "expired"),
 ])
 def test_wrong_or_expired_login_links_set_no_cookie(cluster, query, reason):
-    opener, jar = browser()
+    opener, jar = jar_opener()
     if query is None:  # rightly signed, but over
         url = link(cluster.rest, int(time.time()) - 5)
     else:
@@ -107,7 +108,7 @@ def test_a_forged_cookie_is_refused(cluster):
 
 
 def test_the_proxy_path_prefix_needs_no_other_credential(cluster):
-    opener, _ = browser()
+    opener, _ = jar_opener()
     prefix = f"http://{cluster.rest}/s/{sign('proxy')}"
     status, _, body = fetch(opener, prefix + "/overview")
     assert status == 200 and json.loads(body)["taskmanagers"] == 1
@@ -118,3 +119,21 @@ def test_the_proxy_path_prefix_needs_no_other_credential(cluster):
         assert fetch(opener, f"http://{cluster.rest}{wrong}")[0] == 401, wrong
     from emrflow.runtime.rest import proxy_path
     assert proxy_path(TOKEN) == f"/s/{sign('proxy')}"
+
+
+def test_a_real_browser_logs_in_and_the_dashboard_works_under_a_prefix(cluster, browser):
+    """Chromium: the login link's cookie (HttpOnly, SameSite=Strict) reaches the dashboard's calls;
+    under the proxy prefix the dashboard's relative URLs stay under it."""
+    browser.get(f"http://{cluster.rest}/")
+    assert "missing or wrong bearer token" in browser.page_source
+    browser.get(link(cluster.rest, int(time.time()) + 600))
+    wait_for(lambda: text_of(browser, "#ov-slots") == "1 / 1", what="the dashboard after the login")
+    assert browser.current_url == f"http://{cluster.rest}/"
+    [cookie] = browser.get_cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == ("emrflow_session", True, "Strict")
+    browser.delete_all_cookies()
+    for url in (f"http://{cluster.rest}/s/{sign('proxy')}/", f"http://{cluster.rest}/s/{sign('proxy')}"):
+        browser.get(url + "#/taskmanagers")
+        wait_for(lambda: text_of(browser, "#taskmanagers td") not in (None, ""), what="TaskManagers under the prefix")
+        assert browser.current_url == f"http://{cluster.rest}/s/{sign('proxy')}/#/taskmanagers"
+        assert not browser.get_cookies()

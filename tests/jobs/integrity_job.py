@@ -11,7 +11,7 @@ import argparse
 import time
 
 from emrflow import RuntimeExecutionMode, StreamExecutionEnvironment
-from emrflow.connectors.files import CsvFileSink, TextFileSource, TextFileSink, WriteMode
+from emrflow.connectors.files import CsvFileSink, TextFileSink, TextFileSource, WriteMode
 
 
 def main() -> None:
@@ -23,9 +23,11 @@ def main() -> None:
     args = p.parse_args()
     pause = args.sleep_ms / 1000.0
 
-    def measure(line: str, _n=[0]) -> tuple:
-        _n[0] += 1
-        if pause and _n[0] % 100 == 0:
+    seen = [0]
+
+    def measure(line: str) -> tuple:
+        seen[0] += 1
+        if pause and seen[0] % 100 == 0:
             time.sleep(pause)
         return (line, len(line))
 

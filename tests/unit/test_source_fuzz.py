@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-# hypothesis keeps its example database and caches under ./.hypothesis: not in the checkout
-hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="emrflow-hypothesis-"))
-
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvSource, TextFileSource
 from emrflow.errors import BadRecordError
+
+# hypothesis keeps its example database and caches under ./.hypothesis: not in the checkout
+hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="emrflow-hypothesis-"))
 
 FIELD = st.one_of(
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),

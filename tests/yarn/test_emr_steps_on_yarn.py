@@ -23,8 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.integration.conftest_emr import BUCKET, FAKE_ENV, aws, aws_env, built_wheel, moto_endpoint  # noqa: F401
-from tests.yarn.test_yarn_targets import skein_client, yarn_apps  # noqa: F401
+from tests.integration.conftest_emr import BUCKET, FAKE_ENV
 
 pytestmark = [pytest.mark.yarn, pytest.mark.integration]
 

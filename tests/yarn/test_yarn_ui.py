@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from tests.yarn.test_yarn_targets import SMALL, app_id_of, cli, skein_client, wait_for, yarn_apps, yenv  # noqa: F401 - skein_client, yarn_apps, yenv: fixtures
+from tests.yarn.test_yarn_targets import SMALL, app_id_of, cli, wait_for, yenv  # noqa: F401 - yenv: a fixture (skein_client, yarn_apps: tests/yarn/conftest.py)
 
 pytestmark = [pytest.mark.yarn, pytest.mark.integration]
 
@@ -112,6 +112,13 @@ def test_dashboard_and_metrics_of_a_session(yarn_cluster, yarn_apps, yenv, skein
     # Prometheus scrapes the published address directly
     status, body = fetch(f"http://{prom}/metrics")
     assert status == 200 and "flink_jobmanager_taskSlotsAvailable 2.0" in body
+
+    # command-line clients pass the token (from the key-value store, the owner's) with -D
+    token = yarn_apps.kv(app_id)["emrflow.rest.token"].decode()
+    proc = cli("list", "-a", "-m", rest, env=yenv, check=False)
+    assert proc.returncode == 1 and "401" in proc.stderr, proc.stderr
+    proc = cli("list", "-a", "-m", rest, "-D", f"rest.auth.token={token}", env=yenv)
+    assert "No jobs." in proc.stderr
 
     status_out = cli("yarn-session", "status", env=yenv).stdout
     assert f"Prometheus metrics at http://{prom}/metrics" in status_out
