@@ -8,9 +8,10 @@ two NodeManagers; the jars come from ``.ci/fetch-yarn-jars``) and prints, median
 * ``run -t yarn-session -d`` until the job is RUNNING;
 * ``run -t yarn-per-job`` of a trivial job until RUNNING and until the command returned;
 
-each with the CPU seconds of emrflow's Python processes (client and containers) and of the JVMs
-emrflow processes in the containers) and the rest, which is waiting: for YARN (allocation,
-localization, the container JVM of skein's ApplicationMaster) and for processes to start.
+each with the CPU seconds of emrflow's Python processes (the client, JobManager, TaskManagers and
+slots) and of the JVMs (skein's driver, started by each command unless a global one runs, and
+skein's ApplicationMaster); the rest of the wall time is waiting for YARN (allocation,
+localization) and for processes to start.
 
 Usage::
 
