@@ -53,7 +53,7 @@ def yarn_cluster(tmp_path_factory):
     reason = minicluster.unavailable_reason()
     if reason:
         pytest.skip(f"yarn: {reason}")
-    # nm_web: the NodeManagers' REST API serves running containers' logs (tests/yarn/test_yarn_logs.py)
+    # nm_web: the NodeManagers' REST API serves running containers' logs (tests/yarn/test_yarn_logs_live.py)
     cluster = minicluster.MiniYarnCluster(str(tmp_path_factory.mktemp("miniyarn")), nm_web=True)
     cluster.start()
     try:

@@ -948,9 +948,13 @@ class JobManager:
                         job.tasks[key] = "FAILED"
                 self._fail(job, {"message": reason, "operator": None, "subtask_index": index,
                                  "parallelism": None, "traceback": ""})
+                if job.state == "COMMITTING" and slot_id in job.pending_acks:
+                    # its sinks' commit may not have run: the job cannot be called finished
+                    job.finish_errors.append(f"{reason} while the output was being committed; "
+                                             "its part files may be missing")
                 job.pending_acks.discard(slot_id)
                 self._progress(job)
-                if job.state.endswith("ABORTING") and not job.pending_acks:
+                if (job.state.endswith("ABORTING") or job.state == "COMMITTING") and not job.pending_acks:
                     self._complete(job)
             self.cond.notify_all()
 

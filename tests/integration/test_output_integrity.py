@@ -340,6 +340,8 @@ def fault_injection(tmp_path, storage: Storage, sink: str, runs: int, seed: int)
             proc.kill()
             _, err = proc.communicate()
             stats["hung"] += 1
+            print(f"HUNG: run {run} (seed {seed}), kill of the {kind} after {delay:.2f} s "
+                  f"(killed: {killed}); stderr: {err[-3000:]}")
         stats["leftover processes"] += kill_tree_leftovers([q for q in family if q.pid != root.pid])
         got = visible(storage, sink)
         stats["runs"] += 1

@@ -383,3 +383,38 @@ def test_application_stuck_in_accepted_times_out_and_is_killed(yarn_cluster, yar
     assert "it was killed" in proc.stderr
     app_id = app_id_of(proc.stderr)
     assert yarn_apps.report(app_id).state == "KILLED"
+
+
+def test_taskmanagers_failing_beyond_the_limit_fail_the_application(yarn_cluster, yarn_apps, yenv, tmp_path):
+    """``yarn.maximum-failed-containers``: a TaskManager container that keeps failing does not loop for
+    ever; past the limit the application fails and the client says so (YARN's diagnostics)."""
+    env = dict(yenv)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emrflow.cli", "run", "-t", "yarn-per-job", "-p", "1", *SMALL,
+         "-D", "yarn.application.name=tm limit", "-D", "yarn.maximum-failed-containers=1",
+         # the job itself would survive: checkpoints and restarts
+         "-D", "execution.checkpointing.interval=500ms", "-D", f"state.checkpoints.dir={tmp_path / 'ck'}",
+         "-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=10",
+         "-D", "restart-strategy.fixed-delay.delay=100ms",
+         COUNT_JOB, "--count", "10000000", "--keys", "10", "--rate", "1000", "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=env["HOME"])
+    killed: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and len(killed) < 2:
+            assert time.monotonic() < deadline, "no second TaskManager container to kill"
+            for tm in emrflow_containers(yarn_cluster, "taskmanager"):
+                if tm.pid not in killed:
+                    tm.kill()                                   # the container fails (exit 137)
+                    killed.add(tm.pid)
+            time.sleep(0.3)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(killed) == 2 and proc.returncode == 1, stderr
+    (report,) = yarn_apps.find("tm limit")
+    assert report.final_status == "FAILED" and "Failure in service taskmanager" in report.diagnostics, \
+        report.diagnostics
+    assert report.id in stderr and "FAILED" in stderr and "Traceback" not in stderr, stderr
