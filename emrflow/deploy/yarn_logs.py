@@ -35,9 +35,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from emrflow.deploy.hadoop_conf import conf_get, parse_site
 from emrflow.errors import ClusterError, ConfigError
 
 #: what each log file of an emrflow application holds (skein 0.8 names them)
@@ -69,8 +69,6 @@ YARN_DEFAULTS = {
     "yarn.nodemanager.log.retain-seconds": "10800",
 }
 
-_MAX_SUBST = 20  # Hadoop's Configuration.MAX_SUBST
-_VAR = re.compile(r"\$\{([^}$ ]+)\}")
 
 
 def file_role(name: str) -> str:
@@ -108,30 +106,6 @@ def hadoop_conf_dir() -> str:
     return conf_dir
 
 
-def _read_site(path: str, props: dict[str, str], final: set[str]) -> None:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        line, col = exc.position
-        raise ConfigError(f"{path}:{line}:{col}: not valid XML ({exc}); "
-                          "expected Hadoop's <configuration><property><name>…</name><value>…</value>"
-                          "</property></configuration>", source=f"{path}:{line}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", source=path) from exc
-    if root.tag != "configuration":
-        raise ConfigError(f"{path}: the root element is <{root.tag}>; expected <configuration>", source=path)
-    for prop in root.iter("property"):
-        name = (prop.findtext("name") or "").strip()
-        if not name or name in final:
-            continue
-        value = prop.findtext("value")
-        if value is None:
-            continue
-        props[name] = value.strip()
-        if (prop.findtext("final") or "").strip().lower() == "true":
-            final.add(name)
-
-
 def read_yarn_site(conf_dir: str) -> dict[str, str]:
     """The raw YARN client configuration: yarn-default values, then core-site.xml, then yarn-site.xml.
 
@@ -155,56 +129,10 @@ def read_yarn_site(conf_dir: str) -> dict[str, str]:
     final: set[str] = set()
     core_site = os.path.join(conf_dir, "core-site.xml")
     if os.path.isfile(core_site):
-        _read_site(core_site, props, final)
-    _read_site(yarn_site, props, final)
+        parse_site(core_site, props, final)
+    parse_site(yarn_site, props, final)
     props["__source__"] = yarn_site
     return props
-
-
-def _env_var(expr: str) -> str | None:
-    # ${env.NAME}, ${env.NAME:-default} (unset or empty), ${env.NAME-default} (unset)
-    name = expr[len("env."):]
-    for sep in (":-", "-"):
-        if sep in name:
-            name, default = name.split(sep, 1)
-            value = os.environ.get(name)
-            if value is None or (sep == ":-" and value == ""):
-                return default
-            return value
-    return os.environ.get(name)
-
-
-def conf_get(props: dict[str, str], key: str) -> str | None:
-    """A property's value with ``${...}`` substituted as Hadoop's ``Configuration`` does.
-
-    ``${name}`` takes another property's value, ``${env.NAME}`` an environment variable
-    (``${env.NAME:-default}``, ``${env.NAME-default}`` give defaults). A variable that
-    cannot be resolved stays as written, as in Hadoop.
-
-    Args:
-        props: from :func:`read_yarn_site`.
-        key: the property name.
-
-    Returns:
-        The value, or ``None`` when the property is not set.
-
-    Raises:
-        ConfigError: substitutions nest deeper than Hadoop's 20 levels (a cycle).
-    """
-    value = props.get(key)
-    if value is None:
-        return None
-    for _ in range(_MAX_SUBST):
-        match = _VAR.search(value)
-        if match is None:
-            return value
-        var = match.group(1)
-        replacement = _env_var(var) if var.startswith("env.") else props.get(var)
-        if replacement is None or "${" + var + "}" in replacement:
-            return value  # unresolvable or self-referencing: left as is
-        value = value[:match.start()] + replacement + value[match.end():]
-    raise ConfigError(f"{props.get('__source__', 'yarn-site.xml')}: {key}: variable substitution depth "
-                      f"too large ({_MAX_SUBST}), probably a cycle: {props.get(key)!r}", key=key)
 
 
 def _host_port(address: str, key: str, source: str) -> str:
