@@ -16,6 +16,9 @@
 #            configuration directory /etc/emrflow/conf (see write-emrflow-conf.sh); the
 #            command's wrapper exports EMRFLOW_CONF_DIR and, from logging.yaml's root.level,
 #            EMRFLOW_LOG_LEVEL (unless already set).
+# Testing:   EMRFLOW_BOOTSTRAP_ROOT=DIR puts every path above under DIR (DIR/opt/emrflow,
+#            DIR/etc/emrflow/conf, DIR/usr/local/bin, DIR/usr/bin), so the test suite runs this
+#            script unchanged without touching the machine's system directories.
 # Caveats:   runs as the hadoop user before applications are installed; uses sudo for
 #            system paths. Needs outbound access to the Python package index for the
 #            dependencies (or a mirror configured in /etc/pip.conf). Rerunnable: an existing
@@ -23,14 +26,16 @@
 set -euo pipefail
 
 WHEEL_URI="${1:?usage: install-emrflow.sh s3://bucket/path/emrflow-X.Y.Z-py3-none-any.whl|emrflow==X.Y.Z [install dir] [python]}"
-PREFIX="${2:-/opt/emrflow}"
+ROOT="${EMRFLOW_BOOTSTRAP_ROOT:-}"
+PREFIX="${2:-$ROOT/opt/emrflow}"
 PYTHON="${3:-}"
-CONF_DIR=/etc/emrflow/conf
+CONF_DIR="$ROOT/etc/emrflow/conf"
+BIN_DIR="$ROOT/usr/local/bin"
 
 log() { echo "install-emrflow: $*" >&2; }
 
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if [ "$(id -u)" -ne 0 ] && [ -z "$ROOT" ]; then SUDO="sudo"; fi
 
 recent() { command -v "$1" >/dev/null 2>&1 && "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; }
 if [ -z "$PYTHON" ]; then
@@ -59,7 +64,7 @@ else
   log "installing $WHEEL from the package index"
 fi
 
-$SUDO mkdir -p "$PREFIX" "$CONF_DIR"
+$SUDO mkdir -p "$PREFIX" "$CONF_DIR" "$BIN_DIR" "$ROOT/usr/bin"
 $SUDO chown "$(id -u):$(id -g)" "$PREFIX"
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   log "creating $PREFIX/venv"
@@ -70,7 +75,7 @@ fi
 "$PREFIX/venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$WHEEL"
 
 # a wrapper rather than a symlink: it points emrflow at the cluster's configuration
-$SUDO tee /usr/local/bin/emrflow >/dev/null <<WRAPPER
+$SUDO tee "$BIN_DIR/emrflow" >/dev/null <<WRAPPER
 #!/usr/bin/env bash
 export EMRFLOW_CONF_DIR="\${EMRFLOW_CONF_DIR:-$CONF_DIR}"
 # the emrflow-log classification (logging.yaml, root.level) sets the log level
@@ -80,6 +85,6 @@ if [ -z "\${EMRFLOW_LOG_LEVEL:-}" ] && [ -f "\$EMRFLOW_CONF_DIR/logging.yaml" ];
 fi
 exec "$PREFIX/venv/bin/emrflow" "\$@"
 WRAPPER
-$SUDO chmod 0755 /usr/local/bin/emrflow
-$SUDO ln -sf /usr/local/bin/emrflow /usr/bin/emrflow
+$SUDO chmod 0755 "$BIN_DIR/emrflow"
+$SUDO ln -sf "$BIN_DIR/emrflow" "$ROOT/usr/bin/emrflow"
 log "installed $("$PREFIX/venv/bin/emrflow" --version)"

@@ -9,13 +9,15 @@
 #            --dir DIR       configuration directory (default /etc/emrflow/conf)
 # Defaults:  files /etc/emrflow/conf/emrflow-conf.yaml and /etc/emrflow/conf/logging.yaml,
 #            mode 0644; the emrflow wrapper of install-emrflow.sh exports EMRFLOW_CONF_DIR.
+# Testing:   EMRFLOW_BOOTSTRAP_ROOT=DIR makes the default directory DIR/etc/emrflow/conf (as
+#            install-emrflow.sh does).
 # Caveats:   the content is replaced, not merged: rerunning writes the same files again.
 #            A bootstrap action's arguments are visible in DescribeCluster: put no secret here.
 set -euo pipefail
 
 CONF_B64=""
 LOG_B64=""
-DIR=/etc/emrflow/conf
+DIR="${EMRFLOW_BOOTSTRAP_ROOT:-}/etc/emrflow/conf"
 while [ $# -gt 0 ]; do
   case "$1" in
     --conf-b64) CONF_B64="${2:?--conf-b64 needs a value}"; shift 2 ;;

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from emrflow.api.aggregates import Avg, Count, Max, Min, Sum  # noqa: E402
 from emrflow.api.datastream import DataStream, DataStreamSink, KeyedStream  # noqa: E402
 from emrflow.api.environment import (  # noqa: E402
     CheckpointingMode,
@@ -34,6 +35,7 @@ from emrflow.api.functions import (  # noqa: E402
 from emrflow.api.state import ValueState, ValueStateDescriptor  # noqa: E402
 
 __all__ = [
+    "Avg", "Count", "Max", "Min", "Sum",
     "CheckpointingMode", "DataStream", "DataStreamSink", "KeyedStream", "JobExecutionResult",
     "RuntimeExecutionMode",
     "StreamExecutionEnvironment", "FilterFunction", "FlatMapFunction", "KeyedProcessFunction",

@@ -8,7 +8,6 @@ keeps its traceback.
 from __future__ import annotations
 
 import os
-import runpy
 import signal
 import sys
 import time
@@ -16,7 +15,8 @@ import time
 import click
 
 from emrflow import __version__
-from emrflow.errors import EmrflowError, JobExecutionError
+from emrflow.cli_common import EmrflowGroup, config_options
+from emrflow.errors import EmrflowError
 
 
 class _Progress:
@@ -98,64 +98,31 @@ def _warn_late(result) -> None:
                    f"to a side output (side_output_late_data)", err=True)
 
 
-def _load_config(conf_file: str | None, dynamic: tuple[str, ...], extra: dict):
-    from emrflow.config import Configuration
-    return Configuration.load(conf_file=conf_file, dynamic=list(dynamic)).with_overrides(
-        extra, source="command line")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EmrflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="emrflow")
 def main() -> None:
     """emrflow: Flink-style dataflow jobs in pure Python, locally, on YARN and on Amazon EMR."""
 
 
 @main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
-@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None,
-              help="Default parallelism of the job (parallelism.default).")
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
-              help="Set a configuration option; repeatable.")
-@click.option("-t", "--target", default=None,
-              help="Where to run: local (default), remote, yarn-session, yarn-per-job or yarn-application.")
+@config_options("parallelism", "target", "detached", "from_savepoint", "allow_non_restored", "yarn_slots",
+                "yarn_jm", "yarn_tm", "yarn_name", "yarn_queue", flink_yarn_dynamic=True)
 @click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
               help="REST address of a running cluster; implies -t remote.")
-@click.option("-d", "--detached", is_flag=True, help="Submit and return without waiting.")
-@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
-              help="Configuration file (default: $EMRFLOW_CONF_DIR/emrflow-conf.yaml).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--dry-run", is_flag=True,
               help="Print what would be submitted (the YARN application spec, else the JobGraph); run nothing.")
 @click.option("--py-files", "py_files", multiple=True, type=click.Path(dir_okay=False),
               help="Python modules to ship with the job to YARN (yarn-application); repeatable.")
-@click.option("-s", "--fromSavepoint", "savepoint_path", default=None, metavar="PATH",
-              help="Start from a savepoint, a retained checkpoint, or the newest valid checkpoint "
-                   "of a job's checkpoint directory (execution.savepoint.path).")
-@click.option("-n", "--allowNonRestoredState", "--allow-non-restored-state", "allow_non_restored",
-              is_flag=True, help="Drop savepoint state of operators the job no longer has.")
 @click.option("-yn", "--yarncontainer", "yarn_containers", type=click.IntRange(min=1), default=None,
               help="Flink 1.x: TaskManager containers; deprecated in Flink, accepted and ignored "
                    "(TaskManagers start as the job's slots need).")
-@click.option("-ys", "--yarnslots", "yarn_slots", type=click.IntRange(min=1), default=None,
-              help="Flink 1.x: slots per TaskManager (taskmanager.numberOfTaskSlots).")
-@click.option("-yjm", "--yarnjobManagerMemory", "yarn_jm", default=None, metavar="MEMORY",
-              help="Flink 1.x: JobManager container memory, MB unless a unit is given "
-                   "(jobmanager.memory.process.size).")
-@click.option("-ytm", "--yarntaskManagerMemory", "yarn_tm", default=None, metavar="MEMORY",
-              help="Flink 1.x: TaskManager container memory, MB unless a unit is given "
-                   "(taskmanager.memory.process.size).")
-@click.option("-ynm", "--yarnname", "yarn_name", default=None, help="Flink 1.x: YARN application name "
-              "(yarn.application.name).")
-@click.option("-yqu", "--yarnqueue", "yarn_queue", default=None, help="Flink 1.x: YARN queue "
-              "(yarn.application.queue).")
-@click.option("-yD", "yarn_dynamic", multiple=True, metavar="KEY=VALUE",
-              help="Flink 1.x: a configuration option, as -D; repeatable.")
 @click.option("-c", "--class", "entry_class", default=None, metavar="CLASS",
               help="Flink's entry class of a JAR: refused, a Python job has none (JOB is the script).")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dry_run, py_files,
-        savepoint_path, allow_non_restored, yarn_containers, yarn_slots, yarn_jm, yarn_tm, yarn_name,
-        yarn_queue, yarn_dynamic, entry_class, job, job_args) -> None:
+def run(config, target, detached, jobmanager, quiet, dry_run, py_files, yarn_containers, entry_class, job,
+        job_args) -> None:
     """Run JOB (a Python script) with JOB_ARGS as its sys.argv[1:].
 
     Options go before JOB; everything after JOB belongs to the job. JOB may be an
@@ -163,8 +130,7 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
     Flink 1.x's YARN options work too: `-m yarn-cluster` is `-t yarn-per-job`, and
     -ys, -yjm, -ytm, -ynm, -yqu, -yD set the configuration keys their help names.
     """
-    from emrflow.api.environment import DryRunComplete, ExecutionContext, reset_execution_context, set_execution_context
-    from emrflow.deploy import known_targets
+    from emrflow.deploy.script import run_script, wait_for_session
 
     if entry_class is not None:
         raise click.UsageError(
@@ -174,34 +140,20 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
     if jobmanager == "yarn-cluster":            # Flink 1.x: flink run -m yarn-cluster
         if target not in (None, "yarn-per-job"):
             raise click.UsageError(f"-m yarn-cluster means -t yarn-per-job, not -t {target}")
-        jobmanager, target = None, "yarn-per-job"
-    dynamic = (*dynamic, *_flink_yarn_options(yarn_containers, yarn_slots, yarn_jm, yarn_tm, yarn_name,
-                                              yarn_queue, yarn_dynamic))
-    extra: dict = {}
-    if parallelism is not None:
-        extra["parallelism.default"] = parallelism
-    if target is not None:
-        if target not in known_targets():
-            raise click.BadParameter(f"unknown target {target!r}; known targets: "
-                                     f"{', '.join(known_targets())}", param_hint="-t/--target")
-        extra["execution.target"] = target
-    if jobmanager is not None:
-        extra.update(_rest_address_options(jobmanager))
-        extra.setdefault("execution.target", "remote")
+        config = config.with_overrides({"execution.target": "yarn-per-job"}, source="-m yarn-cluster")
+    elif jobmanager is not None:
+        address = _rest_address_options(jobmanager)
+        if target is None:
+            address["execution.target"] = "remote"
+        config = config.with_overrides(address, source="-m/--jobmanager")
     elif target == "remote":
         from emrflow.deploy.standalone import ClusterInfo, default_workdir
         if os.path.exists(os.path.join(default_workdir(), "cluster.json")):
-            extra.update(_rest_address_options(ClusterInfo.load(default_workdir()).rest))
-    if detached:
-        extra["execution.attached"] = False
-    if savepoint_path is not None:
-        extra["execution.savepoint.path"] = savepoint_path
-    if allow_non_restored:
-        extra["execution.savepoint.ignore-unclaimed-state"] = True
-    try:
-        config = _load_config(conf_file, dynamic, extra)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+            config = config.with_overrides(_rest_address_options(ClusterInfo.load(default_workdir()).rest),
+                                           source="the cluster's cluster.json")
+    if yarn_containers is not None:
+        click.echo(f"Note: -yn {yarn_containers} is deprecated in Flink and ignored here: TaskManager containers "
+                   "start as the job's slots need (parallelism / -ys)", err=True)
     if job.startswith("s3://"):
         job = _fetch_s3_job(job)
     if not os.path.isfile(job):
@@ -211,26 +163,14 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
         _run_yarn_application(config, job, list(job_args), list(py_files), detached, quiet, dry_run)
         return
     if config.get("execution.target") == "yarn-session" and not dry_run:
-        _wait_for_session(config, quiet)
+        wait_for_session(config, None if quiet else lambda line: click.echo(line, err=True))
     progress = _Progress(int(config.get("client.progress.delay")), quiet)
-    ctx = ExecutionContext(config=config, on_progress=progress.update,
-                           on_submitted=progress.submitted, dry_run=dry_run)
-    token = set_execution_context(ctx)
-    old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv = [job, *job_args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(job)))
     old_sigterm = _sigterm_as_interrupt()
     try:
-        runpy.run_path(job, run_name="__main__")
-    except DryRunComplete:
-        pass
-    except JobExecutionError as exc:
-        progress.close()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except EmrflowError as exc:
-        progress.close()
-        raise click.ClickException(str(exc)) from exc
+        results = run_script(job, job_args, config, dry_run=dry_run, on_progress=progress.update,
+                             on_submitted=progress.submitted)
+    except EmrflowError:
+        raise                                   # EmrflowGroup prints it: Error: <message>, exit 1
     except KeyboardInterrupt:
         progress.close()
         click.echo("Interrupted: the job was cancelled and the cluster stopped.", err=True)
@@ -241,14 +181,9 @@ def run(parallelism, dynamic, target, jobmanager, detached, conf_file, quiet, dr
         sys.exit(1)
     finally:
         progress.close()
-        sys.argv, sys.path[:] = old_argv, old_path
-        reset_execution_context(token)
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
-    if not ctx.results:
-        raise click.ClickException(f"{job} did not submit a job: it never called env.execute() "
-                                   "(as Flink says: the program didn't contain a job)")
-    for r in ctx.results:
+    for r in results:
         if dry_run:
             continue
         if detached:
@@ -286,54 +221,6 @@ def _user_traceback(exc: BaseException, job: str) -> str:
     return "".join(te.format())
 
 
-def _wait_for_session(config, quiet: bool) -> None:
-    """``-t yarn-session`` without ``yarn.application.id``: wait for a recorded session.
-
-    On EMR with step concurrency > 1, a job step may start while the session step is still
-    starting the session; with ``yarn.session.wait-timeout`` set (EMR job steps for
-    ``-t yarn-session`` set it) the job waits for the record (``~/.emrflow/yarn-session.json``)
-    that long, polling every second. If none appears, the submission fails as without
-    waiting ("no YARN session ..."). By default (0) it does not wait.
-    """
-    from emrflow.deploy import yarn
-    if config.get("yarn.application.id"):
-        return
-    app_id = yarn.recorded_session()
-    timeout_s = int(config.get("yarn.session.wait-timeout")) / 1000
-    if app_id is None and timeout_s > 0:
-        if not quiet:
-            click.echo(f"No YARN session recorded yet: waiting up to {timeout_s:.0f} s "
-                       "(yarn.session.wait-timeout) for one to start", err=True)
-        deadline = time.monotonic() + timeout_s
-        while app_id is None and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            app_id = yarn.recorded_session()
-    if app_id is not None and not quiet:
-        click.echo(f"Submitting to YARN session {app_id}", err=True)
-
-
-def _flink_yarn_options(containers, slots, jm, tm, name, queue, yarn_dynamic) -> list[str]:
-    """``-D key=value`` strings for Flink 1.x's ``-ys -yjm -ytm -ynm -yqu -yD`` (``-yn``: a note)."""
-    def memory(value: str, flag: str) -> str:
-        text = str(value).strip()
-        if text.isdigit():                          # Flink: MB unless a unit is given
-            return f"{text}m"
-        if not text:
-            raise click.BadParameter("expected a memory size such as 1024m", param_hint=flag)
-        return text
-    out = []
-    if containers is not None:
-        click.echo(f"Note: -yn {containers} is deprecated in Flink and ignored here: TaskManager containers "
-                   "start as the job's slots need (parallelism / -ys)", err=True)
-    for key, value in (("taskmanager.numberOfTaskSlots", slots),
-                       ("jobmanager.memory.process.size", jm and memory(jm, "-yjm")),
-                       ("taskmanager.memory.process.size", tm and memory(tm, "-ytm")),
-                       ("yarn.application.name", name), ("yarn.application.queue", queue)):
-        if value is not None:
-            out.append(f"{key}={value}")
-    return out + list(yarn_dynamic)
-
-
 def _sigterm_as_interrupt():
     """Make SIGTERM behave as Ctrl-C while a job runs; return the previous handler (None if not set).
 
@@ -360,20 +247,13 @@ def _fetch_s3_job(uri: str) -> str:
 
     from emrflow.deploy.emr import fetch_job_script
     tmp = click.get_current_context().with_resource(tempfile.TemporaryDirectory(prefix="emrflow-job-"))
-    try:
-        return fetch_job_script(uri, tmp)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc           # the message names the URI
+    return fetch_job_script(uri, tmp)           # an error's message names the URI
 
 
 def _run_yarn_application(config, job, job_args, py_files, detached, quiet, dry_run=False) -> None:
     """``-t yarn-application``: the script runs in the ApplicationMaster, not here."""
     from emrflow.deploy import yarn
-    try:
-        app_id, status, diagnostics = yarn.submit_application(config, job, job_args, py_files,
-                                                              dry_run=dry_run)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app_id, status, diagnostics = yarn.submit_application(config, job, job_args, py_files, dry_run=dry_run)
     if dry_run:
         return
     if detached:
@@ -392,22 +272,18 @@ def _rest_address_options(address: str) -> dict:
     return {"rest.address": host, "rest.port": int(port)}
 
 
-def _rest_client(jobmanager: str | None, workdir: str | None, conf_file=None, dynamic=()):
+def _rest_client(jobmanager: str | None, workdir: str | None, config):
     """A REST client for -m, else for the standalone cluster recorded in the workdir."""
     from emrflow.deploy.rest_client import RestClient
     from emrflow.deploy.standalone import ClusterInfo, default_workdir
-    try:
-        config = _load_config(conf_file, dynamic, {})
-        token = config.get("rest.auth.token")
-        if jobmanager is not None:
-            _rest_address_options(jobmanager)
-            return RestClient(jobmanager, token)
-        wd = workdir or default_workdir()
-        if os.path.exists(os.path.join(wd, "cluster.json")):
-            return RestClient(ClusterInfo.load(wd).rest, token)
-        return RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}", token)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    token = config.get("rest.auth.token")
+    if jobmanager is not None:
+        _rest_address_options(jobmanager)
+        return RestClient(jobmanager, token)
+    wd = workdir or default_workdir()
+    if os.path.exists(os.path.join(wd, "cluster.json")):
+        return RestClient(ClusterInfo.load(wd).rest, token)
+    return RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}", token)
 
 
 _jobmanager_option = click.option("-m", "--jobmanager", default=None, metavar="HOST:PORT",
@@ -417,25 +293,14 @@ _workdir_option = click.option("--workdir", default=None, type=click.Path(file_o
                                     "or ~/.emrflow/cluster).")
 
 
-def _conf_options(f):
-    """``-D KEY=VALUE`` and ``--conf FILE`` of the REST commands (``rest.auth.token``, ``rest.address``)."""
-    f = click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None,
-                     help="Configuration file.")(f)
-    return click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE",
-                        help="Configuration option, e.g. -D rest.auth.token=... (repeatable).")(f)
-
-
 @main.command("list")
 @_jobmanager_option
 @_workdir_option
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also list ended jobs.")
-@_conf_options
-def list_jobs(jobmanager, workdir, show_all, dynamic, conf_file) -> None:
+@config_options()
+def list_jobs(jobmanager, workdir, show_all, config) -> None:
     """List the jobs of a cluster (running ones unless --all)."""
-    try:
-        jobs = _rest_client(jobmanager, workdir, conf_file, dynamic).list_jobs()
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    jobs = _rest_client(jobmanager, workdir, config).list_jobs()
     shown = [j for j in jobs if show_all or j["state"] not in ("FINISHED", "FAILED", "CANCELED")]
     if not shown:
         click.echo("No jobs." if show_all else "No running jobs.", err=True)
@@ -448,13 +313,10 @@ def list_jobs(jobmanager, workdir, show_all, dynamic, conf_file) -> None:
 @click.argument("job_id")
 @_jobmanager_option
 @_workdir_option
-@_conf_options
-def cancel(job_id, jobmanager, workdir, dynamic, conf_file) -> None:
+@config_options()
+def cancel(job_id, jobmanager, workdir, config) -> None:
     """Cancel the job JOB_ID (its sinks abort; no partial output stays visible)."""
-    try:
-        _rest_client(jobmanager, workdir, conf_file, dynamic).cancel(job_id)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _rest_client(jobmanager, workdir, config).cancel(job_id)
     click.echo(f"Cancelled job {job_id}.")
 
 
@@ -465,17 +327,13 @@ def cancel(job_id, jobmanager, workdir, dynamic, conf_file) -> None:
 @_workdir_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds to wait for the savepoint.")
-@_conf_options
-def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s, dynamic, conf_file) -> None:
+@config_options()
+def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s, config) -> None:
     """Take a savepoint of the running job JOB_ID into TARGET_DIRECTORY (default state.savepoints.dir).
 
     Prints the savepoint's path, which `emrflow run -s PATH` starts a job from.
     """
-    try:
-        path = _rest_client(jobmanager, workdir, conf_file, dynamic).savepoint(
-            job_id, target_directory, timeout_s=timeout_s)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = _rest_client(jobmanager, workdir, config).savepoint(job_id, target_directory, timeout_s=timeout_s)
     click.echo(f"Savepoint completed. Path: {path}")
 
 
@@ -487,14 +345,11 @@ def savepoint(job_id, target_directory, jobmanager, workdir, timeout_s, dynamic,
 @_workdir_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds to wait for the savepoint.")
-@_conf_options
-def stop(job_id, savepoint_path, jobmanager, workdir, timeout_s, dynamic, conf_file) -> None:
+@config_options()
+def stop(job_id, savepoint_path, jobmanager, workdir, timeout_s, config) -> None:
     """Stop the job JOB_ID with a final savepoint (Flink's stop-with-savepoint); it ends FINISHED."""
-    try:
-        path = _rest_client(jobmanager, workdir, conf_file, dynamic).savepoint(job_id, savepoint_path, stop=True,
-                                                           timeout_s=timeout_s)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = _rest_client(jobmanager, workdir, config).savepoint(job_id, savepoint_path, stop=True,
+                                                               timeout_s=timeout_s)
     click.echo(f"Savepoint completed. Path: {path}")
     click.echo(f"Stopped job {job_id}.")
 
@@ -506,20 +361,12 @@ def cluster() -> None:
 
 @cluster.command("start")
 @click.option("--taskmanagers", type=click.IntRange(min=1), default=1, help="TaskManager processes.")
-@click.option("--slots", type=click.IntRange(min=1), default=None,
-              help="Task slots per TaskManager (taskmanager.numberOfTaskSlots).")
-@click.option("--rest-port", type=click.IntRange(min=0, max=65535), default=None,
-              help="REST and dashboard port (rest.port; 0 = any free port).")
 @_workdir_option
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="Configuration option.")
-@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None)
-def cluster_start(taskmanagers, slots, rest_port, workdir, dynamic, conf_file) -> None:
+@config_options("slots", "rest_port")
+def cluster_start(taskmanagers, workdir, config) -> None:
     """Start a JobManager and TaskManagers in the background; print the REST address."""
     from emrflow.deploy.standalone import start_cluster
-    try:
-        info = start_cluster(_load_config(conf_file, dynamic, {}), workdir, taskmanagers, slots, rest_port)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    info = start_cluster(config, workdir, taskmanagers)
     click.echo(f"Cluster started: REST API and dashboard at http://{info.rest}/ , "
                f"JobManager RPC at {info.rpc}, working directory {info.workdir}")
 
@@ -529,10 +376,7 @@ def cluster_start(taskmanagers, slots, rest_port, workdir, dynamic, conf_file) -
 def cluster_stop(workdir) -> None:
     """Stop the cluster started from the working directory; leave no process behind."""
     from emrflow.deploy.standalone import stop_cluster
-    try:
-        pids = stop_cluster(workdir)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    pids = stop_cluster(workdir)
     click.echo(f"Cluster stopped ({len(pids)} processes).")
 
 
@@ -543,25 +387,19 @@ def taskmanager() -> None:
 
 @taskmanager.command("start")
 @click.option("--jobmanager", required=True, metavar="HOST:PORT", help="The JobManager's RPC address.")
-@click.option("--slots", type=click.IntRange(min=1), default=None, help="Task slots.")
 @_workdir_option
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="Configuration option.")
-def taskmanager_start(jobmanager, slots, workdir, dynamic) -> None:
+@config_options("slots")
+def taskmanager_start(jobmanager, workdir, config) -> None:
     """Start a TaskManager in the background that registers with --jobmanager.
 
     The cluster secret comes from $EMRFLOW_CLUSTER_SECRET, or from the working
     directory's cluster.json when run on the JobManager's host.
     """
     from emrflow.deploy.standalone import ClusterInfo, default_workdir, start_taskmanager
-    try:
-        config = _load_config(None, dynamic, {})
-        secret = os.environ.get("EMRFLOW_CLUSTER_SECRET")
-        if not secret:
-            secret = ClusterInfo.load(workdir or default_workdir()).secret
-        pid = start_taskmanager(config, jobmanager, secret,
-                                slots or int(config.get("taskmanager.numberOfTaskSlots")), workdir)
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    secret = os.environ.get("EMRFLOW_CLUSTER_SECRET")
+    if not secret:
+        secret = ClusterInfo.load(workdir or default_workdir()).secret
+    pid = start_taskmanager(config, jobmanager, secret, int(config.get("taskmanager.numberOfTaskSlots")), workdir)
     click.echo(f"TaskManager started (pid {pid}).")
 
 
@@ -587,16 +425,11 @@ def config_docs() -> None:
 
 
 @config.command("show")
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE")
-@click.option("--conf", "conf_file", type=click.Path(dir_okay=False), default=None)
-def config_show(dynamic, conf_file) -> None:
+@config_options()
+def config_show(config) -> None:
     """Print the effective configuration (file and -D applied) as YAML."""
     import yaml
-    try:
-        cfg = _load_config(conf_file, dynamic, {})
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
+    click.echo(yaml.safe_dump(config.to_dict(), sort_keys=True), nl=False)
 
 
 @main.command("resources")
@@ -610,14 +443,11 @@ def resources_command(kind) -> None:
     `emrflow run -p 2 "$(emrflow resources examples)/latest_rating.py" --output out/latest-rating`.
     """
     from emrflow import resources
-    try:
-        if kind:
-            click.echo(resources.resource_dir(kind))
-            return
-        for k in resources.KINDS:
-            click.echo(f"{k}\t{resources.find_dir(k) or '(missing)'}")
-    except EmrflowError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if kind:
+        click.echo(resources.resource_dir(kind))
+        return
+    for k in resources.KINDS:
+        click.echo(f"{k}\t{resources.find_dir(k) or '(missing)'}")
 
 
 from emrflow import cli_emr, cli_yarn  # noqa: E402  (command modules register themselves on the group)

@@ -1,23 +1,19 @@
 """``emrflow create-cluster / add-step / run-transient / ...``: Amazon EMR commands over :mod:`emrflow.deploy.emr`.
 
 Every input is validated before the first AWS call; errors print as
-``Error: <message>`` and exit 1. Progress goes to stderr, results to stdout.
+``Error: <message>`` and exit 1 (through :class:`~emrflow.cli_common.EmrflowGroup`). Progress
+goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 
 import click
 
-from emrflow.errors import EmrflowError
-
-
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc)) from exc
+from emrflow.cli_common import CONFIG_FLAGS, dynamic_option
 
 
 def _progress(line: str) -> None:
@@ -125,24 +121,20 @@ def create_cluster(config_file, name, release_label, instance_type, core_instanc
     the request as JSON and the equivalent aws CLI line, and builds and uploads nothing.
     """
     from emrflow.deploy import emr
-    try:
-        spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
-                          log_uri, staging_uri)
-        session = _session(profile, region, endpoint_url)
-        with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
-            staging = emr.plan_staging(spec, staging_uri, wheel, tmp, dry_run=dry_run)
-            request = emr.build_run_job_flow_request(spec, staging)
-            if dry_run:
-                click.echo(json.dumps(request, indent=2))
-                click.echo(emr.aws_cli_command(request, profile=profile, region=region,
-                                               endpoint_url=endpoint_url))
-                return
-            cluster_id = emr.create_cluster(session, request, staging, _progress)
-            click.echo(cluster_id)
-            if wait:
-                emr.wait_for_cluster(session, cluster_id, timeout_s=timeout, poll_s=poll, progress=_progress)
-    except EmrflowError as exc:
-        _fail(exc)
+    from emrflow.deploy.emr import launch as emr_launch
+    spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
+                      log_uri, staging_uri)
+    with _session(profile, region, endpoint_url) as session:
+        launch = emr_launch.create_cluster(spec, session, staging_uri=staging_uri, wheel=wheel, dry_run=dry_run,
+                                           progress=_progress)
+        if launch.cluster_id is None:
+            click.echo(json.dumps(launch.request, indent=2))
+            click.echo(emr.aws_cli_command(launch.request, profile=profile, region=region,
+                                           endpoint_url=endpoint_url))
+            return
+        click.echo(launch.cluster_id)
+        if wait:
+            emr.wait_for_cluster(session, launch.cluster_id, timeout_s=timeout, poll_s=poll, progress=_progress)
 
 
 @click.command("add-step", context_settings={"allow_interspersed_args": False})
@@ -151,8 +143,8 @@ def create_cluster(config_file, name, release_label, instance_type, core_instanc
 @click.option("--action-on-failure", type=click.Choice(["CONTINUE", "CANCEL_AND_WAIT", "TERMINATE_CLUSTER"]),
               default="CONTINUE", show_default=True)
 @click.option("--s3-staging", "staging_uri", default=None, help="S3 URI the job script is uploaded under.")
-@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None, help="Job parallelism.")
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
+@CONFIG_FLAGS["parallelism"].option("parallelism", help="Job parallelism (the step's -p, parallelism.default).")
+@dynamic_option("emrflow configuration of the step's `emrflow run`; repeatable.")
 @click.option("-t", "--target", type=click.Choice(["yarn-per-job", "yarn-session", "yarn-application"]),
               default="yarn-per-job", show_default=True,
               help="emrflow run -t on the cluster; yarn-session needs an earlier --yarn-session step.")
@@ -181,55 +173,42 @@ def add_step(cluster_id, name, action_on_failure, staging_uri, parallelism, dyna
     --yarn-session adds a step starting a detached YARN session instead. With --wait,
     a failed step exits 1 with the tail of its logs (and of its YARN containers' logs).
     """
-    from emrflow.deploy import emr, emr_checks
+    from emrflow.deploy import emr
+    from emrflow.deploy.emr import launch
+    emr.check_cluster_id(cluster_id)
+    if yarn_session and job:
+        raise click.UsageError("--yarn-session takes no JOB")
+    if not yarn_session and not job:
+        raise click.UsageError("missing JOB (or --yarn-session)")
+    if not yarn_session and not job.startswith("s3://") and not staging_uri:
+        raise click.UsageError("--s3-staging s3://bucket/prefix is needed to upload a local JOB")
+    args = [] if yarn_session else _job_args(job_args, "add-step")
+    session = None if dry_run else _session(profile, region, endpoint_url)
     try:
-        emr.check_cluster_id(cluster_id)
-        staging = None
-        if yarn_session:
-            if job:
-                raise click.UsageError("--yarn-session takes no JOB")
-            step = emr.session_step(taskmanagers=taskmanagers, slots=slots, dynamic=dynamic,
-                                    name=name or "emrflow yarn-session", action_on_failure=action_on_failure)
-        else:
-            if not job:
-                raise click.UsageError("missing JOB (or --yarn-session)")
-            if not job.startswith("s3://") and not staging_uri:
-                raise click.UsageError("--s3-staging s3://bucket/prefix is needed to upload a local JOB")
-            if job.startswith("s3://"):
-                job_uri = emr.check_s3_uri(job, "JOB", "job script", key_required=True)
-            else:
-                staging = emr.Staging(emr.check_s3_uri(staging_uri, "--s3-staging", "staging_uri"))
-                job_uri = staging.add_job(job)
-            step = emr.emrflow_step(job_uri, _job_args(job_args, "add-step"), name=name, parallelism=parallelism,
-                                    dynamic=dynamic, action_on_failure=action_on_failure, target=target)
+        result = launch.add_job_step(
+            cluster_id, job, args, session, staging_uri=staging_uri, name=name, parallelism=parallelism,
+            dynamic=dynamic, action_on_failure=action_on_failure, target=target, yarn_session=yarn_session,
+            taskmanagers=taskmanagers, slots=slots, dry_run=dry_run, wait=False, progress=_progress)
         if dry_run:
-            emr_checks.validate_request("AddJobFlowSteps", {"JobFlowId": cluster_id, "Steps": [step]})
-            click.echo(json.dumps({"JobFlowId": cluster_id, "Steps": [step]}, indent=2))
-            click.echo(emr.aws_cli_add_steps_command(cluster_id, [step], profile=profile, region=region,
-                                                     endpoint_url=endpoint_url))
+            click.echo(json.dumps(result.request, indent=2))
+            click.echo(emr.aws_cli_add_steps_command(cluster_id, result.request["Steps"], profile=profile,
+                                                     region=region, endpoint_url=endpoint_url))
             return
-        with _session(profile, region, endpoint_url) as session:
-            emr.check_steps(session, cluster_id, [step])        # before the job is uploaded
-            if staging is not None:
-                session.upload_all(staging, _progress)
-            step_id = emr.add_steps(session, cluster_id, [step])[0]
-            click.echo(step_id)
-            if wait:
-                emr.wait_for_step(session, cluster_id, step_id, timeout_s=timeout, poll_s=poll,
-                                  progress=_progress, log_wait_s=log_wait)
-                _progress(f"step {step_id} COMPLETED")
-    except emr.StepFailedError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except EmrflowError as exc:
-        _fail(exc)
+        click.echo(result.step_id)
+        if wait:
+            emr.wait_for_step(session, cluster_id, result.step_id, timeout_s=timeout, poll_s=poll,
+                              progress=_progress, log_wait_s=log_wait)
+            _progress(f"step {result.step_id} COMPLETED")
+    finally:
+        if session is not None:
+            session.close()
 
 
 @click.command("run-transient", context_settings={"allow_interspersed_args": False})
 @_spec_options
 @click.option("--step-name", default=None, help="Step name (default: emrflow <script>).")
-@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=None, help="Job parallelism.")
-@click.option("-D", "dynamic", multiple=True, metavar="KEY=VALUE", help="emrflow configuration; repeatable.")
+@CONFIG_FLAGS["parallelism"].option("parallelism", help="Job parallelism (the step's -p, parallelism.default).")
+@dynamic_option("emrflow configuration of the step's `emrflow run`; repeatable.")
 @click.option("--timeout", type=click.IntRange(min=1), default=86400, help="Seconds to follow the job.")
 @click.option("--poll", type=click.FloatRange(min=0.01), default=30.0, help="Seconds between polls.")
 @_log_wait_option
@@ -247,35 +226,23 @@ def run_transient(config_file, name, release_label, instance_type, core_instance
     where the logs are. A failed step exits 1 with the tail of its logs. Ctrl-C asks
     whether to terminate the cluster and exits 130.
     """
-    from emrflow.deploy import emr, emr_checks
-    try:
-        args = _job_args(job_args, "run-transient")
-        spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
-                          log_uri, staging_uri)
-        session = _session(profile, region, endpoint_url)
-        created: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="emrflow-wheel-") as tmp, session:
-            staging = emr.plan_staging(spec, staging_uri, wheel, tmp)
-            # TERMINATE_CLUSTER, or CONTINUE when steps run concurrently (all EMR accepts then;
-            # the cluster still ends after its last step)
-            action = emr_checks.transient_action_on_failure(spec.get("step_concurrency_level", 1))
-            step = emr.emrflow_step(staging.add_job(job), args, name=step_name,
-                                    parallelism=parallelism, dynamic=dynamic, action_on_failure=action)
-            try:
-                cluster_id, step_id, _ = emr.run_transient(session, spec, staging, step, timeout_s=timeout,
-                                                           poll_s=poll, progress=_progress,
-                                                           on_created=created.append, log_wait_s=log_wait)
-            except KeyboardInterrupt:
-                _interrupted(session, created)
-            logs = spec.get("log_uri")
-            _progress(f"step {step_id} COMPLETED on cluster {cluster_id}" +
-                      (f"; logs: {logs.rstrip('/')}/{cluster_id}/" if logs else ""))
-            click.echo(cluster_id)
-    except emr.StepFailedError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except EmrflowError as exc:
-        _fail(exc)
+    from emrflow.deploy.emr import launch
+    args = _job_args(job_args, "run-transient")
+    spec = _load_spec(config_file, name, release_label, instance_type, core_instance_count,
+                      log_uri, staging_uri)
+    created: list[str] = []
+    with _session(profile, region, endpoint_url) as session:
+        try:
+            cluster_id, step_id = launch.run_transient_job(
+                spec, job, args, session, staging_uri=staging_uri, wheel=wheel, step_name=step_name,
+                parallelism=parallelism, dynamic=dynamic, timeout_s=timeout, poll_s=poll, log_wait_s=log_wait,
+                progress=_progress, on_created=created.append)
+        except KeyboardInterrupt:
+            _interrupted(session, created)
+        logs = spec.get("log_uri")
+        _progress(f"step {step_id} COMPLETED on cluster {cluster_id}" +
+                  (f"; logs: {logs.rstrip('/')}/{cluster_id}/" if logs else ""))
+        click.echo(cluster_id)
 
 
 def _interrupted(session, created: list[str]) -> None:
@@ -305,11 +272,8 @@ def _interrupted(session, created: list[str]) -> None:
 def list_clusters(active, profile, region, endpoint_url) -> None:
     """List EMR clusters (ListClusters): id, name, state, creation time."""
     from emrflow.deploy import emr
-    try:
-        with _session(profile, region, endpoint_url) as session:
-            clusters = emr.list_clusters(session, active)
-    except EmrflowError as exc:
-        _fail(exc)
+    with _session(profile, region, endpoint_url) as session:
+        clusters = emr.list_clusters(session, active)
     _table([[c["Id"], c["Name"], c["Status"]["State"],
              _ts(c["Status"].get("Timeline", {}).get("CreationDateTime"))] for c in clusters],
            ["ID", "NAME", "STATE", "CREATED"])
@@ -321,13 +285,10 @@ def list_clusters(active, profile, region, endpoint_url) -> None:
 def describe_cluster(cluster_id, profile, region, endpoint_url) -> None:
     """Show a cluster (DescribeCluster): state, release label, applications, log URI, steps, tags."""
     from emrflow.deploy import emr
-    try:
-        emr.check_cluster_id(cluster_id)
-        with _session(profile, region, endpoint_url) as session:
-            c = emr.describe_cluster(session, cluster_id)
-            steps = emr.list_steps(session, cluster_id)
-    except EmrflowError as exc:
-        _fail(exc)
+    emr.check_cluster_id(cluster_id)
+    with _session(profile, region, endpoint_url) as session:
+        c = emr.describe_cluster(session, cluster_id)
+        steps = emr.list_steps(session, cluster_id)
     status = c["Status"]
     reason = status.get("StateChangeReason", {}).get("Message", "")
     _table([["Id", c["Id"]], ["Name", c["Name"]], ["State", status["State"] + (f" ({reason})" if reason else "")],
@@ -345,12 +306,9 @@ def describe_cluster(cluster_id, profile, region, endpoint_url) -> None:
 def list_steps(cluster_id, profile, region, endpoint_url) -> None:
     """List a cluster's steps (ListSteps), oldest first: id, name, state, action on failure."""
     from emrflow.deploy import emr
-    try:
-        emr.check_cluster_id(cluster_id)
-        with _session(profile, region, endpoint_url) as session:
-            steps = emr.list_steps(session, cluster_id)
-    except EmrflowError as exc:
-        _fail(exc)
+    emr.check_cluster_id(cluster_id)
+    with _session(profile, region, endpoint_url) as session:
+        steps = emr.list_steps(session, cluster_id)
     _table([[i, s["Id"], s["Name"], s["Status"]["State"], s.get("ActionOnFailure", "-"),
              _ts(s["Status"].get("Timeline", {}).get("CreationDateTime"))]
             for i, s in enumerate(steps, 1)], ["#", "ID", "NAME", "STATE", "ON FAILURE", "CREATED"])
@@ -363,13 +321,10 @@ def list_steps(cluster_id, profile, region, endpoint_url) -> None:
 def cancel_step(cluster_id, step_id, profile, region, endpoint_url) -> None:
     """Cancel a pending or running step (CancelSteps); print EMR's answer."""
     from emrflow.deploy import emr
-    try:
-        emr.check_cluster_id(cluster_id)
-        emr.check_step_id(step_id)
-        with _session(profile, region, endpoint_url) as session:
-            info = emr.cancel_step(session, cluster_id, step_id)
-    except EmrflowError as exc:
-        _fail(exc)
+    emr.check_cluster_id(cluster_id)
+    emr.check_step_id(step_id)
+    with _session(profile, region, endpoint_url) as session:
+        info = emr.cancel_step(session, cluster_id, step_id)
     click.echo(f"step {step_id}: {info.get('Status', 'SUBMITTED')} {info.get('Reason', '')}".rstrip())
 
 
@@ -379,12 +334,9 @@ def cancel_step(cluster_id, step_id, profile, region, endpoint_url) -> None:
 def terminate_cluster(cluster_id, profile, region, endpoint_url) -> None:
     """Terminate a cluster (TerminateJobFlows); its running steps are cancelled."""
     from emrflow.deploy import emr
-    try:
-        emr.check_cluster_id(cluster_id)
-        with _session(profile, region, endpoint_url) as session:
-            emr.terminate_cluster(session, cluster_id)
-    except EmrflowError as exc:
-        _fail(exc)
+    emr.check_cluster_id(cluster_id)
+    with _session(profile, region, endpoint_url) as session:
+        emr.terminate_cluster(session, cluster_id)
     click.echo(f"Terminating {cluster_id}.")
 
 

@@ -381,6 +381,11 @@ _OPTION_ROWS: list[tuple[Any, ...]] = [
     ("yarn.application.name", "str", None, "YARN application name (Flink option)."),
     ("yarn.application.queue", "str", "default", "YARN queue to submit to (Flink option)."),
     ("yarn.containers.vcores", "int", 1, "Virtual cores per TaskManager container (Flink option).", (), 1),
+    ("yarn.application.web-ui.users", "str", "*", "Users skein's web UI (the YARN application's tracking "
+     "URL, with the dashboard and metrics pages) admits: `*` for every user of YARN's web UI (on a "
+     "cluster without Kerberos, `dr.who`), a comma-separated list, or empty for the owner only. The "
+     "dashboard behind it still needs the signed link `yarn-session start` prints; the UI never shows "
+     "the cluster secret or the REST token."),
     ("yarn.application.node-label", "str", None, "YARN node label of the ApplicationMaster (JobManager) "
      "container, and of TaskManager containers unless `yarn.taskmanager.node-label` is set (Flink option)."),
     ("yarn.taskmanager.node-label", "str", None, "YARN node label of TaskManager containers; unset means "

@@ -54,6 +54,19 @@ class OutputExistsError(EmrflowError, FileExistsError):
         self.path = path
 
 
+class OutputCorruptError(EmrflowError, OSError):
+    """An output directory holds a commit record that cannot be finished (a file it lists is gone,
+    or the record is unreadable): the output there may be incomplete.
+
+    Attributes:
+        path: the commit record.
+    """
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class StorageError(EmrflowError, OSError):
     """A file system (local or S3) could not be reached or used; the message is one line.
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emrflow.api import transformations as T
+from emrflow.api.aggregates import is_builtin_aggregate
 from emrflow.api.eventtime import to_millis
 from emrflow.api.functions import (
     AggregateFunction,
@@ -28,7 +29,13 @@ from emrflow.api.functions import (
     WindowFunction,
 )
 from emrflow.api.transformations import Transformation
-from emrflow.api.windowing import Evictor, Trigger, WindowAssigner
+from emrflow.api.windowing import (
+    Evictor,
+    SlidingEventTimeWindows,
+    Trigger,
+    TumblingEventTimeWindows,
+    WindowAssigner,
+)
 from emrflow.errors import JobGraphError
 
 if TYPE_CHECKING:
@@ -61,6 +68,18 @@ class WindowSpec:
     function: Any = None
     window_function: Any = None
     all_windows: bool = False
+
+    def is_aligned(self) -> bool:
+        """Runs on the aligned-window operator: tumbling or sliding event-time windows, the
+        default trigger, no evictor, no allowed lateness, and ``reduce`` or ``aggregate``."""
+        return (isinstance(self.assigner, (TumblingEventTimeWindows, SlidingEventTimeWindows))
+                and self.trigger is None and self.evictor is None and self.allowed_lateness_ms == 0
+                and self.kind in ("reduce", "aggregate"))
+
+    def is_fast_path(self) -> bool:
+        """Aligned windows aggregated by a built-in (:mod:`emrflow.api.aggregates`), which the
+        operator folds per batch instead of calling ``add`` per record."""
+        return self.is_aligned() and self.kind == "aggregate" and is_builtin_aggregate(self.function)
 
 
 class WindowedStream:
@@ -105,6 +124,8 @@ class WindowedStream:
         from emrflow.api.datastream import DataStream
         spec = self._spec
         spec.kind, spec.function, spec.window_function = kind, function, window_function
+        if kind == "aggregate" and is_builtin_aggregate(function):
+            name = f"Window(aggregate {function!r}{', fast path' if spec.is_fast_path() else ''})"
         if spec.assigner.is_merging and kind in ("aggregate",) and spec.evictor is None \
                 and type(function).merge is AggregateFunction.merge:
             raise JobGraphError("session windows merge accumulators: the AggregateFunction needs merge()")
@@ -122,7 +143,12 @@ class WindowedStream:
         return self._build("reduce", reduce_function, window_function, "Window(reduce)")
 
     def aggregate(self, aggregate_function: AggregateFunction, window_function: Any = None) -> "DataStream":
-        """Aggregate each window with an :class:`AggregateFunction`; optionally then a window function."""
+        """Aggregate each window with an :class:`AggregateFunction`; optionally then a window function.
+
+        A built-in aggregate (:class:`~emrflow.api.aggregates.Count`, ``Sum``, ``Min``, ``Max``,
+        ``Avg``) is named in the operator's name, with ``, fast path`` when the aligned-window fast
+        path folds it (see :meth:`WindowSpec.is_fast_path`): ``Window(aggregate Count(), fast path)``.
+        """
         if not isinstance(aggregate_function, AggregateFunction):
             raise TypeError(f"aggregate expects an AggregateFunction, got {aggregate_function!r}")
         return self._build("aggregate", aggregate_function, window_function, "Window(aggregate)")

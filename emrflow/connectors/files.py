@@ -27,6 +27,8 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import json
+import logging
 import operator
 import os
 import re
@@ -36,7 +38,9 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from emrflow import fs
 from emrflow.connectors.base import Sink, SinkWriter, Source, SourceReader, SubtaskContext
-from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
+from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
+
+log = logging.getLogger(__name__)
 
 #: Bytes of whole lines per block (= batch): small batches stay in the CPU cache
 #: between chained operators and tasks.
@@ -56,6 +60,7 @@ def list_input_files(path: str) -> list[str]:
     if fs.is_s3(path):
         if fs.is_file(path):
             return [path]
+        finish_interrupted_commits(path)  # the output of a killed run's decided commit: finish it
         files = [f for f in fs.list_files(path) if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
         if files or fs.exists(path):
             return files
@@ -63,6 +68,7 @@ def list_input_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if os.path.isdir(path):
+        finish_interrupted_commits(path)  # the output of a killed run's decided commit: finish it
         return [os.path.join(path, n) for n in sorted(os.listdir(path))
                 if not n.startswith((".", "_")) and os.path.isfile(os.path.join(path, n))]
     if os.path.exists(path):
@@ -552,6 +558,8 @@ class _FileWriter(SinkWriter):
             if os.path.isfile(sink.path):
                 raise _not_a_directory(sink.path)
             os.makedirs(sink.path, exist_ok=True)
+        if ctx.subtask_index == 0:  # a job submitted without validate(): finish what a killed run decided
+            finish_interrupted_commits(sink.path)
         config = ctx.config or {}
         self._checkpointing = ctx.checkpointing
         if self._checkpointing and sink.write_mode is WriteMode.OVERWRITE:
@@ -620,12 +628,25 @@ class _FileWriter(SinkWriter):
 
     # -- end of the job (no checkpoints, or the last records after the last checkpoint) --------
     def prepare_commit(self) -> Any:
-        """Close the in-progress file; returns the in-progress and final names still to publish."""
+        """Close the in-progress file; returns this subtask's share of the job's commit record.
+
+        Returns:
+            A dict (see :func:`write_commit_records`): the output ``path``, the ``files`` still
+            to publish as ``[in-progress uri, final uri]`` pairs, and for subtask 0 what else the
+            commit changes (``remove_stale``, ``keep``: the part names the job writes, ``job_prefix``).
+        """
         cur = self._close_current()
         if cur is not None:
             self._closed.append(cur)
         self._prepared = [f for _, files in self._pending for f in files] + self._closed
-        return [tmp for tmp, _ in self._prepared]
+        ctx = self._ctx
+        return {"kind": COMMIT_KIND, "path": self._path, "subtask": ctx.subtask_index,
+                "files": [list(f) for f in self._prepared],
+                "remove_stale": (ctx.subtask_index == 0 and self._sink.write_mode is WriteMode.OVERWRITE
+                                 and not self._checkpointing),
+                "clean_in_progress": ctx.subtask_index == 0,
+                "keep": [self._sink.part_name(i) for i in range(ctx.parallelism)],
+                "job_prefix": "." + ctx.job_id[:8] if ctx.job_id else None}
 
     def commit(self) -> None:
         """Publish every file written (rename its in-progress file; idempotent)."""
@@ -640,14 +661,7 @@ class _FileWriter(SinkWriter):
         ``part-*`` files no subtask of this job writes and a ``_SUCCESS`` marker (local or S3)."""
         keep = {self._sink.part_name(i) for i in range(self._ctx.parallelism)}
         mine = "." + self._ctx.job_id[:8] if self._ctx.job_id else None
-        for name in fs.listdir(self._path):
-            m = _IN_PROGRESS.match(name)
-            stale_tmp = m is not None and mine is not None and not (m.group(3) or "").startswith(mine)
-            stale_part = parts and (name == "_SUCCESS" or (name.startswith("part-") and name not in keep))
-            if stale_tmp or stale_part:
-                full = fs.join(self._path, name)
-                if not self._local or os.path.isfile(full) or os.path.islink(full):
-                    fs.delete(full)
+        _remove_stale(self._path, keep, mine, parts)
 
     def abort(self, discard_pending: bool = True) -> None:
         """Close and delete the in-progress file and files not yet in a checkpoint; with
@@ -720,6 +734,135 @@ class _FileWriter(SinkWriter):
             if m and int(m.group(1)) == me:
                 top = max(top, int(m.group(2)))
         return top + 1
+
+
+def _remove_stale(path: str, keep: set[str], job_prefix: str | None, parts: bool) -> None:
+    """Delete the in-progress files in ``path`` not written by the job with ``job_prefix`` and,
+    with ``parts``, the ``part-*`` files not named in ``keep`` and a ``_SUCCESS`` marker."""
+    local = not fs.is_s3(path)
+    for name in fs.listdir(path):
+        m = _IN_PROGRESS.match(name)
+        stale_tmp = m is not None and job_prefix is not None and not (m.group(3) or "").startswith(job_prefix)
+        stale_part = parts and (name == "_SUCCESS" or (name.startswith("part-") and name not in keep))
+        if stale_tmp or stale_part:
+            full = fs.join(path, name)
+            if not local or os.path.isfile(full) or os.path.islink(full):
+                fs.delete(full)
+
+
+# -- the job's commit record: the end-of-job commit is all or nothing ---------------------------
+
+COMMIT_KIND = "emrflow.files"
+_RECORD_PREFIX = "_emrflow-commit-"
+_RECORD = re.compile(r"^_emrflow-commit-([0-9a-zA-Z-]+)\.json$")
+
+
+def write_commit_records(job_id: str, committables: list) -> list[str]:
+    """Write the commit record of a finished job into each output directory; return their uris.
+
+    The end-of-job commit of the file sinks renames every subtask's in-progress files and,
+    in OVERWRITE mode, deletes the previous run's other part files: many steps, each of which
+    a killed process can interrupt. The record, written (atomically: a rename on local disk,
+    one PUT on S3) before the first of them, makes the commit all or nothing: once it exists,
+    the job's output is decided, and whoever next touches the directory (the JobManager at the
+    end of the commit, a job reading or writing it, :meth:`FileSink.validate`) finishes the
+    commit with :func:`finish_interrupted_commits` (a roll forward, as Flink's committers do
+    on recovery). Without the record nothing of the output changed.
+
+    Args:
+        job_id: the job (names the record ``_emrflow-commit-<job id>.json``).
+        committables: what the subtasks' :meth:`_FileWriter.prepare_commit` returned; items
+            of other kinds (other sinks) are ignored.
+
+    Returns:
+        The uris of the records written, one per output directory.
+
+    Raises:
+        OSError: a record could not be written (nothing was renamed or deleted).
+    """
+    by_path: dict[str, dict] = {}
+    for c in committables:
+        if not isinstance(c, dict) or c.get("kind") != COMMIT_KIND:
+            continue
+        rec = by_path.setdefault(c["path"], {"job_id": job_id, "path": c["path"], "files": [],
+                                             "remove_stale": False, "clean_in_progress": False,
+                                             "keep": [], "job_prefix": None})
+        rec["files"] += c["files"]
+        if c["clean_in_progress"] or c["remove_stale"]:
+            rec["remove_stale"] = rec["remove_stale"] or c["remove_stale"]
+            rec["clean_in_progress"] = True
+            rec["keep"], rec["job_prefix"] = c["keep"], c["job_prefix"]
+    uris = []
+    for path, rec in by_path.items():
+        uri = fs.join(path, f"{_RECORD_PREFIX}{job_id}.json")
+        fs.write_bytes(uri, json.dumps(rec, indent=1).encode())
+        uris.append(uri)
+    return uris
+
+
+def finish_commit(record_uri: str) -> int:
+    """Finish (roll forward) the commit a record describes, then delete the record; idempotent.
+
+    Args:
+        record_uri: a ``_emrflow-commit-<job id>.json`` file written by :func:`write_commit_records`.
+
+    Returns:
+        How many part files this call published (0 if the commit had been completed already).
+
+    Raises:
+        OutputCorruptError: the record is unreadable, or a file it lists is neither in progress
+            nor published (deleted by hand?); the record stays, naming the problem.
+    """
+    try:
+        rec = json.loads(fs.read_bytes(record_uri))
+        files, path = rec["files"], rec["path"]
+    except FileNotFoundError:
+        return 0  # finished meanwhile by another process
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OutputCorruptError(f"{record_uri}: unreadable commit record ({exc}); the output in "
+                                 "that directory may be incomplete: check it, then delete the record",
+                                 record_uri) from exc
+    published = 0
+    for tmp, final in files:
+        try:
+            if fs.exists(tmp):
+                fs.move(tmp, final)
+                published += 1
+                continue
+        except FileNotFoundError:
+            pass  # moved meanwhile by another process finishing the same record
+        if not fs.exists(final):
+            raise OutputCorruptError(f"{record_uri}: cannot finish the commit of job {rec.get('job_id')}: "
+                                     f"{final} is missing and so is its in-progress file {tmp}", record_uri)
+    if rec.get("clean_in_progress"):
+        _remove_stale(path, set(rec["keep"]), rec["job_prefix"], bool(rec["remove_stale"]))
+    fs.delete(record_uri)
+    return published
+
+
+def finish_interrupted_commits(path: str) -> list[str]:
+    """Finish every commit left unfinished in the output directory ``path`` (see :func:`finish_commit`).
+
+    Args:
+        path: a local directory or ``s3://`` prefix; nothing happens if it does not exist.
+
+    Returns:
+        The ids of the jobs whose commit this call finished, oldest record first.
+    """
+    try:
+        names = sorted(n for n in fs.listdir(path) if _RECORD.match(n))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    done = []
+    for name in names:
+        uri = fs.join(path, name)
+        if not fs.exists(uri):
+            continue  # finished meanwhile by another process
+        n = finish_commit(uri)
+        job = _RECORD.match(name).group(1)
+        log.warning("finished the interrupted commit of job %s in %s (%d part files published)", job, path, n)
+        done.append(job)
+    return done
 
 
 _IN_PROGRESS = re.compile(r"^\.part-(\d+)-(\d+).*\.inprogress(\.[0-9a-f]+)?$")
@@ -805,13 +948,17 @@ class FileSink(Sink):
 
         Hidden in-progress files (``.part-*.inprogress.*``) left by an interrupted or
         killed run do not count: they were never committed, and the run that commits
-        next deletes them.
+        next deletes them. A commit that a killed run left unfinished (its commit record
+        is there) is finished first (:func:`finish_interrupted_commits`).
 
         Raises:
             OutputExistsError: ``path`` is a file, or holds anything else and the
                 write mode is NO_OVERWRITE.
+            OutputCorruptError: an unfinished commit cannot be finished.
         """
         is_file = fs.is_file(self.path)
+        if not is_file:
+            finish_interrupted_commits(self.path)
         exists = is_file or any(not _IN_PROGRESS.match(n) for n in fs.listdir(self.path))
         if exists and self.write_mode is WriteMode.NO_OVERWRITE:
             raise OutputExistsError(

@@ -8,13 +8,11 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any
 
-from emrflow.deploy.client import result_from_status
+from emrflow.deploy.jobclient import follow
 from emrflow.errors import ClusterError
 from emrflow.graph.pickling import dumps_job_graph
-
-TERMINAL = ("FINISHED", "FAILED", "CANCELED")
 
 
 class RestClient:
@@ -77,16 +75,6 @@ class RestClient:
         reply = self.request("GET", f"/jobs/{job_id}/execution-result?wait={wait_s}",
                              timeout_s=self.timeout_s + wait_s)
         return reply["emrflow-status"]
-
-    def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None,
-             interval_s: float = 1.0) -> dict:
-        """Follow the job until it ends; returns its final status."""
-        while True:
-            st = self.status(job_id, wait_s=interval_s)
-            if st["state"] in TERMINAL:
-                return st
-            if on_progress is not None:
-                on_progress(st)
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job (``PATCH /jobs/{id}?mode=cancel``)."""
@@ -155,36 +143,8 @@ class RestClient:
             time.sleep(0.05)
 
 
-def follow(client: RestClient, job_graph, config, context=None):
-    """Submit ``job_graph`` through ``client`` and, attached, follow it to its end.
-
-    Attached (default): reports progress to ``context.on_progress`` and returns the
-    job's result; Ctrl-C cancels the job. Detached (``execution.attached`` false, ``-d``):
-    returns once the job is accepted, with ``net_runtime_ms`` 0.
-
-    Raises:
-        JobExecutionError: the job failed or was cancelled (with the user's traceback).
-        ClusterError: the JobManager refused the job or stopped answering.
-    """
-    from emrflow.api.environment import JobExecutionResult
-    job_id = client.submit(job_graph)
-    if context is not None and context.on_submitted is not None:
-        context.on_submitted(job_id, job_graph.name)
-    if not bool(config.get("execution.attached")):
-        return JobExecutionResult(job_id=job_id, job_name=job_graph.name, net_runtime_ms=0)
-    try:
-        status = client.wait(job_id, context.on_progress if context is not None else None)
-    except KeyboardInterrupt:
-        try:
-            client.cancel(job_id)
-        except ClusterError:
-            pass
-        raise
-    return result_from_status(status, job_graph)
-
-
 def execute(job_graph, config, context=None):
     """The ``remote`` target: run ``job_graph`` on the cluster at ``rest.address:rest.port`` (see :func:`follow`)."""
     client = RestClient(f"{config.get('rest.address')}:{config.get('rest.port')}",
                         config.get("rest.auth.token"))
-    return follow(client, job_graph, config, context)
+    return follow(client, job_graph, bool(config.get("execution.attached")), context)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from emrflow.config import Configuration
 from emrflow.deploy import hadoop_conf
-from emrflow.deploy.yarn_containers import CONF_DIR_NAME, KV_REST, KV_TOKEN
+from emrflow.deploy.yarn_containers import CONF_DIR_NAME, KV_REST, KV_TOKEN, reveal
 from emrflow.errors import ClusterError, ConfigError, JobExecutionError
 
 SESSION_FILE = os.path.join(os.path.expanduser("~"), ".emrflow", "yarn-session.json")
@@ -151,6 +151,12 @@ def _ship(config: Configuration) -> dict:
     return files
 
 
+def _web_ui_users(config) -> list[str]:
+    """skein's ``ui_users`` from ``yarn.application.web-ui.users`` (``*``, a list, or empty: the owner)."""
+    value = str(config.get("yarn.application.web-ui.users") or "")
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
 def _container_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1", "EMRFLOW_CONF_DIR": CONF_DIR_NAME}
     if os.environ.get("EMRFLOW_LOG_LEVEL"):
@@ -221,9 +227,9 @@ def build_spec(config: Configuration, mode: str, *, name: str | None = None, que
         node_label=app_label,
         tags=sorted(tags),
         max_attempts=int(config.get("yarn.application-attempts")),
-        # the key-value store holds the cluster secret and REST token: with ACLs on, only the
-        # application's owner may open skein's web UI (which shows the store) or modify it
-        acls=skein.ACLs(enable=True),
+        # ACLs on: only the owner may read or change the key-value store (which holds the cluster
+        # secret and the REST token) through skein; its web UI shows neither (yarn_containers.hide)
+        acls=skein.ACLs(enable=True, ui_users=_web_ui_users(config)),
         master=skein.Master(resources=skein.Resources(memory=master_mib, vcores=1),
                             script=" ".join(shlex.quote(c) for c in master_cmd),
                             files={**shipped, **own}, env=_container_env(master_env)),
@@ -461,7 +467,7 @@ def jobmanager_of(yarn: YarnClient, app_id: str, app, timeout_s: float) -> tuple
         else:
             error = None
         if rest and token:
-            return rest.decode(), token.decode()
+            return rest.decode(), reveal(token)
         report = yarn.report(app_id)
         if report.ended:
             raise ClusterError(f"YARN application {app_id} ended {report.state}/{report.final_status} before "
@@ -568,7 +574,7 @@ def session_rest(config: Configuration, yarn: YarnClient | None = None, app_id: 
 
 
 def _dry_run_result(job_graph):
-    from emrflow.api.environment import JobExecutionResult
+    from emrflow.job import JobExecutionResult
     return JobExecutionResult(job_id="dry-run", job_name=job_graph.name, net_runtime_ms=0)
 
 
@@ -581,8 +587,8 @@ def execute_session(job_graph, config: Configuration, context=None):
     if context is not None and getattr(context, "dry_run", False):
         print(f"would submit to YARN session {session_app_id(config)}:\n{job_graph.to_json()}")
         return _dry_run_result(job_graph)
-    from emrflow.deploy.rest_client import follow
-    return follow(session_rest(config), job_graph, config, context)
+    from emrflow.deploy.jobclient import follow
+    return follow(session_rest(config), job_graph, bool(config.get("execution.attached")), context)
 
 
 def execute_per_job(job_graph, config: Configuration, context=None):
@@ -598,8 +604,8 @@ def execute_per_job(job_graph, config: Configuration, context=None):
         JobExecutionError: the job or the application failed.
         ClusterError: YARN refused the application or it did not start in time.
     """
-    from emrflow.api.environment import JobExecutionResult
-    from emrflow.deploy.client import result_from_status
+    from emrflow.deploy.jobclient import result_from_status
+    from emrflow.job import JobExecutionResult
     name = config.get("yarn.application.name") or job_graph.name
     if context is not None and getattr(context, "dry_run", False):
         print(build_spec(config, "per-job", name=name, master_files={"jobgraph.pkl": os.devnull}).to_yaml(),
@@ -644,6 +650,7 @@ def execute_per_job(job_graph, config: Configuration, context=None):
 def _follow_application_job(yarn: YarnClient, app_id: str, app, timeout_s: float, context) -> dict | None:
     """Follow the one job of a per-job application; its final status, or ``None`` if the
     application ended before the job's end could be read (YARN's report decides then)."""
+    from emrflow.deploy.jobclient import wait_for_end
     from emrflow.deploy.rest_client import RestClient
     try:
         rest, token = jobmanager_of(yarn, app_id, app, timeout_s)
@@ -661,7 +668,7 @@ def _follow_application_job(yarn: YarnClient, app_id: str, app, timeout_s: float
                                    f"{timeout_s:.0f} s")
             time.sleep(0.2)
             jobs = client.list_jobs()
-        return client.wait(jobs[0]["jid"], context.on_progress if context is not None else None)
+        return wait_for_end(client, jobs[0]["jid"], context.on_progress if context is not None else None)
     except ClusterError as exc:
         # the JobManager stopped answering: the application ended (its job's end, or a dead
         # ApplicationMaster that YARN notices within its heartbeat) or the network failed

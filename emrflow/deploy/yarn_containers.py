@@ -43,6 +43,19 @@ KV_REST = "emrflow.jobmanager.rest"
 KV_SECRET = "emrflow.secret"
 KV_TOKEN = "emrflow.rest.token"
 KV_PROM = "emrflow.metrics.prom"
+#: first byte of the secrets in the key-value store: not UTF-8, so skein's web UI shows them as
+#: "<binary value>" (the UI may be open to every web user: yarn.application.web-ui.users)
+_HIDDEN = b"\xff"
+
+
+def hide(value: str) -> bytes:
+    """A secret as stored in the key-value store: skein's web UI does not show it."""
+    return _HIDDEN + value.encode()
+
+
+def reveal(raw: bytes) -> str:
+    """A value of the key-value store as text, a secret stored by :func:`hide` too."""
+    return (raw[1:] if raw[:1] == _HIDDEN else raw).decode()
 #: skein web UI routes (``<tracking URL>pages/<route>/``) of the dashboard and the Prometheus endpoint
 UI_ROUTE_DASHBOARD, UI_ROUTE_METRICS = "emrflow", "metrics"
 #: name of the localized directory holding the client's emrflow-conf.yaml
@@ -121,10 +134,10 @@ def _publish_ui_pages(app, host: str, rest_port: int, rest_token: str, prom_port
 
     They are then reachable through the ResourceManager's web proxy at
     ``<tracking URL>pages/emrflow/`` and ``<tracking URL>pages/metrics``, for whom skein's UI
-    ACLs admit (the application's owner). The dashboard's target is the REST server's
-    :func:`~emrflow.runtime.rest.proxy_path`, so the browser needs no token there: YARN's proxy
-    forwards neither ``Authorization`` nor the browser's cookies. Failures are logged: the
-    session works without the pages.
+    admits (``yarn.application.web-ui.users``). YARN's proxy forwards neither ``Authorization``
+    nor the browser's cookies, but it forwards the query: the dashboard opened with a signed
+    link's ``?expires=...&signature=...`` (:func:`~emrflow.runtime.rest.login_link`) sends them on
+    every request (see ``docs/yarn.md``). Failures are logged: the session works without the pages.
 
     Args:
         app: The skein ``ApplicationClient``.
@@ -133,9 +146,8 @@ def _publish_ui_pages(app, host: str, rest_port: int, rest_token: str, prom_port
         rest_token: The REST server's ``rest.auth.token``.
         prom_port: The Prometheus endpoint's port, or None when there is none.
     """
-    from emrflow.runtime.rest import proxy_path
     try:
-        app.ui.add_page(UI_ROUTE_DASHBOARD, f"http://{host}:{rest_port}{proxy_path(rest_token)}/",
+        app.ui.add_page(UI_ROUTE_DASHBOARD, f"http://{host}:{rest_port}/",
                         link_name="emrflow dashboard")
         if prom_port is not None:
             app.kv[KV_PROM] = f"{host}:{prom_port}".encode()
@@ -163,11 +175,8 @@ def _scale_loop(jm, app, logic: ResourceManagerLogic, stop: threading.Event) -> 
     current = None
     seen_failures: set[str] = set()
     while not stop.wait(0.5):
-        with jm.cond:
-            waiting = sum(max(v["parallelism"] for v in j.topology["vertices"])
-                          for j in jm.jobs.values() if j.state in ("CREATED", "WAITING", "RESTARTING_WAIT"))
-            busy = sum(1 for s in jm.slots.values() if s.job_id is not None)
-            registered = len(jm.taskmanagers)
+        demand = jm.query.resource_demand()
+        waiting, busy, registered = demand.slots_waiting, demand.slots_busy, demand.taskmanagers
         target = logic.wanted(waiting + busy, busy, registered, time.time() * 1000)
         # also re-issued while fewer TaskManagers are registered than wanted: a TaskManager
         # killed from outside (not failed on its own) is not replaced by skein, scaling is
@@ -188,8 +197,8 @@ def run_master(mode: str, slots: int, taskmanagers: int, job_args: list[str]) ->
     secret, token = secrets.token_hex(16), secrets.token_hex(16)
     jm, rpc_port, rest_port, prom_port = _start_jobmanager(config, token, secret)
     host = container_host()
-    app.kv[KV_SECRET] = secret.encode()
-    app.kv[KV_TOKEN] = token.encode()
+    app.kv[KV_SECRET] = hide(secret)
+    app.kv[KV_TOKEN] = hide(token)
     app.kv[KV_RPC] = f"{host}:{rpc_port}".encode()
     app.kv[KV_REST] = f"{host}:{rest_port}".encode()
     _publish_ui_pages(app, host, rest_port, token, prom_port)
@@ -219,16 +228,18 @@ def run_master(mode: str, slots: int, taskmanagers: int, job_args: list[str]) ->
 
 
 def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str], config) -> tuple[str, str]:
-    from emrflow.deploy.client import result_from_status
+    from emrflow.deploy.jobclient import result_from_status
     from emrflow.errors import JobExecutionError
     if mode == "per-job":
         import cloudpickle
         with open("jobgraph.pkl", "rb") as f:
             job_bytes = f.read()  # passed on as the client pickled it (file names, sources)
         job_graph = cloudpickle.loads(job_bytes)
-        reply = jm.submit(topology=job_graph.topology(), job_bytes=job_bytes)
-        if isinstance(reply, str):
-            return "FAILED", reply
+        from emrflow.runtime.jobmanager import JobManagerError
+        try:
+            reply = jm.submit(topology=job_graph.topology(), job_bytes=job_bytes)
+        except JobManagerError as exc:
+            return "FAILED", str(exc)
         while True:
             status = jm.job_status(reply["job_id"], wait_s=5)
             if status["state"] in ("FINISHED", "FAILED", "CANCELED"):
@@ -242,7 +253,7 @@ def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str], con
             return ("KILLED" if status["state"] == "CANCELED" else "FAILED"), str(exc)
         return "SUCCEEDED", f"job {result.job_id} finished in {result.net_runtime_ms} ms"
     # application mode: the job's main runs here, submitting to this JobManager
-    from emrflow.api.environment import ExecutionContext, set_execution_context
+    from emrflow.job import ExecutionContext, set_execution_context
     job_config = config.with_overrides({"execution.target": "remote", "rest.address": "127.0.0.1",
                                         "rest.port": rest_port, "rest.auth.token": token,
                                         "execution.attached": True}, source="yarn-application")
@@ -291,7 +302,7 @@ def run_taskmanager(slots: int) -> int:
     config = Configuration.load()
     app = application_client()
     rpc = app.kv.wait(KV_RPC).decode()
-    secret = app.kv.wait(KV_SECRET).decode()
+    secret = reveal(app.kv.wait(KV_SECRET))
     os.environ["EMRFLOW_CLUSTER_SECRET"] = secret
     host, _, port = rpc.rpartition(":")
     container = os.environ.get("CONTAINER_ID") or f"tm-{secrets.token_hex(3)}"

@@ -24,7 +24,8 @@ class SessionAccess:
             (see :func:`emrflow.runtime.rest.login_link`); empty without a token.
         login_valid_until_s: When ``login_link`` expires, seconds since the epoch.
         dashboard_proxy: The dashboard through the ResourceManager's web proxy
-            (``<tracking URL>pages/emrflow/``), or empty when YARN reports no tracking URL.
+            (``<tracking URL>pages/emrflow/?expires=...&signature=...``, signed like
+            ``login_link`` and valid as long), or empty when YARN reports no tracking URL.
         prometheus: The Prometheus endpoint's ``host:port``, or empty when
             ``metrics.reporter.prom.port`` is unset.
         metrics_proxy: ``/metrics`` through the web proxy, or empty.
@@ -60,7 +61,7 @@ def session_access(yarn, app_id: str, app, timeout_s: float = 20.0,
     import time
 
     from emrflow.deploy.yarn import jobmanager_of
-    from emrflow.runtime.rest import LOGIN_LINK_VALIDITY_S, login_link
+    from emrflow.runtime.rest import LOGIN_LINK_VALIDITY_S, login_link, signed_query
     rest, token = jobmanager_of(yarn, app_id, app, timeout_s)
     valid_s = LOGIN_LINK_VALIDITY_S if login_valid_s is None else login_valid_s
     now = time.time()
@@ -73,7 +74,8 @@ def session_access(yarn, app_id: str, app, timeout_s: float = 20.0,
         rest=rest,
         login_link=login_link(f"http://{rest}", token, valid_s, now) if token else "",
         login_valid_until_s=int(now + valid_s),
-        dashboard_proxy=f"{tracking}pages/{UI_ROUTE_DASHBOARD}/" if tracking else "",
+        dashboard_proxy=(f"{tracking}pages/{UI_ROUTE_DASHBOARD}/" + (f"?{signed_query(token, valid_s, now)}"
+                                                                     if token else "")) if tracking else "",
         prometheus=prom,
         metrics_proxy=f"{tracking}pages/{UI_ROUTE_METRICS}" if tracking and prom else "")
 
@@ -103,10 +105,11 @@ def describe(access: SessionAccess) -> list[str]:
     """The lines ``yarn-session start`` and ``status`` print about ``access``."""
     import time
     lines = []
+    until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(access.login_valid_until_s))
     if access.dashboard_proxy:
-        lines.append(f"Dashboard through YARN's web proxy (the application's owner only): {access.dashboard_proxy}")
+        lines.append(f"Dashboard through YARN's web proxy (valid until {until}; keep it private): "
+                     f"{access.dashboard_proxy}")
     if access.login_link:
-        until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(access.login_valid_until_s))
         lines.append(f"Dashboard login link (valid until {until}; keep it private): {access.login_link}")
     if access.prometheus:
         via = f" (also {access.metrics_proxy})" if access.metrics_proxy else ""

@@ -7,65 +7,16 @@ with tight loops (C-level where possible); the DataStream API's ``reduce``,
 
 from __future__ import annotations
 
-import operator
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from typing import Any, Callable
 
 from emrflow.api import transformations as T
+from emrflow.api.aggregates import field_access as _field_access
+from emrflow.api.aggregates import field_values as _values
 from emrflow.api.functions import ReduceFunction
 from emrflow.api.transformations import AggregationSpec
 
 _MISSING = object()
-
-
-def _field_access(field: int | str | None) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
-    """Return ``(get, replace)`` for a record field: ``replace(record, value)`` makes a new record.
-
-    ``get`` is a C-level ``itemgetter`` for positions (tuples, lists) and names of
-    dict records, with a fallback to attributes (namedtuples, objects).
-    """
-    if field is None:
-        return (lambda r: r), (lambda r, v: v)
-    fast = operator.itemgetter(field)
-
-    def get(r: Any, _f=field, _fast=fast) -> Any:
-        try:
-            return _fast(r)
-        except (TypeError, KeyError, IndexError):
-            if isinstance(_f, str) and hasattr(r, _f):
-                return getattr(r, _f)
-            raise TypeError(f"cannot take field {_f!r} of the record {r!r}; use a field position "
-                            "for tuple records, a name for dict records, or no field for "
-                            "scalar records") from None
-
-    def replace(r: Any, v: Any, _f=field) -> Any:
-        if type(r) is tuple:
-            return r[:_f] + (v,) + r[_f + 1:]
-        if isinstance(r, list):
-            out = list(r)
-            out[_f] = v
-            return out
-        if isinstance(r, dict):
-            out = dict(r)
-            out[_f] = v
-            return out
-        if hasattr(r, "_replace"):  # namedtuple
-            return r._replace(**{r._fields[_f] if isinstance(_f, int) else _f: v})
-        raise TypeError(f"cannot set field {_f!r} of a {type(r).__name__} record")
-
-    get.fast = fast  # type: ignore[attr-defined]
-    return get, replace
-
-
-def _values(get: Callable[[Any], Any], records: list) -> list:
-    """``list(map(get, records))`` at C speed, with ``get``'s clear error for odd records."""
-    fast = getattr(get, "fast", None)
-    if fast is not None:
-        try:
-            return list(map(fast, records))
-        except (TypeError, KeyError, IndexError):
-            pass
-    return list(map(get, records))
 
 
 class Aggregator:

@@ -44,43 +44,43 @@ def _collector(jm):
             wm = GaugeMetricFamily("flink_taskmanager_job_task_operator_currentInputWatermark",
                                    "The subtask's input watermark (ms; Long.MIN_VALUE before the first)",
                                    labels=task_labels)
-            with jm.cond:
-                for job in jm.jobs.values():
-                    for v in job.topology["vertices"]:
-                        for i in range(v["parallelism"]):
-                            m = job.metrics.get((v["id"], i), {})
-                            r = job.rates.get((v["id"], i), {})
-                            for o in v["operators"]:
-                                labels = [job.id, job.name, v["name"], o["name"], str(i)]
-                                a, b = m.get("operators", {}).get(o["id"], (0, 0))
-                                ra, rb = r.get("operators", {}).get(o["id"], (0.0, 0.0))
-                                rin.add_metric(labels, a)
-                                late.add_metric(labels, m.get("late", {}).get(o["id"], 0))
-                                rout.add_metric(labels, b)
-                                rin_s.add_metric(labels, ra)
-                                rout_s.add_metric(labels, rb)
-                            tl = [job.id, job.name, v["name"], str(i)]
-                            busy.add_metric(tl, r.get("busy_ms_per_s", 0.0))
-                            wm.add_metric(tl, m.get("watermark", -(2**63)))
-                            bp.add_metric(tl, r.get("backpressured_ms_per_s", 0.0))
-                tms = GaugeMetricFamily("flink_jobmanager_numRegisteredTaskManagers",
-                                        "Registered TaskManagers", value=len(jm.taskmanagers))
-                total = GaugeMetricFamily("flink_jobmanager_taskSlotsTotal", "Task slots",
-                                          value=len(jm.slots))
-                free = GaugeMetricFamily("flink_jobmanager_taskSlotsAvailable", "Free task slots",
-                                         value=sum(1 for s in jm.slots.values() if s.job_id is None))
-                running = GaugeMetricFamily(
-                    "flink_jobmanager_numRunningJobs", "Jobs not yet ended",
-                    value=sum(1 for j in jm.jobs.values() if j.state not in ("FINISHED", "FAILED", "CANCELED")))
-                rss = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_RssBytes",
-                                        "Resident memory of a TaskManager and its slot processes",
-                                        labels=["tm_id"])
-                cpu = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_CpuPercent",
-                                        "CPU use of a TaskManager and its slot processes",
-                                        labels=["tm_id"])
-                for tm in jm.taskmanagers.values():
-                    rss.add_metric([tm.id], tm.rss_bytes)
-                    cpu.add_metric([tm.id], tm.cpu_percent)
+            overview = jm.query.overview()
+            for job in jm.query.jobs():
+                for v in job.topology["vertices"]:
+                    for i in range(v["parallelism"]):
+                        m = job.metrics.get((v["id"], i), {})
+                        r = job.rates.get((v["id"], i), {})
+                        for o in v["operators"]:
+                            labels = [job.id, job.name, v["name"], o["name"], str(i)]
+                            a, b = m.get("operators", {}).get(o["id"], (0, 0))
+                            ra, rb = r.get("operators", {}).get(o["id"], (0.0, 0.0))
+                            rin.add_metric(labels, a)
+                            late.add_metric(labels, m.get("late", {}).get(o["id"], 0))
+                            rout.add_metric(labels, b)
+                            rin_s.add_metric(labels, ra)
+                            rout_s.add_metric(labels, rb)
+                        tl = [job.id, job.name, v["name"], str(i)]
+                        busy.add_metric(tl, r.get("busy_ms_per_s", 0.0))
+                        wm.add_metric(tl, m.get("watermark", -(2**63)))
+                        bp.add_metric(tl, r.get("backpressured_ms_per_s", 0.0))
+            tms = GaugeMetricFamily("flink_jobmanager_numRegisteredTaskManagers",
+                                    "Registered TaskManagers", value=overview.taskmanagers)
+            total = GaugeMetricFamily("flink_jobmanager_taskSlotsTotal", "Task slots",
+                                      value=overview.slots_total)
+            free = GaugeMetricFamily("flink_jobmanager_taskSlotsAvailable", "Free task slots",
+                                     value=overview.slots_available)
+            running = GaugeMetricFamily(
+                "flink_jobmanager_numRunningJobs", "Jobs not yet ended",
+                value=overview.jobs_running)
+            rss = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_RssBytes",
+                                    "Resident memory of a TaskManager and its slot processes",
+                                    labels=["tm_id"])
+            cpu = GaugeMetricFamily("flink_taskmanager_Status_ProcessTree_CpuPercent",
+                                    "CPU use of a TaskManager and its slot processes",
+                                    labels=["tm_id"])
+            for tm in jm.query.taskmanagers():
+                rss.add_metric([tm.id], tm.rss_bytes)
+                cpu.add_metric([tm.id], tm.cpu_percent)
             yield from (rin, rout, rin_s, rout_s, late, busy, bp, wm, tms, total, free, running, rss, cpu)
 
     return JobManagerCollector()

@@ -24,10 +24,10 @@ derived from the token, for browsers:
 * ``GET /login?expires=...&signature=...`` (a link made by :func:`login_link`, signed
   with the token, valid until ``expires``) sets an HttpOnly, SameSite=Strict session
   cookie that authenticates later requests, and sends the browser on to the dashboard;
-* paths under :func:`proxy_path` (``/s/<key>/...``, the key derived from the token) are
-  served as if the prefix were not there and need no other credential: the target of
-  the page the JobManager adds to skein's web UI on YARN, whose ACLs admit only the
-  application's owner (see ``docs/yarn.md``).
+* any request carrying a valid, unexpired ``?expires=...&signature=...`` pair is
+  authenticated by it: the way through YARN's web proxy, which forwards a request's query
+  but neither ``Authorization`` nor cookies. The dashboard, opened with the pair, adds it to
+  every request it makes (see ``docs/yarn.md``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from typing import Any
 
 from emrflow import __version__
 from emrflow.api.eventtime import MIN_WATERMARK
+from emrflow.runtime.jobmanager.errors import JobManagerError, JobNotFound
+from emrflow.runtime.jobmanager.states import TERMINAL, ExecutionState, JobStatus
 
 #: Largest request body accepted (a submitted JobGraph), in bytes.
 MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -56,6 +58,25 @@ LOGIN_LINK_VALIDITY_S = 12 * 3600
 def _derived(token: str, purpose: str) -> str:
     """A value only the token's holder can compute: HMAC-SHA256 of ``purpose`` keyed with it."""
     return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def signed_link_valid(token: str, expires: str, signature: str, now_s: float | None = None) -> bool:
+    """True if ``signature`` is the token's signature of ``expires`` (epoch seconds, not past).
+
+    Args:
+        token: The server's ``rest.auth.token``.
+        expires: The link's ``expires`` parameter.
+        signature: The link's ``signature`` parameter (hex).
+        now_s: The current time in seconds since the epoch (default: now).
+    """
+    return (expires.isdigit() and int(expires) >= (time.time() if now_s is None else now_s)
+            and hmac.compare_digest(signature.encode(), _derived(token, f"login:{expires}").encode()))
+
+
+def signed_query(token: str, valid_s: float = LOGIN_LINK_VALIDITY_S, now_s: float | None = None) -> str:
+    """The ``expires=<epoch seconds>&signature=<hex>`` pair of a link valid for ``valid_s`` seconds."""
+    expires = int((time.time() if now_s is None else now_s) + valid_s)
+    return f"expires={expires}&signature={_derived(token, f'login:{expires}')}"
 
 
 def login_link(base_url: str, token: str, valid_s: float = LOGIN_LINK_VALIDITY_S,
@@ -75,45 +96,10 @@ def login_link(base_url: str, token: str, valid_s: float = LOGIN_LINK_VALIDITY_S
     Returns:
         ``<base_url>/login?expires=<epoch seconds>&signature=<hex>``.
     """
-    expires = int((time.time() if now_s is None else now_s) + valid_s)
-    return f"{base_url.rstrip('/')}/login?expires={expires}&signature={_derived(token, f'login:{expires}')}"
+    return f"{base_url.rstrip('/')}/login?{signed_query(token, valid_s, now_s)}"
 
 
-def proxy_path(token: str) -> str:
-    """Return the path prefix (``/s/<key>``) under which the server needs no other credential.
-
-    Args:
-        token: The server's ``rest.auth.token``.
-
-    Returns:
-        The prefix, without a trailing slash; give it only to a trusted proxy.
-    """
-    return f"/s/{_derived(token, 'proxy')}"
-
-
-class _ProxyPrefix:
-    """WSGI middleware: strips :func:`proxy_path` from the path and marks the request trusted."""
-
-    def __init__(self, wsgi_app, token: str | None):
-        self.wsgi_app = wsgi_app
-        self.prefix = proxy_path(token) if token else None
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if self.prefix and path.startswith("/s/"):
-            head, _, rest = path[1:].partition("/")[2].partition("/")
-            if hmac.compare_digest(f"/s/{head}".encode(), self.prefix.encode()):
-                environ = dict(environ, PATH_INFO="/" + rest, **{"emrflow.proxied": True})
-        return self.wsgi_app(environ, start_response)
-
-_REST_STATE = {"RUNNING": "RUNNING", "COMMITTING": "RUNNING", "FAILING": "FAILING",
-               "FAILED_ABORTING": "FAILING", "CANCELLING": "CANCELLING",
-               "CANCELED_ABORTING": "CANCELLING", "CREATED": "CREATED", "FINISHED": "FINISHED",
-               "RESTARTING": "RESTARTING", "RESTARTING_ABORTING": "RESTARTING",
-               "RESTARTING_WAIT": "RESTARTING",
-               "FAILED": "FAILED", "CANCELED": "CANCELED"}
-_TASK_STATES = ["CREATED", "SCHEDULED", "DEPLOYING", "RUNNING", "FINISHED", "CANCELING",
-                "CANCELED", "FAILED", "RECONCILING", "INITIALIZING"]
+_TASK_STATES = [s.value for s in ExecutionState]
 
 
 def _ms(t: float | None) -> int:
@@ -133,21 +119,22 @@ def _task_counts(states: list[str]) -> dict[str, int]:
 
 
 def _vertex_status(states: list[str]) -> str:
-    if any(s == "FAILED" for s in states):
-        return "FAILED"
-    if all(s == "FINISHED" for s in states):
-        return "FINISHED"
-    if any(s == "CANCELED" for s in states) and all(s in ("CANCELED", "FINISHED") for s in states):
-        return "CANCELED"
-    if any(s == "RUNNING" for s in states):
-        return "RUNNING"
-    return "DEPLOYING"
+    X = ExecutionState
+    if any(s == X.FAILED for s in states):
+        return X.FAILED.value
+    if all(s == X.FINISHED for s in states):
+        return X.FINISHED.value
+    if any(s == X.CANCELED for s in states) and all(s in (X.CANCELED, X.FINISHED) for s in states):
+        return X.CANCELED.value
+    if any(s == X.RUNNING for s in states):
+        return X.RUNNING.value
+    return X.DEPLOYING.value
 
 
 def job_overview(jm, job) -> dict:
-    """Flink's ``/jobs/overview`` entry for a job (call with ``jm.cond`` held)."""
-    states = list(job.tasks.values())
-    return {"jid": job.id, "name": job.name, "state": _REST_STATE.get(job.state, job.state),
+    """Flink's ``/jobs/overview`` entry for a job (``job``: a :class:`~emrflow.runtime.jobmanager.query.JobView`)."""
+    states = [str(s) for s in job.tasks.values()]
+    return {"jid": job.id, "name": job.name, "state": job.state.rest_name,
             "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
             "duration": _job_duration_ms(job), "last-modification": _ms(job.end or time.time()),
             "tasks": {k.lower(): v for k, v in _task_counts(states).items()} | {"total": len(states)}}
@@ -185,13 +172,13 @@ def _sum_metrics(parts: list[dict]) -> dict:
 
 
 def job_details(jm, job) -> dict:
-    """Flink's ``/jobs/{jobid}`` (call with ``jm.cond`` held)."""
+    """Flink's ``/jobs/{jobid}`` (``job``: a :class:`~emrflow.runtime.jobmanager.query.JobView`)."""
     vertices, plan_nodes = [], []
     edges_in: dict[int, list] = {}
     for e in job.topology["edges"]:
         edges_in.setdefault(e["target"], []).append(e)
     for v in job.topology["vertices"]:
-        states = [job.tasks.get((v["id"], i), "CREATED") for i in range(v["parallelism"])]
+        states = [str(job.tasks.get((v["id"], i), ExecutionState.CREATED)) for i in range(v["parallelism"])]
         head, tail = v["operators"][0]["id"], v["operators"][-1]["id"]
         metrics = _sum_metrics([_subtask_metrics(job, v["id"], i, head, tail)
                                 for i in range(v["parallelism"])])
@@ -214,26 +201,26 @@ def job_details(jm, job) -> dict:
                                        "exchange": "pipelined_bounded",
                                        "local_strategy": "LOCAL_AGGREGATION" if e["local_aggregation"] else ""}
                                       for n, e in enumerate(edges_in.get(v["id"], []))]})
-    status_counts = _task_counts(list(job.tasks.values()))
+    status_counts = _task_counts([str(s) for s in job.tasks.values()])
     return {"jid": job.id, "name": job.name, "isStoppable": False,
-            "state": _REST_STATE.get(job.state, job.state),
+            "state": job.state.rest_name,
             "job-type": "BATCH" if job.topology["batch"] else "STREAMING",
             "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
             "duration": _job_duration_ms(job), "maxParallelism": -1, "now": _ms(time.time()),
             "timestamps": {"CREATED": _ms(job.submitted), "RUNNING": _ms(job.start),
-                           _REST_STATE.get(job.state, job.state): _ms(job.end or time.time())},
+                           job.state.rest_name: _ms(job.end or time.time())},
             "vertices": vertices, "status-counts": status_counts,
             "plan": {"jid": job.id, "name": job.name, "type": "BATCH" if job.topology["batch"] else "STREAMING",
                      "nodes": plan_nodes}}
 
 
 def vertex_details(jm, job, vertex: dict) -> dict:
-    """Flink's ``/jobs/{jobid}/vertices/{vertexid}`` (call with ``jm.cond`` held)."""
+    """Flink's ``/jobs/{jobid}/vertices/{vertexid}`` (``job``: a :class:`~emrflow.runtime.jobmanager.query.JobView`)."""
     head, tail = vertex["operators"][0]["id"], vertex["operators"][-1]["id"]
     subtasks = []
     for i in range(vertex["parallelism"]):
         slot = job.slots[i] if i < len(job.slots) else None
-        subtasks.append({"subtask": i, "status": job.tasks.get((vertex["id"], i), "CREATED"),
+        subtasks.append({"subtask": i, "status": str(job.tasks.get((vertex["id"], i), ExecutionState.CREATED)),
                          "attempt": 0, "host": slot.data_address[0] if slot else "",
                          "taskmanager-id": slot.taskmanager_id if slot else "",
                          "start-time": _ms(job.start), "end-time": _ms(job.end),
@@ -244,7 +231,7 @@ def vertex_details(jm, job, vertex: dict) -> dict:
 
 
 def job_exceptions(jm, job) -> dict:
-    """Flink's ``/jobs/{jobid}/exceptions`` (call with ``jm.cond`` held)."""
+    """Flink's ``/jobs/{jobid}/exceptions`` (``job``: a :class:`~emrflow.runtime.jobmanager.query.JobView`)."""
     f = job.failure
     if not f:
         return {"root-exception": None, "timestamp": None, "all-exceptions": [], "truncated": False,
@@ -261,8 +248,8 @@ def job_exceptions(jm, job) -> dict:
 
 
 def taskmanager_info(jm, tm) -> dict:
-    """Flink's ``/taskmanagers`` entry (call with ``jm.cond`` held)."""
-    slots = [s for s in jm.slots.values() if s.taskmanager_id == tm.id]
+    """Flink's ``/taskmanagers`` entry (``tm``: a :class:`~emrflow.runtime.jobmanager.query.TaskManagerView`)."""
+    slots = tm.slot_views
     return {"id": tm.id, "path": f"emrflow://{tm.host}/{tm.id}", "dataPort": -1,
             "jmxPort": -1, "timeSinceLastHeartbeat": _ms(time.time() - (time.monotonic() - tm.last_heartbeat)),
             "slotsNumber": tm.slots, "freeSlots": sum(1 for s in slots if s.job_id is None),
@@ -281,17 +268,17 @@ def create_app(jm, token: str | None = None):
 
     app = Flask("emrflow", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.wsgi_app = _ProxyPrefix(app.wsgi_app, token)
     session_value = _derived(token, "session") if token else ""
 
     @app.before_request
     def check_token():
-        if token is None or request.environ.get("emrflow.proxied") or request.path == "/login":
+        if token is None or request.path == "/login":
             return None
         given = request.headers.get("Authorization", "")
         cookie = request.cookies.get(SESSION_COOKIE, "")
         if not (hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-                or hmac.compare_digest(cookie.encode(), session_value.encode())):
+                or hmac.compare_digest(cookie.encode(), session_value.encode())
+                or signed_link_valid(token, request.args.get("expires", ""), request.args.get("signature", ""))):
             return jsonify(errors=["missing or wrong bearer token or login cookie (a browser opens the "
                                    "login link `emrflow yarn-session start` or `status` prints)"]), 401
         return None
@@ -332,7 +319,7 @@ def create_app(jm, token: str | None = None):
         return jsonify(errors=[f"request body larger than {MAX_BODY_BYTES} bytes"]), 413
 
     def find_job(jobid: str):
-        job = jm.jobs.get(jobid)
+        job = jm.query.find_job(jobid)
         if job is None:
             abort(404)
         return job
@@ -341,7 +328,9 @@ def create_app(jm, token: str | None = None):
     def dashboard():
         from importlib.resources import files
         html = files("emrflow.runtime").joinpath("dashboard.html").read_text(encoding="utf-8")
-        return Response(html, mimetype="text/html")
+        resp = Response(html, mimetype="text/html")
+        resp.headers["Referrer-Policy"] = "no-referrer"  # a signed link's query stays on this page
+        return resp
 
     @app.get("/config")
     def config():
@@ -353,20 +342,19 @@ def create_app(jm, token: str | None = None):
 
     @app.get("/overview")
     def overview():
-        with jm.cond:
-            states = [j.state for j in jm.jobs.values()]
-            return jsonify({"taskmanagers": len(jm.taskmanagers), "slots-total": len(jm.slots),
-                            "slots-available": sum(1 for s in jm.slots.values() if s.job_id is None),
-                            "jobs-running": sum(1 for s in states if s not in ("FINISHED", "FAILED", "CANCELED")),
-                            "jobs-finished": states.count("FINISHED"),
-                            "jobs-cancelled": states.count("CANCELED"), "jobs-failed": states.count("FAILED"),
-                            "flink-version": f"emrflow {__version__}", "flink-commit": "emrflow"})
+        o = jm.query.overview()
+        states = list(o.job_states)
+        return jsonify({"taskmanagers": o.taskmanagers, "slots-total": o.slots_total,
+                        "slots-available": o.slots_available,
+                        "jobs-running": sum(1 for s in states if s not in TERMINAL),
+                        "jobs-finished": states.count(JobStatus.FINISHED),
+                        "jobs-cancelled": states.count(JobStatus.CANCELED),
+                        "jobs-failed": states.count(JobStatus.FAILED),
+                        "flink-version": f"emrflow {__version__}", "flink-commit": "emrflow"})
 
     @app.get("/jobs")
     def jobs():
-        with jm.cond:
-            return jsonify({"jobs": [{"id": j.id, "status": _REST_STATE.get(j.state, j.state)}
-                                     for j in jm.jobs.values()]})
+        return jsonify({"jobs": [{"id": j.id, "status": j.state.rest_name} for j in jm.query.jobs()]})
 
     @app.post("/jobs")
     def submit():
@@ -383,42 +371,44 @@ def create_app(jm, token: str | None = None):
                 raise ValueError("topology needs job_id, name and vertices with a parallelism")
         except (binascii.Error, ValueError, TypeError, KeyError) as exc:
             return jsonify(errors=[f"malformed job: {exc}"]), 400
-        reply = jm.submit(topology=topo, job_bytes=job_bytes)
-        if isinstance(reply, str):
-            return jsonify(errors=[reply]), 409
+        try:
+            reply = jm.submit(topology=topo, job_bytes=job_bytes)
+        except JobManagerError as exc:
+            return jsonify(errors=[str(exc)]), 409
         return jsonify({"jobid": reply["job_id"]}), 202
 
     @app.get("/jobs/overview")
     def jobs_overview():
-        with jm.cond:
-            return jsonify({"jobs": [job_overview(jm, j) for j in
-                                     sorted(jm.jobs.values(), key=lambda j: j.submitted, reverse=True)]})
+        return jsonify({"jobs": [job_overview(jm, j) for j in
+                                 sorted(jm.query.jobs(), key=lambda j: j.submitted, reverse=True)]})
 
     @app.get("/jobs/<jobid>")
     def job(jobid):
-        with jm.cond:
-            return jsonify(job_details(jm, find_job(jobid)))
+        return jsonify(job_details(jm, find_job(jobid)))
 
     @app.patch("/jobs/<jobid>")
     def cancel(jobid):
         mode = request.args.get("mode", "cancel")
         if mode != "cancel":
             return jsonify(errors=[f"unsupported mode {mode!r}; only 'cancel'"]), 400
-        reply = jm.cancel(jobid)
-        if isinstance(reply, str):
-            return jsonify(errors=[reply]), 404
+        try:
+            jm.cancel(jobid)
+        except JobManagerError as exc:
+            return jsonify(errors=[str(exc)]), 404
         return jsonify({}), 202
 
     savepoints: dict[str, dict] = {}
 
     def _run_savepoint(trigger_id: str, jobid: str, directory: str | None, stop: bool) -> None:
-        reply = (jm.stop if stop else jm.savepoint)(jobid, directory)
-        savepoints[trigger_id] = ({"failure-cause": {"class": "SavepointError", "stack-trace": reply}}
-                                  if isinstance(reply, str) else {"location": reply["path"]})
+        try:
+            reply = (jm.stop if stop else jm.savepoint)(jobid, directory)
+        except JobManagerError as exc:
+            savepoints[trigger_id] = {"failure-cause": {"class": "SavepointError", "stack-trace": str(exc)}}
+        else:
+            savepoints[trigger_id] = {"location": reply["path"]}
 
     def _trigger_savepoint(jobid: str, directory: Any, stop: bool):
-        with jm.cond:
-            find_job(jobid)
+        find_job(jobid)
         if directory is not None and not isinstance(directory, str):
             return jsonify(errors=["the target directory must be a string"]), 400
         trigger_id = uuid.uuid4().hex
@@ -448,36 +438,34 @@ def create_app(jm, token: str | None = None):
 
     @app.get("/jobs/<jobid>/checkpoints")
     def checkpoints(jobid):
-        with jm.cond:
-            job = find_job(jobid)
-            c = job.coordinator
-            if c is None:
-                return jsonify(errors=[f"job {jobid} takes no checkpoints (BATCH mode)"]), 404
-            last = c.latest()
-            latest = None if last is None else {
+        job = find_job(jobid)
+        c = job.checkpoints
+        if c is None:
+            return jsonify(errors=[f"job {jobid} takes no checkpoints (BATCH mode)"]), 404
+
+        def stats(last: dict | None) -> dict | None:
+            return None if last is None else {
                 "id": last["checkpoint_id"], "is_savepoint": last["kind"] == "savepoint",
                 "latest_ack_timestamp": last["timestamp_ms"], "state_size": last["size_bytes"],
                 "end_to_end_duration": last["duration_ms"], "external_path": last["path"]}
-            return jsonify({
-                "counts": {"completed": c.stats["completed"], "failed": c.stats["failed"],
-                           "in_progress": len(c.pending), "restored": job.restarts,
-                           "total": c.stats["completed"] + c.stats["failed"] + len(c.pending)},
-                "latest": {"completed": latest},
-                "summary": {"directory": c.job_dir}})
+        return jsonify({
+            "counts": {"completed": c.completed, "failed": c.failed,
+                       "in_progress": c.in_progress, "restored": job.restarts,
+                       "total": c.completed + c.failed + c.in_progress},
+            "latest": {"completed": stats(c.latest), "savepoint": stats(c.latest_savepoint)},
+            "summary": {"directory": c.directory}})
 
     @app.get("/jobs/<jobid>/vertices/<vertexid>")
     def vertex(jobid, vertexid):
-        with jm.cond:
-            job = find_job(jobid)
-            for v in job.topology["vertices"]:
-                if str(v["id"]) == vertexid:
-                    return jsonify(vertex_details(jm, job, v))
+        job = find_job(jobid)
+        for v in job.topology["vertices"]:
+            if str(v["id"]) == vertexid:
+                return jsonify(vertex_details(jm, job, v))
         abort(404)
 
     @app.get("/jobs/<jobid>/exceptions")
     def exceptions(jobid):
-        with jm.cond:
-            return jsonify(job_exceptions(jm, find_job(jobid)))
+        return jsonify(job_exceptions(jm, find_job(jobid)))
 
     @app.get("/jobs/<jobid>/execution-result")
     def execution_result(jobid):
@@ -485,10 +473,11 @@ def create_app(jm, token: str | None = None):
             wait_s = min(float(request.args.get("wait", "0")), 30.0)
         except ValueError:
             return jsonify(errors=["wait must be a number of seconds"]), 400
-        status = jm.job_status(jobid, wait_s=wait_s)
-        if isinstance(status, str):
+        try:
+            status = jm.job_status(jobid, wait_s=wait_s)
+        except JobNotFound:
             abort(404)
-        done = status["state"] in ("FINISHED", "FAILED", "CANCELED")
+        done = status["state"] in TERMINAL
         out: dict[str, Any] = {"status": {"id": "COMPLETED" if done else "IN_PROGRESS"},
                                "emrflow-status": status}
         if done:
@@ -505,16 +494,14 @@ def create_app(jm, token: str | None = None):
 
     @app.get("/taskmanagers")
     def taskmanagers():
-        with jm.cond:
-            return jsonify({"taskmanagers": [taskmanager_info(jm, tm) for tm in jm.taskmanagers.values()]})
+        return jsonify({"taskmanagers": [taskmanager_info(jm, tm) for tm in jm.query.taskmanagers()]})
 
     @app.get("/taskmanagers/<tmid>")
     def taskmanager(tmid):
-        with jm.cond:
-            tm = jm.taskmanagers.get(tmid)
-            if tm is None:
-                abort(404)
-            return jsonify(taskmanager_info(jm, tm))
+        tm = jm.query.taskmanager(tmid)
+        if tm is None:
+            abort(404)
+        return jsonify(taskmanager_info(jm, tm))
 
     @app.delete("/cluster")
     def shutdown():

@@ -18,12 +18,14 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 import cloudpickle
 
 from emrflow import fs
 from emrflow.connectors.base import abort_writer
+from emrflow.connectors.files import COMMIT_KIND
 from emrflow.graph.jobgraph import JobGraph
 from emrflow.runtime import rpc
 from emrflow.runtime.aggregators import make_aggregator
@@ -246,10 +248,14 @@ class SlotProcess:
             failure = describe_failure(task, exc)
         except BaseException as exc:  # noqa: BLE001 - never let a task thread die silently
             failure = describe_failure(task, TaskFailure(task.vertex.name, repr(exc), repr(exc)))
+        committables = None
+        if task.state == "FINISHED":  # the file sinks' share of the commit record; others unknown
+            committables = [c if isinstance(c, dict) and c.get("kind") == COMMIT_KIND else "other"
+                            for c in getattr(task, "committables", [])]
         try:
             self.conn.send("task_state", job_id=job_id, vertex=task.vertex.id,
                            subtask=task.subtask_index, state=task.state, metrics=task.metrics(),
-                           failure=failure, attempt=task.attempt)
+                           failure=failure, attempt=task.attempt, committables=committables)
         except rpc.ConnectionClosed:
             pass  # the JobManager is gone; serve() ends the process
 
@@ -294,6 +300,11 @@ class SlotProcess:
                        attempt=dep.attempt if dep is not None else -1)
 
     def _on_commit(self, job_id: str) -> None:
+        # a fault-injection point for the tests of the commit record: hold the commit, after the
+        # commit point, for this many seconds (tests/integration/test_output_integrity.py)
+        pause = float(os.environ.get("EMRFLOW_FAULT_COMMIT_PAUSE_S") or 0)
+        if pause > 0:
+            time.sleep(pause)
         self._finish(job_id, True)
 
     def _on_abort(self, job_id: str, final: bool = True) -> None:

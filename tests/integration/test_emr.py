@@ -397,7 +397,7 @@ def test_add_step_wait_diagnoses_the_failure_from_the_step_logs(aws, moto_endpoi
 
 
 def test_diagnosis_without_traceback_shows_the_last_lines_and_missing_logs_say_so():
-    from emrflow.deploy.emr_logs import StepLogs
+    from emrflow.deploy.emr.logs import StepLogs
     logs = StepLogs("s3://b/l/j-1/steps/s-1/", {"stderr": "\n".join(f"line {i}" for i in range(100))})
     text = logs.diagnosis()
     assert "last lines of s3://b/l/j-1/steps/s-1/stderr.gz" in text and "line 99" in text and "line 74" not in text

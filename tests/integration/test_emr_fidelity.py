@@ -78,7 +78,8 @@ import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from emrflow.cli import main  # noqa: E402
-from emrflow.deploy import emr, emr_checks  # noqa: E402
+from emrflow.deploy import emr  # noqa: E402
+from emrflow.deploy.emr import checks as emr_checks  # noqa: E402
 from emrflow.errors import ConfigError  # noqa: E402
 
 BATCH = os.path.join(ROOT, "configs", "emr-batch.yaml")
@@ -343,7 +344,7 @@ def test_flink_conf_configures_emrflow_and_reports_unknown_keys(tmp_path, caplog
                 "env.java.opts": "-XX:+UseG1GC", "high-availability": "zookeeper"}},
             {"Classification": "flink-log4j", "Properties": {"rootLogger.level": "WARN"}}]
     path = spec_file(tmp_path, edit)
-    caplog.set_level("WARNING", logger="emrflow.deploy.emr_checks")
+    caplog.set_level("WARNING", logger="emrflow.deploy.emr.checks")
     request = request_of(path)
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "env.java.opts" in warned and "high-availability" in warned and "taskmanager.numberOfTaskSlots" not in warned

@@ -1,5 +1,6 @@
 """Browser access to a token-protected REST server: signed login links, the session cookie, the
-proxy path prefix; against a real standalone cluster (JobManager and TaskManager processes).
+signed query (the way through YARN's web proxy); against a real standalone cluster (JobManager and
+TaskManager processes).
 
 Signatures are computed here with plain ``hmac``/``hashlib`` from the documented recipe, not with
 emrflow's helpers.
@@ -107,23 +108,31 @@ def test_a_forged_cookie_is_refused(cluster):
     assert fetch(urllib.request.build_opener(), req)[0] == 401
 
 
-def test_the_proxy_path_prefix_needs_no_other_credential(cluster):
-    opener, _ = jar_opener()
-    prefix = f"http://{cluster.rest}/s/{sign('proxy')}"
-    status, _, body = fetch(opener, prefix + "/overview")
+def signed(expires: int) -> str:
+    return f"expires={expires}&signature={sign(f'login:{expires}')}"
+
+
+def test_a_signed_query_authenticates_any_request_without_a_cookie(cluster):
+    """The way through YARN's web proxy, which forwards the query but no cookie or header."""
+    opener, jar = jar_opener()
+    good = signed(int(time.time()) + 600)
+    status, _, body = fetch(opener, f"http://{cluster.rest}/overview?{good}")
     assert status == 200 and json.loads(body)["taskmanagers"] == 1
-    status, _, body = fetch(opener, prefix + "/")
-    assert status == 200 and "emrflow dashboard" in body
-    assert fetch(opener, prefix + "/jobs/nope")[0] == 404
-    for wrong in (f"/s/{sign('proxy')[:-1]}x/overview", f"/s/{TOKEN}/overview", "/s//overview"):
-        assert fetch(opener, f"http://{cluster.rest}{wrong}")[0] == 401, wrong
-    from emrflow.runtime.rest import proxy_path
-    assert proxy_path(TOKEN) == f"/s/{sign('proxy')}"
+    status, headers, body = fetch(opener, f"http://{cluster.rest}/?{good}")
+    assert status == 200 and "emrflow dashboard" in body and headers["Referrer-Policy"] == "no-referrer"
+    assert fetch(opener, f"http://{cluster.rest}/jobs/nope?{good}")[0] == 404
+    assert not list(jar)                                         # no cookie: each request carries it
+    expired = int(time.time()) - 5
+    for wrong in (signed(expired), f"expires={int(time.time()) + 600}&signature={sign('login:1')}",
+                  f"expires=abc&signature={sign('login:abc')}", f"signature={sign('proxy')}"):
+        assert fetch(opener, f"http://{cluster.rest}/overview?{wrong}")[0] == 401, wrong
+    from emrflow.runtime.rest import signed_query
+    assert signed_query(TOKEN, valid_s=60, now_s=1_700_000_000) == signed(1_700_000_060)
 
 
-def test_a_real_browser_logs_in_and_the_dashboard_works_under_a_prefix(cluster, browser):
+def test_a_real_browser_logs_in_or_carries_the_signed_query(cluster, browser):
     """Chromium: the login link's cookie (HttpOnly, SameSite=Strict) reaches the dashboard's calls;
-    under the proxy prefix the dashboard's relative URLs stay under it."""
+    opened with a signed query instead, the dashboard adds it to every call."""
     browser.get(f"http://{cluster.rest}/")
     assert "missing or wrong bearer token" in browser.page_source
     browser.get(link(cluster.rest, int(time.time()) + 600))
@@ -132,8 +141,7 @@ def test_a_real_browser_logs_in_and_the_dashboard_works_under_a_prefix(cluster, 
     [cookie] = browser.get_cookies()
     assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == ("emrflow_session", True, "Strict")
     browser.delete_all_cookies()
-    for url in (f"http://{cluster.rest}/s/{sign('proxy')}/", f"http://{cluster.rest}/s/{sign('proxy')}"):
-        browser.get(url + "#/taskmanagers")
-        wait_for(lambda: text_of(browser, "#taskmanagers td") not in (None, ""), what="TaskManagers under the prefix")
-        assert browser.current_url == f"http://{cluster.rest}/s/{sign('proxy')}/#/taskmanagers"
-        assert not browser.get_cookies()
+    # opened with a signed query and no cookie (as through YARN's web proxy): every call carries it
+    browser.get(f"http://{cluster.rest}/?{signed(int(time.time()) + 600)}#/taskmanagers")
+    wait_for(lambda: text_of(browser, "#taskmanagers td") not in (None, ""), what="TaskManagers with the signed query")
+    assert not browser.get_cookies()

@@ -19,11 +19,10 @@ from emrflow.connectors.files import CsvSource, TextFileSource
 from emrflow.graph.keygroups import assign_key_to_subtask, key_group_range
 from emrflow.runtime import checkpoint as chk
 from emrflow.runtime.network.events import CheckpointBarrier
-from emrflow.runtime.operators import KeyedProcessOperator, Output
+from emrflow.runtime.operators import KeyedProcessOperator, Output, window_operator_class
 from emrflow.runtime.restart import RestartStrategy
 from emrflow.runtime.state import create_backend
 from emrflow.runtime.task import _Alignment
-from emrflow.runtime.window import WindowOperator
 from emrflow.testing import CollectingTarget
 
 # -- restart strategies ------------------------------------------------------------------------------
@@ -164,7 +163,8 @@ def test_backend_snapshots_restore_into_either_backend_and_split_by_key_group(sr
 
 
 def _window_op(spec, backend, subtask=0, parallelism=1):
-    op = WindowOperator("w", spec, lambda r: r[0], 128, True, backend)
+    # tumbling and sliding windows: the aligned-window operator; sessions: the generic one
+    op = window_operator_class(spec, True)("w", spec, lambda r: r[0], 128, True, backend)
     sink = CollectingTarget()
     op.output = Output([sink], [])
     op.open(RuntimeContext("w", subtask, parallelism, 128, 0, {}))

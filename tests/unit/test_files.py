@@ -12,7 +12,7 @@ import pytest
 from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode, parse_bool
-from emrflow.errors import BadRecordError, InputNotFoundError, OutputExistsError
+from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
 
 
 def read_all(source, parallelism: int, bad: list | None = None, config: dict | None = None) -> list:
@@ -389,3 +389,88 @@ def test_overwrite_replaces_and_removes_stale_parts(tmp_path):
 def test_write_mode_must_be_a_write_mode(tmp_path):
     with pytest.raises(TypeError):
         TextFileSink(str(tmp_path), write_mode="OVERWRITE")
+
+
+# -- the end-of-job commit record: all or nothing, finished by whoever comes next ---------------
+
+def overwrite_run(out, parallelism: int, job_id: str, rows_per_subtask: list[list[str]]):
+    """A job's file sink up to the commit point: every subtask prepared, the record written."""
+    sink = TextFileSink(str(out), write_mode=WriteMode.OVERWRITE)
+    writers = [sink.create_writer(SubtaskContext("sink", i, parallelism, job_id=job_id))
+               for i in range(parallelism)]
+    for w, rows in zip(writers, rows_per_subtask):
+        w.write_batch(rows)
+    committables = [w.prepare_commit() for w in writers]
+    records = files.write_commit_records(job_id, committables + [None, "other"])
+    return writers, records
+
+
+def part_lines(out) -> list[str]:
+    return sorted(line for n in os.listdir(out) if n.startswith("part-")
+                  for line in (out / n).read_text().splitlines())
+
+
+@pytest.mark.parametrize("renamed", [0, 1, 2])
+def test_a_commit_interrupted_after_its_record_is_finished_by_the_next_reader(tmp_path, renamed):
+    """Killed after the record and ``renamed`` of the 2 renames: reading the directory rolls forward
+    to exactly the new output; the previous run's wider output leaves no part behind."""
+    out = tmp_path / "out"
+    old, _ = overwrite_run(out, 3, "a" * 32, [["o0"], ["o1"], ["o2"]])
+    for w in old:
+        w.commit()
+    files.finish_interrupted_commits(str(out))
+    assert part_lines(out) == ["o0", "o1", "o2"]
+    new, (record,) = overwrite_run(out, 2, "b" * 32, [["n0", "n00"], ["n1"]])
+    assert os.path.basename(record) == "_emrflow-commit-" + "b" * 32 + ".json"
+    for w in new[:renamed]:  # the kill came after `renamed` subtasks committed
+        w.commit()
+    if renamed == 1:  # subtask 0 renamed its file and removed the stale part-2-0; part-1-0 is old
+        assert part_lines(out) == ["n0", "n00", "o1"]
+    assert os.path.exists(record)
+    assert files.list_input_files(str(out)) == [str(out / "part-0-0"), str(out / "part-1-0")]
+    assert part_lines(out) == ["n0", "n00", "n1"]
+    assert sorted(os.listdir(out)) == ["part-0-0", "part-1-0"]  # no record, no in-progress file left
+    assert files.finish_interrupted_commits(str(out)) == []
+
+
+def test_validate_and_the_next_writer_finish_an_interrupted_commit(tmp_path):
+    out = tmp_path / "out"
+    overwrite_run(out, 1, "c" * 32, [["x"]])
+    TextFileSink(str(out), write_mode=WriteMode.OVERWRITE).validate()
+    assert part_lines(out) == ["x"]
+    overwrite_run(out, 1, "d" * 32, [["y"]])
+    TextFileSink(str(out), write_mode=WriteMode.OVERWRITE).create_writer(SubtaskContext("sink", 0, 1))
+    assert part_lines(out) == ["y"]
+    # NO_OVERWRITE sees the finished output, so it refuses the directory
+    overwrite_run(out, 1, "e" * 32, [["z"]])
+    with pytest.raises(OutputExistsError):
+        TextFileSink(str(out)).validate()
+    assert part_lines(out) == ["z"]
+
+
+def test_a_commit_record_whose_files_are_gone_is_an_error_that_keeps_the_record(tmp_path):
+    out = tmp_path / "out"
+    _, (record,) = overwrite_run(out, 1, "f" * 32, [["x"]])
+    for n in os.listdir(out):
+        if ".inprogress" in n:
+            os.remove(out / n)
+    with pytest.raises(OutputCorruptError, match=r"part-0-0 is missing and so is its in-progress file"):
+        files.finish_interrupted_commits(str(out))
+    assert os.path.exists(record)
+    (out / os.path.basename(record)).write_text("{not json")
+    with pytest.raises(OutputCorruptError, match="unreadable commit record"):
+        files.list_input_files(str(out))
+
+
+def test_without_a_record_nothing_of_the_output_changed(tmp_path):
+    """Killed before the commit point: the previous output is whole and the next run replaces it."""
+    out = tmp_path / "out"
+    old, _ = overwrite_run(out, 1, "1" * 32, [["old"]])
+    old[0].commit()
+    files.finish_interrupted_commits(str(out))
+    sink = TextFileSink(str(out), write_mode=WriteMode.OVERWRITE)
+    w = sink.create_writer(SubtaskContext("sink", 0, 1, job_id="2" * 32))
+    w.write_batch(["new"])
+    w.prepare_commit()  # ... and killed here, before the JobManager wrote the record
+    assert part_lines(out) == ["old"]
+    assert files.list_input_files(str(out)) == [str(out / "part-0-0")]

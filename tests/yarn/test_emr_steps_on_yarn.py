@@ -2,12 +2,18 @@
 ``emrflow add-step``, and the step's recorded ``command-runner.jar`` arguments run unchanged on the
 real YARN of the test suite (Hadoop's MiniYARNCluster), with the job script, input and output in S3.
 
-The step runs as on an EMR primary node: ``emrflow`` is reached on PATH from a virtual environment
-(the bootstrap action's) while the system ``python3`` has none; the Hadoop client's environment
-(``yarn``, ``HADOOP_CONF_DIR``); the cluster's ``emrflow-conf`` classification as the file
-``$EMRFLOW_CONF_DIR/emrflow-conf.yaml`` that the bootstrap action writes; AWS credentials in the
-step's environment (an instance role's, here moto's fake ones). YARN containers get only YARN's
-whitelisted variables, so what they need of S3 must come through emrflow's configuration.
+The step runs on a node that emrflow's own bootstrap actions set up, as EMR runs them: the
+cluster's recorded ``BootstrapActions`` (``install-emrflow.sh`` with the staged wheel,
+``write-emrflow-conf.sh`` with the spec's ``emrflow-conf`` classification), each script copied
+from S3 and run with its recorded arguments by the AWS CLI and bash, under
+``EMRFLOW_BOOTSTRAP_ROOT`` (a directory standing for ``/``, so the machine's system directories
+stay untouched). So ``emrflow`` is the bootstrap's wrapper in ``usr/local/bin``, running the
+virtual environment the script made from the system ``python3``, which itself has no emrflow;
+its configuration is what the classification says (S3 endpoint and keys for moto here; on AWS
+the instance role). The step also has the Hadoop client's environment (``yarn``,
+``HADOOP_CONF_DIR``) and AWS credentials (an instance role's, here moto's fake ones). YARN
+containers get only YARN's whitelisted variables, so what they need of S3 must come through
+emrflow's configuration.
 """
 
 from __future__ import annotations
@@ -65,29 +71,53 @@ def s3_rows(aws, uri: str) -> list[str]:
     return rows
 
 
+AWS_CLI = os.path.join(ROOT, "tests", "yarn", "target", "awscli", "bin", "aws")   # .ci/fetch-awscli
+
+
+@pytest.fixture(scope="module")
+def node_root(tmp_path_factory):
+    """The node's ``/`` for emrflow's bootstrap actions: one per module, so the second cluster's
+    install-emrflow.sh reuses the virtual environment, as a rerun on a node does."""
+    if not os.access(AWS_CLI, os.X_OK):
+        pytest.fail("the AWS CLI of the bootstrap actions is missing: run .ci/fetch-awscli")
+    return tmp_path_factory.mktemp("node")
+
+
 @pytest.fixture
-def node(yarn_cluster, moto_endpoint, tmp_path):
+def node(yarn_cluster, moto_endpoint, node_root, tmp_path):
     """The environment of a step's process on the EMR primary node, as a dict for subprocess."""
-    venv_bin = tmp_path / "emrflow-venv-bin"
-    venv_bin.mkdir()
-    # emrflow lives in a virtual environment (the bootstrap action's); only its command is on PATH
-    os.symlink(os.path.join(os.path.dirname(sys.executable), "emrflow"), venv_bin / "emrflow")
-    conf = tmp_path / "emrflow-conf"
-    conf.mkdir()
-    # what the cluster spec's emrflow-conf classification holds for an S3 outside AWS; on AWS the
-    # instance role and region need none of it
-    (conf / "emrflow-conf.yaml").write_text(yaml.safe_dump({
-        "s3.endpoint": moto_endpoint, "s3.endpoint.region": "us-east-1",
-        "s3.access-key": FAKE_ENV["AWS_ACCESS_KEY_ID"], "s3.secret-key": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
-        "jobmanager.memory.process.size": "512m", "taskmanager.memory.process.size": "512m"}))
-    env = {"PATH": f"{venv_bin}:{yarn_cluster.env['PATH'].split(os.pathsep)[0]}:/usr/bin:/bin",
-           "HOME": str(tmp_path), "LANG": "C.UTF-8", "EMRFLOW_CONF_DIR": str(conf),
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": moto_endpoint, **FAKE_ENV}
+    aws_bin = node_root / "aws-cli"          # the CLI alone, not its virtual environment's python3
+    aws_bin.mkdir(exist_ok=True)
+    if not (aws_bin / "aws").exists():
+        os.symlink(AWS_CLI, aws_bin / "aws")
+    env = {"PATH": f"{node_root}/usr/local/bin:{aws_bin}:"
+                   f"{yarn_cluster.env['PATH'].split(os.pathsep)[0]}:/usr/bin:/bin",
+           "HOME": str(tmp_path), "LANG": "C.UTF-8", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_ENDPOINT_URL": moto_endpoint, **FAKE_ENV}
     env.update({k: v for k, v in yarn_cluster.env.items() if k != "PATH"})
     # the system python3 of the node has no emrflow
     probe = subprocess.run(["python3", "-c", "import emrflow"], env=env, capture_output=True)
     assert probe.returncode != 0
     return env
+
+
+def bootstrap(aws, cluster_id: str, node: dict, node_root) -> None:
+    """Run the cluster's recorded bootstrap actions on the node, as EMR does: copy each script
+    from S3, run it with its arguments (under EMRFLOW_BOOTSTRAP_ROOT instead of /)."""
+    actions = aws.emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert [a["ScriptPath"].rsplit("/", 1)[-1] for a in actions] == ["install-emrflow.sh", "write-emrflow-conf.sh"]
+    pip_cache = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True,
+                               text=True).stdout.strip()
+    env = dict(node, EMRFLOW_BOOTSTRAP_ROOT=str(node_root), PIP_DISABLE_PIP_VERSION_CHECK="1",
+               **({"PIP_CACHE_DIR": pip_cache} if pip_cache else {}))
+    for action in actions:
+        script = str(node_root / action["ScriptPath"].rsplit("/", 1)[-1])
+        subprocess.run([AWS_CLI, "s3", "cp", "--only-show-errors", action["ScriptPath"], script], env=env,
+                       check=True, timeout=120)
+        proc = subprocess.run(["bash", script, *action.get("Args", [])], env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"{action['Name']}: {proc.stderr[-3000:]}"
+    assert os.access(node_root / "usr" / "local" / "bin" / "emrflow", os.X_OK)
 
 
 def add_step(aws, moto_endpoint, cluster_id: str, *args) -> tuple[str, list[str]]:
@@ -103,15 +133,29 @@ def run_step(args: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=400)
 
 
-def new_cluster(aws, moto_endpoint, built_wheel, template: str) -> str:
-    proc = emrflow("create-cluster", "--config", template, "--s3-staging", STAGING, "--wheel", built_wheel,
+def new_cluster(aws, moto_endpoint, built_wheel, template: str, node: dict, node_root, tmp_path) -> str:
+    """A cluster from ``template`` whose emrflow-conf classification adds what an S3 outside AWS
+    needs (on AWS the instance role and region need none of it), with its bootstrap actions run."""
+    from emrflow.resources import resource_file
+    with open(resource_file("configs", f"{template}.yaml")) as f:
+        spec = yaml.safe_load(f)
+    conf = next(c for c in spec["configurations"] if c["Classification"] == "emrflow-conf")
+    conf["Properties"].update({
+        "s3.endpoint": moto_endpoint, "s3.endpoint.region": "us-east-1",
+        "s3.access-key": FAKE_ENV["AWS_ACCESS_KEY_ID"], "s3.secret-key": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
+        "jobmanager.memory.process.size": "512m", "taskmanager.memory.process.size": "512m"})
+    path = tmp_path / f"{template}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = emrflow("create-cluster", "--config", str(path), "--s3-staging", STAGING, "--wheel", built_wheel,
                    endpoint=moto_endpoint)
-    return proc.stdout.strip().splitlines()[-1].split()[0]
+    cluster_id = proc.stdout.strip().splitlines()[-1].split()[0]
+    bootstrap(aws, cluster_id, node, node_root)
+    return cluster_id
 
 
 def test_per_job_step_of_the_batch_template_runs_unchanged_on_yarn(aws, moto_endpoint, built_wheel, node,
-                                                                   yarn_apps, tmp_path):
-    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-batch")
+                                                                   node_root, yarn_apps, tmp_path):
+    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-batch", node, node_root, tmp_path)
     assert cluster_id.startswith("j-")
     in_uri, out_uri = f"s3://{BUCKET}/data/ratings.csv", f"s3://{BUCKET}/out/step-on-yarn"
     aws.upload(RATINGS, in_uri)
@@ -125,8 +169,8 @@ def test_per_job_step_of_the_batch_template_runs_unchanged_on_yarn(aws, moto_end
 
 
 def test_session_step_then_session_job_step_of_the_streaming_template(aws, moto_endpoint, built_wheel, node,
-                                                                       yarn_apps, tmp_path):
-    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-streaming")
+                                                                       node_root, yarn_apps, tmp_path):
+    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-streaming", node, node_root, tmp_path)
     in_uri, out_uri = f"s3://{BUCKET}/data/ratings.csv", f"s3://{BUCKET}/out/session-step-on-yarn"
     aws.upload(RATINGS, in_uri)
     _, session_args = add_step(aws, moto_endpoint, cluster_id, "--yarn-session", "--taskmanagers", "1",
@@ -146,10 +190,10 @@ def test_session_step_then_session_job_step_of_the_streaming_template(aws, moto_
     assert len(rows) == len(set(rows)) and set(rows) == reference()
 
 
-def test_failing_step_diagnosis_shows_the_users_traceback(aws, moto_endpoint, built_wheel, node, yarn_apps,
-                                                         tmp_path):
+def test_failing_step_diagnosis_shows_the_users_traceback(aws, moto_endpoint, built_wheel, node, node_root,
+                                                         yarn_apps, tmp_path):
     from emrflow.deploy.emr import step_failure
-    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-batch")
+    cluster_id = new_cluster(aws, moto_endpoint, built_wheel, "emr-batch", node, node_root, tmp_path)
     job = tmp_path / "broken_job.py"
     job.write_text("from emrflow import StreamExecutionEnvironment\n"
                    "\n"

@@ -136,7 +136,7 @@ def test_session_start_status_list_job_scale_stop(yarn_cluster, yarn_apps, yenv,
     session = json.loads((tmp_path / ".emrflow" / "yarn-session.json").read_text())
     assert session["application_id"] == app_id and session["rest"] == rest
     # the REST address is the NodeManager's host, which the client can reach
-    token = yarn_apps.kv(app_id)["emrflow.rest.token"].decode()
+    token = yarn_apps.kv(app_id)["emrflow.rest.token"][1:].decode()  # after the byte that hides it
     overview = wait_for(lambda: (ov := rest_get(rest, token, "/overview"))["slots-total"] == 2 and ov,
                         120, "the first TaskManager")
     assert overview["taskmanagers"] == 1

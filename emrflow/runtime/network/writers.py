@@ -157,7 +157,7 @@ class CombiningWriter(HashWriter):
     ``max_key_ratio`` distinct keys per record (nothing to gain).
 
     Args:
-        aggregator: a :class:`~emrflow.runtime.operators.Aggregator` of the consumer's operation.
+        aggregator: a :class:`~emrflow.runtime.aggregators.Aggregator` of the consumer's operation.
     """
 
     def __init__(self, channels: list, batch_size: int, key_selector, max_parallelism: int,

@@ -10,7 +10,7 @@ TaskManager. The step's own output names its YARN application
 (``submitted with JobID application_...``). This module finds those files,
 decompresses them and picks what a user needs to see: the last Python traceback
 of a container's or the step's ``stderr``, or else the last lines; and it says
-which logs are not there yet.
+which logs are not there yet. :func:`step_logs` reads them from S3.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ from __future__ import annotations
 import gzip
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from emrflow.deploy.emr.source import split_s3_uri
+from emrflow.deploy.emr.staging import aws_errors
+
+if TYPE_CHECKING:
+    from emrflow.deploy.emr.staging import EmrSession
 
 #: log files of a step, in the order they are searched for a diagnosis
 STEP_LOG_FILES = ("stderr", "syslog", "stdout", "controller")
@@ -156,3 +163,47 @@ def tail(text: str, n: int = TAIL_LINES) -> str:
     """Return the last ``n`` non-noise lines of ``text``."""
     lines = [line for line in text.rstrip().splitlines() if not _RUNNER_NOISE.match(line)]
     return "\n".join(lines[-n:])
+
+
+def step_logs(session: EmrSession, log_uri: str, cluster_id: str, step_id: str) -> StepLogs:
+    """Fetch a step's log files from the cluster's log URI.
+
+    Args:
+        session: the AWS session.
+        log_uri: the cluster's ``LogUri``.
+        cluster_id: ``j-...``.
+        step_id: ``s-...``.
+
+    Returns:
+        :class:`StepLogs` with the decompressed text of the files found (``stderr.gz`` or
+        ``stderr``, and so on) and the names of those missing; and the ``stderr``/``stdout`` of
+        the containers of every YARN application the step's logs name, under
+        ``<log-uri>/<cluster-id>/containers/<application-id>/`` (or the prefixes without any yet).
+
+    Raises:
+        ClusterError: an S3 error other than a missing key.
+    """
+    prefix = step_log_prefix(log_uri, cluster_id, step_id)
+    logs = StepLogs(prefix)
+    for name in STEP_LOG_FILES:
+        data = session.read(prefix + name + ".gz")
+        if data is None:
+            data = session.read(prefix + name)
+        if data is None:
+            logs.missing.append(name)
+        else:
+            logs.files[name] = decode_log(data)
+    for app_id in logs.applications():
+        app_prefix = container_log_prefix(log_uri, cluster_id, app_id)
+        bucket, key = split_s3_uri(app_prefix)
+        with aws_errors(f"listing {app_prefix}"):
+            pages = session.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        wanted = [k for k in keys if k.rsplit("/", 1)[-1] in ("stderr", "stderr.gz", "stdout", "stdout.gz")]
+        if not wanted:
+            logs.containers_missing.append(app_prefix)
+        for k in sorted(wanted):
+            data = session.read(f"s3://{bucket}/{k}")
+            if data is not None:
+                logs.containers[f"s3://{bucket}/{k}"] = decode_log(data)
+    return logs

@@ -1,7 +1,8 @@
 """What Amazon EMR itself checks, checked before the first AWS call; Flink's classifications for emrflow.
 
-:mod:`emrflow.deploy.emr` builds the requests; this module holds the rules EMR applies
-that a spec can break although it looks right:
+:mod:`emrflow.deploy.emr.spec` validates a spec's shape and :mod:`emrflow.deploy.emr.requests`
+builds the requests; this module holds the rules EMR applies that a spec can break although it
+looks right:
 
 - release labels the bootstrap action can serve (EMR 7: Amazon Linux 2023, ``dnf``,
   Python >= 3.10 installable; :func:`check_release_label`);
@@ -21,9 +22,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from emrflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from emrflow.deploy.emr.spec import Classification
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +93,25 @@ def emr_property_value(value: Any) -> str:
     return str(value)
 
 
-def emr_properties(classifications: list[dict]) -> list[dict]:
-    """Return configuration classifications with every property value a string (recursively).
+def emr_properties(classifications: Sequence[Classification]) -> list[dict]:
+    """Return configuration classifications in EMR's shape with every property value a string
+    (recursively).
 
-    The spec's validation has refused nested values, so every value is a scalar here.
+    Args:
+        classifications: validated classifications (:class:`~emrflow.deploy.emr.spec.Classification`),
+            whose property values are scalars.
+
+    Returns:
+        ``[{"Classification", "Properties"?, "Configurations"?}]``, each key present when the spec
+        gave it.
     """
     out = []
     for cl in classifications:
-        c = {"Classification": cl["Classification"]}
-        if "Properties" in cl:
-            c["Properties"] = {str(k): emr_property_value(v) for k, v in (cl["Properties"] or {}).items()}
-        if "Configurations" in cl:
-            c["Configurations"] = emr_properties(cl["Configurations"])
+        c: dict[str, Any] = {"Classification": cl.classification}
+        if cl.properties is not None:
+            c["Properties"] = {str(k): emr_property_value(v) for k, v in cl.properties.items()}
+        if cl.configurations is not None:
+            c["Configurations"] = emr_properties(cl.configurations)
         out.append(c)
     return out
 
@@ -187,7 +198,7 @@ def log_level(value: Any, where: str) -> str:
     return _LOG_LEVELS[level]
 
 
-def emrflow_configuration(classifications: list[dict], where: Callable[[tuple], str],
+def emrflow_configuration(classifications: Sequence[Classification], where: Callable[[tuple], str],
                           warn: Callable[[str], None] = log.warning) -> tuple[dict, dict, list[str]]:
     """Collect emrflow's configuration from a spec's classifications.
 
@@ -201,7 +212,8 @@ def emrflow_configuration(classifications: list[dict], where: Callable[[tuple], 
     one itself.
 
     Args:
-        classifications: the spec's ``configurations`` (EMR's shape).
+        classifications: the spec's ``configurations``
+            (:class:`~emrflow.deploy.emr.spec.Classification`).
         where: gives ``file:line`` of a path inside ``configurations``, such as ``(2,
             "Properties", "state.backend")``.
         warn: receives one message per unused Flink key.
@@ -217,10 +229,10 @@ def emrflow_configuration(classifications: list[dict], where: Callable[[tuple], 
     conf: dict[str, Any] = {}
     logging_conf: dict[str, Any] = {}
     unused: list[str] = []
-    by_name = {cl["Classification"]: (i, cl) for i, cl in enumerate(classifications)}
+    by_name = {cl.classification: (i, cl) for i, cl in enumerate(classifications)}
     if "flink-conf" in by_name:
         i, cl = by_name["flink-conf"]
-        for k, v in (cl.get("Properties") or {}).items():
+        for k, v in (cl.properties or {}).items():
             k = str(k)
             target = FLINK_RENAMED.get(k, k) if k in FLINK_RENAMED else (k if k in OPTIONS else None)
             at = where((i, "Properties", k))
@@ -237,17 +249,17 @@ def emrflow_configuration(classifications: list[dict], where: Callable[[tuple], 
             conf[target] = value
     if "flink-log4j" in by_name:
         i, cl = by_name["flink-log4j"]
-        props = {str(k): v for k, v in (cl.get("Properties") or {}).items()}
+        props = {str(k): v for k, v in (cl.properties or {}).items()}
         key = "rootLogger.level" if "rootLogger.level" in props else (
             "log4j.rootLogger" if "log4j.rootLogger" in props else None)
         if key is not None:
             raw = str(props[key]).split(",")[0]           # log4j 1: "INFO, console"
             logging_conf["root.level"] = log_level(raw, where((i, "Properties", key)) + f": flink-log4j: {key}")
     if "emrflow-conf" in by_name:
-        conf.update({str(k): v for k, v in (by_name["emrflow-conf"][1].get("Properties") or {}).items()})
+        conf.update({str(k): v for k, v in (by_name["emrflow-conf"][1].properties or {}).items()})
     if "emrflow-log" in by_name:
         i, cl = by_name["emrflow-log"]
-        for k, v in (cl.get("Properties") or {}).items():
+        for k, v in (cl.properties or {}).items():
             logging_conf[str(k)] = log_level(v, where((i, "Properties", str(k))) + f": emrflow-log: {k}") \
                 if str(k) == "root.level" else v
     return conf, logging_conf, unused

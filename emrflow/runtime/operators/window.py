@@ -16,25 +16,17 @@ arrive after the window fired but within the allowed lateness fire it again.
 Session windows (merging assigners) keep each key's windows in a list; a new
 record's window merges with every window it overlaps or touches, merging their
 contents (``reduce``, ``AggregateFunction.merge`` or concatenation).
+
+Aligned event-time windows with the default trigger run in the subclass
+:class:`~emrflow.runtime.operators.aligned.AlignedWindowOperator` instead (see there).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import pickle
 import time
-from itertools import repeat
-from operator import itemgetter
 from typing import Any, Callable
-
-try:  # the C loop behind Counter.update: mapping[x] = mapping.get(x, 0) + 1 for x in iterable
-    from collections import _count_elements  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - other Pythons
-    def _count_elements(mapping: dict, iterable: Any) -> None:
-        get = mapping.get
-        for x in iterable:
-            mapping[x] = get(x, 0) + 1
 
 from emrflow.api.eventtime import MAX_WATERMARK
 from emrflow.api.functions import (
@@ -46,11 +38,9 @@ from emrflow.api.functions import (
     RuntimeContext,
     WindowFunction,
 )
-from emrflow.api.windowing import GlobalWindow, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows
-from emrflow.runtime.operators import Operator, keyed_restore, keyed_snapshot
-from emrflow.runtime.state import MISSING, HashMapStateBackend, create_backend
-
-_first, _second = itemgetter(0), itemgetter(1)
+from emrflow.api.windowing import GlobalWindow
+from emrflow.runtime.operators.base import Operator, OperatorSetup, keyed_restore, keyed_snapshot
+from emrflow.runtime.state import MISSING, create_backend
 
 CONTENTS = "window-contents"
 SESSIONS = "window-sessions"
@@ -136,48 +126,6 @@ def _call_window_function(fn: Any, all_windows: bool, key: Any, ctx: _Context, w
     return fn(window, values) if all_windows else fn(key, window, values)
 
 
-class _Templates:
-    """Reference methods: a user method with the same code (bytecode, typed constants, names,
-    argument count, no closure) behaves exactly like these, so the fast path may specialise."""
-
-    def create_accumulator(self):
-        return 0
-
-    def add(self, value, accumulator):
-        return accumulator + 1
-
-    def get_result(self, accumulator):
-        return accumulator
-
-
-def _same_code(fn: Any, template: Any) -> bool:
-    import types
-    if isinstance(fn, types.MethodType):
-        fn = fn.__func__
-    if not isinstance(fn, types.FunctionType) or fn.__closure__:
-        return False
-    a, b = fn.__code__, template.__code__
-    return (a.co_code == b.co_code and a.co_argcount == b.co_argcount and a.co_flags == b.co_flags
-            and a.co_kwonlyargcount == b.co_kwonlyargcount and a.co_names == b.co_names
-            and [(type(c), c) for c in a.co_consts] == [(type(c), c) for c in b.co_consts])
-
-
-def _is_count(f: Any) -> bool:
-    """``f`` is an AggregateFunction that counts: accumulator ``0``, ``add`` returns ``acc + 1``,
-    ``get_result`` returns ``acc`` (recognised by code, so any other function takes the general path)."""
-    return (_same_code(getattr(f, "create_accumulator", None), _Templates.create_accumulator)
-            and _same_code(getattr(f, "add", None), _Templates.add)
-            and _same_code(getattr(f, "get_result", None), _Templates.get_result))
-
-
-class _SnapshotOf:
-    """What :func:`keyed_snapshot` needs of a backend, with another ``snapshot``."""
-
-    def __init__(self, max_parallelism: int, snapshot: Callable[[], Callable[[], bytes]]):
-        self.max_parallelism = max_parallelism
-        self.snapshot = snapshot
-
-
 class WindowOperator(Operator):
     """Keyed windows with triggers, evictors, allowed lateness and late-data side output.
 
@@ -189,9 +137,6 @@ class WindowOperator(Operator):
         timestamped: input records are ``(timestamp, value)`` pairs.
         backend_kind: ``hashmap`` or ``rocksdb``.
     """
-
-    #: rocksdb fast path: estimated bytes of in-memory window accumulators before spilling
-    FAST_MEMORY_BYTES = 64 * 2**20
 
     def __init__(self, name: str, spec: Any, key_selector: Callable, max_parallelism: int,
                  timestamped: bool, backend_kind: str = "hashmap"):
@@ -215,22 +160,11 @@ class WindowOperator(Operator):
         self.wants_ticks = not self.assigner.is_event_time
         self.late_records_dropped = 0
         self._out: list = []
-        # fast path: aligned event-time windows, default trigger, incremental (either backend)
-        self.fast = (isinstance(self.assigner, (TumblingEventTimeWindows, SlidingEventTimeWindows))
-                     and spec.trigger is None and self.incremental and self.lateness == 0
-                     and timestamped)
-        if self.fast:
-            self._wins: dict[int, dict] = {}   # live window start -> {key: accumulator}
-            self._starts: list[int] = []       # heap of live window starts (windows share one size)
-            # rocksdb: the live windows' accumulators stay in memory up to ``memory_budget``
-            # (estimated bytes); beyond it they are spilled to the backend under
-            # CONTENTS (key, window start), and these windows may have entries there
-            self._spills = not isinstance(self.backend, HashMapStateBackend)
-            self._on_disk: set[int] = set()
-            self.memory_budget = self.FAST_MEMORY_BYTES
-            self.spilled_entries = 0
-            self._count = False                # the AggregateFunction is a plain count
-            self._identity_result = spec.kind == "reduce"
+
+    @classmethod
+    def from_node(cls, node: Any, setup: OperatorSetup) -> "WindowOperator":
+        return cls(node.name, node.function, node.key_selector, setup.max_parallelism, node.timestamped,
+                   setup.backend_kind)
 
     # -- set-up -----------------------------------------------------------------
     def open(self, ctx: RuntimeContext) -> None:
@@ -241,9 +175,6 @@ class WindowOperator(Operator):
         f = self.spec.function
         if self.spec.kind == "reduce":
             self._reduce = f.reduce if isinstance(f, ReduceFunction) else f
-        elif self.fast:  # after open(): the methods the fast path will call
-            self._count = _is_count(f)
-            self._identity_result = _same_code(getattr(f, "get_result", None), _Templates.get_result)
 
     def close(self) -> None:
         for fn in (self.spec.function, self.spec.window_function):
@@ -323,157 +254,8 @@ class WindowOperator(Operator):
         self.trigger.on_merge(merged, self._ctx)
         return merged
 
-    # -- fast path ---------------------------------------------------------------
-    def _fast_window(self, start: int) -> dict:
-        """The accumulators of the live window starting at ``start`` (created if new)."""
-        d = self._wins.get(start)
-        if d is None:
-            d = self._wins[start] = {}
-            heapq.heappush(self._starts, start)
-        return d
-
-    def _fast_batch(self, records: list) -> None:
-        """Aligned windows with the default event-time trigger: per live window a dict
-        ``key -> accumulator``; a batch is grouped by window first (usually it falls in one)."""
-        a = self.assigner
-        size, offset = a.size, a.offset
-        slide = getattr(a, "slide", size)
-        wm = self.current_watermark
-        if slide == size and records:
-            stamps = list(map(_first, records))
-            lo, hi = min(stamps), max(stamps)
-            start = lo - (lo - offset) % size
-            if hi < start + size and start + size - 1 > wm:  # the whole batch in one live window
-                self._fast_add(start, list(map(_second, records)))
-                if self._spills:
-                    self._fast_budget()
-                return
-        groups: dict[int, list] = {}
-        late = []
-        for rec in records:
-            ts = rec[0]
-            start = ts - (ts - offset) % slide
-            accepted = False
-            while start > ts - size:
-                if start + size - 1 > wm:
-                    accepted = True
-                    g = groups.get(start)
-                    if g is None:
-                        groups[start] = [rec[1]]
-                    else:
-                        g.append(rec[1])
-                start -= slide
-            if not accepted:
-                if self.spec.late_tag is not None:
-                    late.append(rec)
-                else:
-                    self.late_records_dropped += 1
-        for start, values in groups.items():
-            self._fast_add(start, values)
-        if self._spills:
-            self._fast_budget()
-        if late:
-            self.emit_side(self.spec.late_tag, late)
-
-    def _fast_add(self, start: int, values: list) -> None:
-        """Fold ``values`` (in order) into the accumulators of window ``start``."""
-        d = self._fast_window(start)
-        key_of = self.key_selector
-        disk = start in self._on_disk
-        if self._count and not disk:
-            _count_elements(d, map(key_of, values))  # acc + 1 per value, in C
-            return
-        get = d.get
-        load = self.backend.get
-        if self.spec.kind == "reduce":
-            reduce = self._reduce
-            for v in values:
-                k = key_of(v)
-                acc = get(k, MISSING)
-                if acc is MISSING and disk:
-                    acc = load(CONTENTS, (k, start))
-                d[k] = v if acc is MISSING else reduce(acc, v)
-        else:
-            add, create = self.spec.function.add, self.spec.function.create_accumulator
-            for v in values:
-                k = key_of(v)
-                acc = get(k, MISSING)
-                if acc is MISSING:
-                    if disk:
-                        acc = load(CONTENTS, (k, start))
-                    if acc is MISSING:
-                        acc = create()
-                d[k] = add(v, acc)
-
-    def _fast_budget(self) -> None:
-        """rocksdb: spill every in-memory accumulator to the backend when they exceed the budget."""
-        n = sum(map(len, self._wins.values()))
-        if n == 0:
-            return
-        biggest = max(self._wins.values(), key=len)
-        sample = next(reversed(biggest.items()))
-        if n * (64 + 2 * len(pickle.dumps(sample, protocol=5))) <= self.memory_budget:
-            return
-        put = self.backend.put
-        for start, d in self._wins.items():
-            if d:
-                for k, acc in d.items():
-                    put(CONTENTS, (k, start), acc)
-                self.spilled_entries += len(d)
-                d.clear()
-                self._on_disk.add(start)
-        self.backend.flush()
-
-    def _fast_unspill(self, starts: set) -> None:
-        """Bring the spilled entries of windows ``starts`` back (memory wins: it is newer) and
-        delete them from the backend."""
-        b = self.backend
-        found = [(key, acc) for key, acc in b.items(CONTENTS)
-                 if type(key) is tuple and len(key) == 2 and key[1] in starts]
-        for key, acc in found:
-            k, start = key
-            d = self._fast_window(start)
-            if k not in d:
-                d[k] = acc
-            b.delete(CONTENTS, key)
-        b.flush()
-        self._on_disk -= starts
-
-    def _fast_fire(self, upto: int) -> None:
-        starts, size = self._starts, self.assigner.size
-        due = []
-        while starts and starts[0] + size - 1 <= upto:
-            due.append(heapq.heappop(starts))
-        if not due:
-            return
-        if self._on_disk:
-            spilled = self._on_disk.intersection(due)
-            if spilled:
-                self._fast_unspill(spilled)
-        spec = self.spec
-        for start in due:
-            d = self._wins.pop(start)
-            end_ts = start + size - 1
-            if spec.window_function is None:
-                # no window function: a whole window's results at C speed where possible
-                accs = d.values() if self._identity_result else map(spec.function.get_result, d.values())
-                self._out.extend(zip(repeat(end_ts), accs))
-            else:
-                window = TimeWindow(start, end_ts + 1)
-                for k, acc in d.items():
-                    self._emit_result(k, window, acc)
-        self._flush()
-
-    def _fast_entries(self) -> list:
-        """The in-memory accumulators as backend entries ``((key, window start), acc)``."""
-        return [((k, start), acc) for start, d in self._wins.items() for k, acc in d.items()]
-
     # -- records ----------------------------------------------------------------
     def process_batch(self, records: list) -> None:
-        if self.fast:
-            self.records_in += len(records)
-            self._fast_batch(records)
-            return
         self.records_in += len(records)
         assign, key_of, trigger, ctx = self.assigner.assign_windows, self.key_selector, self.trigger, self._ctx
         merging = self.assigner.is_merging
@@ -601,10 +383,7 @@ class WindowOperator(Operator):
 
     def process_watermark(self, timestamp_ms: int) -> None:
         self.current_watermark = timestamp_ms
-        if self.fast:
-            self._fast_fire(timestamp_ms)
-        else:
-            self._on_timers(self.event_timers, self.event_set, timestamp_ms, True)
+        self._on_timers(self.event_timers, self.event_set, timestamp_ms, True)
         super().process_watermark(timestamp_ms)
 
     def tick(self, now_ms: int) -> None:
@@ -613,27 +392,7 @@ class WindowOperator(Operator):
     # -- checkpoints ----------------------------------------------------------------
     def snapshot_state(self, checkpoint_id: int):
         """Window contents and trigger state (the backend's entries) and the live timers."""
-        timers = (list(self.event_set), list(self.proc_set))
-        if not self.fast:
-            return keyed_snapshot(self.backend, timers)
-        # the fast path's accumulators live beside the backend: copy them now (pickled, as user
-        # accumulators may change in place) and lay them over the backend's CONTENTS entries
-        # (spilled ones, possibly older) in the asynchronous part; same format as the backend's
-        fresh = pickle.dumps(self._fast_entries(), protocol=5)
-        backend = self.backend
-
-        def merged_snapshot():
-            take = backend.snapshot()
-
-            def materialize() -> bytes:
-                states = pickle.loads(take())
-                mem = pickle.loads(fresh)
-                if mem:
-                    newer = {key for key, _ in mem}
-                    states[CONTENTS] = [e for e in states.get(CONTENTS, ()) if e[0] not in newer] + mem
-                return pickle.dumps(states, protocol=5)
-            return materialize
-        return keyed_snapshot(_SnapshotOf(backend.max_parallelism, merged_snapshot), timers)
+        return keyed_snapshot(self.backend, (list(self.event_set), list(self.proc_set)))
 
     def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
         def restore_timers(timers: tuple, keep) -> None:
@@ -644,23 +403,3 @@ class WindowOperator(Operator):
                         members.add((t, key, window))
                         heapq.heappush(heap, (t, next(self._seq), key, window))
         keyed_restore(self.backend, parts, key_groups, restore_timers)
-        if self.fast:  # the fast path's timers follow from its accumulators' (key, window start)
-            b = self.backend
-            if self._spills:  # rocksdb: the entries stay in the backend, their windows spilled
-                renamed = []
-                for key, acc in b.items(CONTENTS):
-                    k, w = key
-                    if type(w) is not int:  # (key, TimeWindow) of the general path
-                        renamed.append((key, (k, w.start), acc))
-                    start = w if type(w) is int else w.start
-                    self._fast_window(start)
-                    self._on_disk.add(start)
-                for old, new, acc in renamed:
-                    b.delete(CONTENTS, old)
-                    b.put(CONTENTS, new, acc)
-                b.flush()
-            else:
-                table = b.table(CONTENTS)
-                for (k, w), acc in table.items():
-                    self._fast_window(w if type(w) is int else w.start)[k] = acc
-                table.clear()

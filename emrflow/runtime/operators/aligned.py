@@ -1,0 +1,372 @@
+"""The aligned-window operator: tumbling and sliding event-time windows, fast.
+
+Aligned event-time windows (``TumblingEventTimeWindows``, ``SlidingEventTimeWindows``)
+with the default trigger, no evictor, no allowed lateness and an incremental
+function (``reduce`` or ``aggregate``; see ``WindowSpec.is_aligned``) need no
+per-window timers and no per-record state access: per live window a dict
+``key -> accumulator`` and a heap of window starts, fired as the watermark passes
+their ends. A batch is grouped by window first (usually it falls in one).
+
+How a batch is folded into a window's dict:
+
+* **fast path**: the function is exactly one of the built-in aggregates
+  :class:`~emrflow.api.aggregates.Count`, ``Sum``, ``Min``, ``Max``, ``Avg``
+  (``WindowSpec.is_fast_path``). The operator folds the whole batch itself (a count
+  in C through ``collections``' ``_count_elements``, a field's values taken with a
+  C ``itemgetter``) without calling ``add``; the accumulators are exactly the ones
+  the built-in's own methods make, so checkpoints move freely between paths.
+  Which path a window takes shows in its operator name: ``Window(aggregate Count(), fast path)``.
+* otherwise (a user's ``reduce`` or ``AggregateFunction``, whatever its code): its
+  methods are called per record, as on the generic path.
+
+With the ``rocksdb`` backend the dicts stay in memory up to :attr:`AlignedWindowOperator.FAST_MEMORY_BYTES`
+(estimated); beyond it every in-memory accumulator is spilled to RocksDB as
+``(key, window start)`` under ``window-contents``, a miss in a spilled window reads
+RocksDB, and a spilled window is read back (memory wins) when it fires.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Callable
+
+try:  # the C loop behind Counter.update: mapping[x] = mapping.get(x, 0) + 1 for x in iterable
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - other Pythons
+    def _count_elements(mapping: dict, iterable: Any) -> None:
+        get = mapping.get
+        for x in iterable:
+            mapping[x] = get(x, 0) + 1
+
+from emrflow.api.aggregates import Avg, Count, Max, Min, Sum, field_access, field_values
+from emrflow.api.windowing import TimeWindow
+from emrflow.runtime.operators.base import keyed_snapshot
+from emrflow.runtime.operators.window import CONTENTS, WindowOperator
+from emrflow.runtime.state import MISSING, HashMapStateBackend
+
+_first, _second = itemgetter(0), itemgetter(1)
+
+#: a batch fold: ``fold(accumulators, key_selector, values)`` updates ``{key: accumulator}``
+Fold = Callable[[dict, Callable[[Any], Any], list], None]
+
+
+def _count_fold(f: Count) -> Fold:
+    def fold(d: dict, key_of: Callable, values: list) -> None:
+        _count_elements(d, map(key_of, values))  # acc + 1 per value, in C
+    return fold
+
+
+def _sum_fold(f: Sum) -> Fold:
+    get_field = field_access(f.field)[0]
+
+    def fold(d: dict, key_of: Callable, values: list) -> None:
+        get = d.get
+        for k, v in zip(map(key_of, values), field_values(get_field, values)):
+            d[k] = get(k, 0) + v
+    return fold
+
+
+def _min_fold(f: Min) -> Fold:
+    get_field = field_access(f.field)[0]
+
+    def fold(d: dict, key_of: Callable, values: list) -> None:
+        get = d.get
+        for k, v in zip(map(key_of, values), field_values(get_field, values)):
+            acc = get(k)
+            if acc is None or v < acc:
+                d[k] = v
+    return fold
+
+
+def _max_fold(f: Max) -> Fold:
+    get_field = field_access(f.field)[0]
+
+    def fold(d: dict, key_of: Callable, values: list) -> None:
+        get = d.get
+        for k, v in zip(map(key_of, values), field_values(get_field, values)):
+            acc = get(k)
+            if acc is None or v > acc:
+                d[k] = v
+    return fold
+
+
+def _avg_fold(f: Avg) -> Fold:
+    get_field = field_access(f.field)[0]
+
+    def fold(d: dict, key_of: Callable, values: list) -> None:
+        get = d.get
+        for k, v in zip(map(key_of, values), field_values(get_field, values)):
+            n, total = get(k, (0, 0))
+            d[k] = (n + 1, total + v)
+    return fold
+
+
+#: built-in aggregate class -> (its batch fold, its result is its accumulator)
+FAST_PATH: dict[type, tuple[Callable[[Any], Fold], bool]] = {
+    Count: (_count_fold, True),
+    Sum: (_sum_fold, True),
+    Min: (_min_fold, True),
+    Max: (_max_fold, True),
+    Avg: (_avg_fold, False),
+}
+
+
+class _SnapshotOf:
+    """What :func:`keyed_snapshot` needs of a backend, with another ``snapshot``."""
+
+    def __init__(self, max_parallelism: int, snapshot: Callable[[], Callable[[], bytes]]):
+        self.max_parallelism = max_parallelism
+        self.snapshot = snapshot
+
+
+class AlignedWindowOperator(WindowOperator):
+    """Tumbling and sliding event-time windows with the default trigger (see the module docstring).
+
+    Takes the arguments of :class:`~emrflow.runtime.operators.window.WindowOperator`; use it
+    only where :meth:`accepts` says so.
+
+    Attributes:
+        fast_path: the function is a built-in aggregate folded per batch (set by :meth:`open`).
+        memory_budget: rocksdb only: estimated bytes of in-memory accumulators before spilling.
+        spilled_entries: accumulators spilled to RocksDB so far.
+    """
+
+    #: rocksdb: estimated bytes of in-memory window accumulators before spilling
+    FAST_MEMORY_BYTES = 64 * 2**20
+
+    @staticmethod
+    def accepts(spec: Any, timestamped: bool) -> bool:
+        """Can windows of ``spec`` over this input run here (``WindowSpec.is_aligned``, event time)."""
+        return timestamped and spec.is_aligned()
+
+    def __init__(self, name: str, spec: Any, key_selector: Callable, max_parallelism: int,
+                 timestamped: bool, backend_kind: str = "hashmap"):
+        super().__init__(name, spec, key_selector, max_parallelism, timestamped, backend_kind)
+        if not self.accepts(spec, timestamped):
+            raise ValueError(f"{name}: the aligned-window operator needs tumbling or sliding event-time "
+                             "windows with the default trigger, no evictor, no allowed lateness and "
+                             "reduce or aggregate over timestamped records")
+        self._wins: dict[int, dict] = {}   # live window start -> {key: accumulator}
+        self._starts: list[int] = []       # heap of live window starts (windows share one size)
+        # rocksdb: the live windows' accumulators stay in memory up to ``memory_budget``
+        # (estimated bytes); beyond it they are spilled to the backend under
+        # CONTENTS (key, window start), and these windows may have entries there
+        self._spills = not isinstance(self.backend, HashMapStateBackend)
+        self._on_disk: set[int] = set()
+        self.memory_budget = self.FAST_MEMORY_BYTES
+        self.spilled_entries = 0
+        self.fast_path = False
+        self._kernel: Fold | None = None
+        self._identity_result = spec.kind == "reduce"
+
+    def open(self, ctx: Any) -> None:
+        super().open(ctx)
+        f = self.spec.function
+        if self.spec.is_fast_path():  # exactly a built-in: fold batches without calling its methods
+            make, self._identity_result = FAST_PATH[type(f)]
+            self._kernel = make(f)
+            self.fast_path = True
+
+    # -- records ------------------------------------------------------------------
+    def _window_of(self, start: int) -> dict:
+        """The accumulators of the live window starting at ``start`` (created if new)."""
+        d = self._wins.get(start)
+        if d is None:
+            d = self._wins[start] = {}
+            heapq.heappush(self._starts, start)
+        return d
+
+    def process_batch(self, records: list) -> None:
+        """Group the batch by window (one dict ``key -> accumulator`` per live window) and fold it."""
+        self.records_in += len(records)
+        a = self.assigner
+        size, offset = a.size, a.offset
+        slide = getattr(a, "slide", size)
+        wm = self.current_watermark
+        if slide == size and records:
+            stamps = list(map(_first, records))
+            lo, hi = min(stamps), max(stamps)
+            start = lo - (lo - offset) % size
+            if hi < start + size and start + size - 1 > wm:  # the whole batch in one live window
+                self._fold(start, list(map(_second, records)))
+                if self._spills:
+                    self._check_budget()
+                return
+        groups: dict[int, list] = {}
+        late = []
+        for rec in records:
+            ts = rec[0]
+            start = ts - (ts - offset) % slide
+            accepted = False
+            while start > ts - size:
+                if start + size - 1 > wm:
+                    accepted = True
+                    g = groups.get(start)
+                    if g is None:
+                        groups[start] = [rec[1]]
+                    else:
+                        g.append(rec[1])
+                start -= slide
+            if not accepted:
+                if self.spec.late_tag is not None:
+                    late.append(rec)
+                else:
+                    self.late_records_dropped += 1
+        for start, values in groups.items():
+            self._fold(start, values)
+        if self._spills:
+            self._check_budget()
+        if late:
+            self.emit_side(self.spec.late_tag, late)
+
+    def _fold(self, start: int, values: list) -> None:
+        """Fold ``values`` (in order) into the accumulators of window ``start``."""
+        d = self._window_of(start)
+        key_of = self.key_selector
+        disk = start in self._on_disk
+        if self._kernel is not None and not disk:
+            self._kernel(d, key_of, values)
+            return
+        get = d.get
+        load = self.backend.get
+        if self.spec.kind == "reduce":
+            reduce = self._reduce
+            for v in values:
+                k = key_of(v)
+                acc = get(k, MISSING)
+                if acc is MISSING and disk:
+                    acc = load(CONTENTS, (k, start))
+                d[k] = v if acc is MISSING else reduce(acc, v)
+        else:
+            add, create = self.spec.function.add, self.spec.function.create_accumulator
+            for v in values:
+                k = key_of(v)
+                acc = get(k, MISSING)
+                if acc is MISSING:
+                    if disk:
+                        acc = load(CONTENTS, (k, start))
+                    if acc is MISSING:
+                        acc = create()
+                d[k] = add(v, acc)
+
+    def _check_budget(self) -> None:
+        """rocksdb: spill every in-memory accumulator to the backend when they exceed the budget."""
+        n = sum(map(len, self._wins.values()))
+        if n == 0:
+            return
+        biggest = max(self._wins.values(), key=len)
+        sample = next(reversed(biggest.items()))
+        if n * (64 + 2 * len(pickle.dumps(sample, protocol=5))) <= self.memory_budget:
+            return
+        put = self.backend.put
+        for start, d in self._wins.items():
+            if d:
+                for k, acc in d.items():
+                    put(CONTENTS, (k, start), acc)
+                self.spilled_entries += len(d)
+                d.clear()
+                self._on_disk.add(start)
+        self.backend.flush()
+
+    def _unspill(self, starts: set) -> None:
+        """Bring the spilled entries of windows ``starts`` back (memory wins: it is newer) and
+        delete them from the backend."""
+        b = self.backend
+        found = [(key, acc) for key, acc in b.items(CONTENTS)
+                 if type(key) is tuple and len(key) == 2 and key[1] in starts]
+        for key, acc in found:
+            k, start = key
+            d = self._window_of(start)
+            if k not in d:
+                d[k] = acc
+            b.delete(CONTENTS, key)
+        b.flush()
+        self._on_disk -= starts
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        """Fire every window whose end the watermark passed, then forward the watermark."""
+        self.current_watermark = timestamp_ms
+        self._fire_due(timestamp_ms)
+        super(WindowOperator, self).process_watermark(timestamp_ms)
+
+    def tick(self, now_ms: int) -> None:
+        """Event time only: nothing to do on the wall clock."""
+
+    def _fire_due(self, upto: int) -> None:
+        starts, size = self._starts, self.assigner.size
+        due = []
+        while starts and starts[0] + size - 1 <= upto:
+            due.append(heapq.heappop(starts))
+        if not due:
+            return
+        if self._on_disk:
+            spilled = self._on_disk.intersection(due)
+            if spilled:
+                self._unspill(spilled)
+        spec = self.spec
+        for start in due:
+            d = self._wins.pop(start)
+            end_ts = start + size - 1
+            if spec.window_function is None:
+                # no window function: a whole window's results at C speed where possible
+                accs = d.values() if self._identity_result else map(spec.function.get_result, d.values())
+                self._out.extend(zip(repeat(end_ts), accs))
+            else:
+                window = TimeWindow(start, end_ts + 1)
+                for k, acc in d.items():
+                    self._emit_result(k, window, acc)
+        self._flush()
+
+    def _memory_entries(self) -> list:
+        """The in-memory accumulators as backend entries ``((key, window start), acc)``."""
+        return [((k, start), acc) for start, d in self._wins.items() for k, acc in d.items()]
+
+    # -- checkpoints ----------------------------------------------------------------
+    def snapshot_state(self, checkpoint_id: int):
+        """The accumulators, in the backend's snapshot format (entries ``(key, window start)``)."""
+        timers = (list(self.event_set), list(self.proc_set))
+        # the accumulators live beside the backend: copy them now (pickled, as user
+        # accumulators may change in place) and lay them over the backend's CONTENTS entries
+        # (spilled ones, possibly older) in the asynchronous part; same format as the backend's
+        fresh = pickle.dumps(self._memory_entries(), protocol=5)
+        backend = self.backend
+
+        def merged_snapshot():
+            take = backend.snapshot()
+
+            def materialize() -> bytes:
+                states = pickle.loads(take())
+                mem = pickle.loads(fresh)
+                if mem:
+                    newer = {key for key, _ in mem}
+                    states[CONTENTS] = [e for e in states.get(CONTENTS, ()) if e[0] not in newer] + mem
+                return pickle.dumps(states, protocol=5)
+            return materialize
+        return keyed_snapshot(_SnapshotOf(backend.max_parallelism, merged_snapshot), timers)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        """Restore entries of either window path; their windows become live again."""
+        super().restore_state(parts, key_groups)
+        # the windows follow from the accumulators' (key, window start)
+        b = self.backend
+        if self._spills:  # rocksdb: the entries stay in the backend, their windows spilled
+            renamed = []
+            for key, acc in b.items(CONTENTS):
+                k, w = key
+                if type(w) is not int:  # (key, TimeWindow) of the generic path
+                    renamed.append((key, (k, w.start), acc))
+                start = w if type(w) is int else w.start
+                self._window_of(start)
+                self._on_disk.add(start)
+            for old, new, acc in renamed:
+                b.delete(CONTENTS, old)
+                b.put(CONTENTS, new, acc)
+            b.flush()
+        else:
+            table = b.table(CONTENTS)
+            for (k, w), acc in table.items():
+                self._window_of(w if type(w) is int else w.start)[k] = acc
+            table.clear()

@@ -1,0 +1,211 @@
+"""Stateless and per-record operators: source, map, flat_map, filter, process,
+timestamps/watermarks and sink."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
+from emrflow.api.functions import (
+    FilterFunction,
+    FlatMapFunction,
+    MapFunction,
+    ProcessFunction,
+    RuntimeContext,
+)
+from emrflow.runtime.operators.base import Operator, OperatorSetup, ProcessContext
+
+
+class SourceOperator(Operator):
+    """The head of a source's chain: the task hands it the source's batches, it passes them on."""
+
+    @classmethod
+    def from_node(cls, node: Any, setup: OperatorSetup) -> "SourceOperator":
+        return cls(node.name, None)
+
+
+class MapOperator(Operator):
+    """``map``: one output per record (a :class:`MapFunction` or a callable)."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        super().open(ctx)
+        self._call = self.function.map if isinstance(self.function, MapFunction) else self.function
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        if self.timestamped:
+            call = self._call
+            self.output.emit([(t, call(v)) for t, v in records])
+        else:
+            self.output.emit(list(map(self._call, records)))
+
+
+class FlatMapOperator(Operator):
+    """``flat_map``: any number of outputs per record (``None`` for none)."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        super().open(ctx)
+        self._call = (self.function.flat_map if isinstance(self.function, FlatMapFunction)
+                      else self.function)
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        out: list = []
+        extend = out.extend
+        if self.timestamped:
+            call = self._call
+            for t, v in records:
+                results = call(v)
+                if results is not None:
+                    extend([(t, r) for r in results])
+        else:
+            for results in map(self._call, records):
+                if results is not None:
+                    extend(results)
+        self.output.emit(out)
+
+
+class FilterOperator(Operator):
+    """``filter``: keeps the records the function accepts."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        super().open(ctx)
+        self._call = (self.function.filter if isinstance(self.function, FilterFunction)
+                      else self.function)
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        call = self._call
+        if self.timestamped:
+            self.output.emit([r for r in records if call(r[1])])
+        else:
+            self.output.emit([r for r in records if call(r)])
+
+
+class ProcessOperator(Operator):
+    """``process`` on a non-keyed stream: a :class:`ProcessFunction` with side outputs, no timers."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        super().open(ctx)
+        fn = self.function
+        self._call = fn.process_element if isinstance(fn, ProcessFunction) else fn
+        self._ctx = ProcessContext(self)
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        call, ctx = self._call, self._ctx
+        out: list = []
+        if self.timestamped:
+            for t, v in records:
+                ctx.ts = t
+                res = call(v, ctx)
+                if res is not None:
+                    out.extend([(t, r) for r in res])
+        else:
+            for r in records:
+                res = call(r, ctx)
+                if res is not None:
+                    out.extend(res)
+        self.output.emit(out)
+        ctx.flush_side()
+
+
+class TimestampsOperator(Operator):
+    """Assigns event timestamps and emits periodic watermarks (``assign_timestamps_and_watermarks``).
+
+    Every ``pipeline.auto-watermark-interval`` (0: after every batch) it emits ``max
+    timestamp seen - out-of-orderness - 1`` if that advanced; with ``with_idleness(d)`` it declares
+    its stream idle after ``d`` without records and active again on the next one.
+    """
+
+    wants_ticks = True
+
+    def __init__(self, name: str, strategy: Any, interval_ms: int, timestamped: bool = False):
+        super().__init__(name, strategy, timestamped)
+        self._extract = strategy.timestamp_function()
+        self._lag = strategy.out_of_orderness_ms
+        self._idle_ms = strategy.idleness_ms
+        self.needs_clock = strategy.idleness_ms is not None
+        self._interval_ms = interval_ms  # 0: after every batch
+        self._max_ts = MIN_WATERMARK
+        self._emitted = MIN_WATERMARK
+        self._next_emit = 0
+        self._last_record_ms = time.time() * 1000
+        self._idle = False
+
+    @classmethod
+    def from_node(cls, node: Any, setup: OperatorSetup) -> "TimestampsOperator":
+        return cls(node.name, node.function, int(setup.config.get("pipeline.auto-watermark-interval", 200)),
+                   node.timestamped)
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        if self.timestamped:
+            records = [v for _, v in records]
+        stamps = list(map(self._extract, records))
+        if set(map(type, stamps)) != {int}:  # anything but plain ints (floats, bools, ...) to int
+            stamps = [int(t) for t in stamps]
+        out = list(zip(stamps, records))
+        if out:
+            self._max_ts = max(self._max_ts, max(stamps))
+            self._last_record_ms = time.time() * 1000
+            if self._idle:
+                self._idle = False
+                self.output.emit_status(False)
+        self.output.emit(out)
+        if self._interval_ms == 0:
+            self._emit_watermark()
+
+    def _emit_watermark(self) -> None:
+        if self._lag is not None and self._max_ts > MIN_WATERMARK:
+            wm = self._max_ts - self._lag - 1
+            if wm > self._emitted:
+                self._emitted = wm
+                super().process_watermark(wm)
+
+    def tick(self, now_ms: int) -> None:
+        if now_ms < self._next_emit:
+            return
+        self._next_emit = now_ms + self._interval_ms
+        self._emit_watermark()
+        if self._idle_ms is not None and not self._idle and now_ms - self._last_record_ms >= self._idle_ms:
+            self._idle = True
+            self.output.emit_status(True)
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        # upstream watermarks are replaced by this strategy's, except the final one
+        if timestamp_ms == MAX_WATERMARK and self._emitted < MAX_WATERMARK:
+            self._emitted = MAX_WATERMARK
+            super().process_watermark(MAX_WATERMARK)
+
+
+class SinkOperator(Operator):
+    """Hands batches to a :class:`~emrflow.connectors.base.SinkWriter` (values only)."""
+
+    keyed_state = False
+
+    def __init__(self, name: str, sink: Any, writer: Any, timestamped: bool = False):
+        super().__init__(name, sink, timestamped)
+        self.writer = writer
+
+    @classmethod
+    def from_node(cls, node: Any, setup: OperatorSetup) -> "SinkOperator":
+        return cls(node.name, node.function, setup.sink_writer, node.timestamped)
+
+    def process_batch(self, records: list) -> None:
+        self.records_in += len(records)
+        self.writer.write_batch([v for _, v in records] if self.timestamped else records)
+
+    def process_watermark(self, timestamp_ms: int) -> None:
+        self.current_watermark = timestamp_ms
+
+    def snapshot_state(self, checkpoint_id: int) -> bytes | None:
+        state = self.writer.snapshot_state(checkpoint_id)
+        return None if state is None else pickle.dumps(state, protocol=5)
+
+    def restore_state(self, parts: list[bytes], key_groups: range | None) -> None:
+        self.writer.restore_state([pickle.loads(p) for p in parts])
+
+
