@@ -1,23 +1,38 @@
-"""Foundation benchmark: word count and latest rating at parallelism 1 and 2 vs a plain Python loop.
+"""Foundation benchmark: word count, latest rating and a 30-day window count at parallelism 1 and 2
+vs a plain Python loop, on key layouts that help the engine and on layouts that do not.
 
-Prints, per job: input records, records/s of the plain single-process loop,
-records/s and wall seconds of ``emrflow run`` at parallelism 1 and 2 (the
-engine's own job runtime and the whole command), and the peak RSS of the whole
-process tree (client, JobManager, TaskManagers, slot processes), sampled every
-20 ms with psutil.
+Prints, per job and input layout: input records, records/s of the plain single-process loop,
+records/s and wall seconds of ``emrflow run`` at parallelism 1 and 2 (the engine's own job
+runtime and the whole command), and the peak RSS of the whole process tree (client,
+JobManager, TaskManagers, slot processes), sampled every 20 ms with psutil; at the end one
+table of the ratios (p=1 / plain, p=2 / p=1).
+
+The jobs are the examples, written as a user writes them: ``examples/word_count.py``
+(``key_by`` with a lambda, ``sum``), ``examples/latest_rating.py`` (``reduce`` with a Python
+function), ``examples/ratings_per_window.py`` (30-day tumbling event-time windows per movie
+with a user ``AggregateFunction``, so not the built-in fast path).
 
 Data is generated under ``bench/data`` (not committed):
 
-* ``words.txt``: Shakespeare's text repeated to about 60 MB (about 10 M words);
-* ``ratings.csv``: about 5 M MovieLens-format rows, every (user, movie) pair of
-  the bundled ratings re-rated about 50 times at random later timestamps.
+* ``words.txt``: Shakespeare's text repeated to about 60 MB (about 10 M words; words repeat
+  all over the input, with their natural, Zipf-like skew);
+* ``ratings-<layout>.csv``: about 5 M MovieLens-format rows from the bundled ratings (100 k
+  (user, movie) pairs), re-rated at random later timestamps:
+
+  - ``adjacent``: every pair's 50 ratings next to each other (BATCH local aggregation folds
+    most of them before the exchange: this layout flatters the engine);
+  - ``spread``: 50 whole copies of the file one after the other, each pair re-rated once per
+    copy (a key's records are spread over the whole input);
+  - ``zipf``: 5 M rows whose pair is drawn from a Zipf distribution (exponent 1.1) over the
+    100 k pairs, in random order (skew: a few keys are most of the input).
 
 Usage::
 
-    python bench/bench_foundation.py [--only wordcount|latest] [--repeat N]
+    python bench/bench_foundation.py [--only wordcount|latest|windows] [--layouts adjacent,spread,zipf]
+                                     [--repeat N]
 
-Targets (issue 2): p=1 at least half the plain loop's records/s; p=2 at least
-1.7 times p=1; peak RSS under 1 GiB.
+Targets (issue 16): p=1 at least half the plain loop's records/s; p=2 at least 1.7 times
+p=1; peak RSS under 1 GiB.
 """
 
 from __future__ import annotations
@@ -59,22 +74,42 @@ def make_words(target_bytes: int = 60_000_000) -> str:
     return path
 
 
-def make_ratings(per_pair: int = 50) -> str:
-    path = os.path.join(DATA, "ratings.csv")
+LAYOUTS = ("adjacent", "spread", "zipf")
+
+
+def make_ratings(layout: str = "adjacent", per_pair: int = 50) -> str:
+    """Write (once) the ratings input of ``layout`` (see the module docstring); return its path."""
+    path = os.path.join(DATA, "ratings.csv" if layout == "adjacent" else f"ratings-{layout}.csv")
     if os.path.exists(path):
         return path
     os.makedirs(DATA, exist_ok=True)
     rng = random.Random(42)
     with open(RATINGS, newline="") as f:
-        rows = list(csv.reader(f))[1:]
+        rows = [(u, m, r, int(ts)) for u, m, r, ts in list(csv.reader(f))[1:]]
+
+    def rerated(user, movie, ts):
+        return f"{user},{movie},{rng.randint(1, 10) / 2:g},{ts + rng.randint(1, 10**8)}\n"
+
     with open(path + ".tmp", "w") as out:
         out.write("userId,movieId,rating,timestamp\n")
-        for user, movie, rating, ts in rows:
-            ts = int(ts)
-            lines = [f"{user},{movie},{rating},{ts}\n"]
+        if layout == "adjacent":
+            for user, movie, rating, ts in rows:
+                out.write(f"{user},{movie},{rating},{ts}\n"
+                          + "".join(rerated(user, movie, ts) for _ in range(per_pair - 1)))
+        elif layout == "spread":
+            out.write("".join(f"{u},{m},{r},{ts}\n" for u, m, r, ts in rows))
             for _ in range(per_pair - 1):
-                lines.append(f"{user},{movie},{rng.randint(1, 10) / 2:g},{ts + rng.randint(1, 10**8)}\n")
-            out.write("".join(lines))
+                out.write("".join(rerated(u, m, ts) for u, m, _r, ts in rows))
+        elif layout == "zipf":
+            # P(rank k) ~ 1 / k**1.1 over the pairs, ranks shuffled so hot keys are not the first rows
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+            weights = [1.0 / (k + 1) ** 1.1 for k in range(len(rows))]
+            for _ in range(per_pair):
+                picks = rng.choices(order, weights=weights, k=len(rows))
+                out.write("".join(rerated(rows[i][0], rows[i][1], rows[i][3]) for i in picks))
+        else:
+            raise SystemExit(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     os.replace(path + ".tmp", path)
     return path
 
@@ -105,6 +140,27 @@ def plain_latest(path: str) -> tuple[int, float]:
             old = latest.get(key)
             if old is None or (rec[3], rec[2]) > (old[3], old[2]):
                 latest[key] = rec
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def plain_windows(path: str, window_days: int = 30) -> tuple[int, float]:
+    """What examples/ratings_per_window.py computes: count and sum of ratings per (movie, 30-day window)."""
+    t0 = time.perf_counter()
+    size_ms = window_days * 86_400_000
+    acc: dict[tuple[int, int], list] = {}
+    n = 0
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for _user, movie, rating, ts in reader:
+            key = (int(movie), int(ts) * 1000 // size_ms)
+            a = acc.get(key)
+            if a is None:
+                acc[key] = [1, float(rating)]
+            else:
+                a[0] += 1
+                a[1] += float(rating)
             n += 1
     return n, time.perf_counter() - t0
 
@@ -158,37 +214,55 @@ def run_emrflow(job: str, parallelism: int, args: list[str]) -> tuple[float, flo
     return (int(m.group(1)) / 1000 if m else wall), wall, peak
 
 
+SUMMARY: list[tuple[str, float, float, float, float, int]] = []
+
+
 def bench(name: str, job: str, args: list[str], plain, path: str, repeat: int) -> None:
     n, plain_s = min((plain(path) for _ in range(repeat)), key=lambda r: r[1])
     plain_rate = n / plain_s
     print(f"\n== {name}: {n:,} records ({os.path.getsize(path) / 1e6:.0f} MB)")
     print(f"plain loop      : {plain_rate / 1e6:6.2f} M rec/s  ({plain_s:.2f} s)")
     rates = {}
+    peaks = []
     for p in (1, 2):
         job_s, wall, peak = min((run_emrflow(job, p, args) for _ in range(repeat)), key=lambda r: r[0])
         rates[p] = (n / job_s, n / wall)
+        peaks.append(peak)
         print(f"emrflow p={p}     : {n / job_s / 1e6:6.2f} M rec/s job, {n / wall / 1e6:6.2f} M rec/s wall "
               f"(job {job_s:.2f} s, wall {wall:.2f} s), peak RSS {peak / 2**20:.0f} MiB")
     print(f"p=1 / plain     : {rates[1][0] / plain_rate:.2f} job, {rates[1][1] / plain_rate:.2f} wall"
           "   (target >= 0.5)")
     print(f"p=2 / p=1       : {rates[2][0] / rates[1][0]:.2f} job, {rates[2][1] / rates[1][1]:.2f} wall"
           "   (target >= 1.7)")
+    SUMMARY.append((name, n / plain_rate, n / rates[1][0], n / rates[2][0], rates[2][0] / rates[1][0], max(peaks)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["wordcount", "latest"])
+    parser.add_argument("--only", choices=["wordcount", "latest", "windows"])
+    parser.add_argument("--layouts", default=",".join(LAYOUTS),
+                        help=f"ratings layouts for the latest-rating and window jobs ({', '.join(LAYOUTS)})")
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is shown")
     args = parser.parse_args()
+    layouts = [x for x in args.layouts.split(",") if x]
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     if args.only in (None, "wordcount"):
         words = make_words()
         bench("word count", "examples/word_count.py", ["--input", words], plain_word_count,
               words, args.repeat)
-    if args.only in (None, "latest"):
-        ratings = make_ratings()
-        bench("latest rating", "examples/latest_rating.py", ["--input", ratings], plain_latest,
-              ratings, args.repeat)
+    for layout in layouts:
+        ratings = make_ratings(layout)
+        if args.only in (None, "latest"):
+            bench(f"latest rating, {layout}", "examples/latest_rating.py", ["--input", ratings], plain_latest,
+                  ratings, args.repeat)
+        if args.only in (None, "windows"):
+            bench(f"30-day window count, {layout}", "examples/ratings_per_window.py", ["--input", ratings],
+                  plain_windows, ratings, args.repeat)
+    print("\n| job, layout | plain loop s | emrflow p=1 s | emrflow p=2 s | p=1 / plain | p=2 / p=1 | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, plain_s, p1_s, p2_s, speedup, peak in SUMMARY:
+        print(f"| {name} | {plain_s:.2f} | {p1_s:.2f} | {p2_s:.2f} | {plain_s / p1_s:.2f} | {speedup:.2f} | "
+              f"{peak / 2**20:.0f} |")
 
 
 if __name__ == "__main__":
