@@ -274,6 +274,7 @@ def test_taskmanagers_lost_after_the_commit_point_the_jobmanager_finishes_the_co
     r = cli("run", "-q", "-p", "3", JOB, "--input", old_src, "--output", str(out), "--sink", "text", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert visible(Storage("local", tmp_path), "text") == old_ref
+    assert not [n for n in os.listdir(out) if n.startswith("_emrflow-commit-")]  # a finished run leaves none
     proc, root = run_held_in_commit(tmp_path, out, new_src, "text")
     deadline = time.monotonic() + 10
     while not (taskmanagers := runtime_processes(root, "emrflow.runtime.taskmanager")):
@@ -293,6 +294,7 @@ def test_a_killed_client_after_the_commit_point_leaves_a_record_that_the_next_re
     out = tmp_path / "out"
     r = cli("run", "-q", "-p", "3", JOB, "--input", old_src, "--output", str(out), "--sink", "text", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert not [n for n in os.listdir(out) if n.startswith("_emrflow-commit-")]  # a finished run leaves none
     proc, root = run_held_in_commit(tmp_path, out, new_src, "text")
     family = root.children(recursive=True)
     root.kill()                                     # the client and, with it, its embedded cluster
