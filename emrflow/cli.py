@@ -17,6 +17,7 @@ import click
 from emrflow import __version__
 from emrflow.cli_common import EmrflowGroup, config_options
 from emrflow.errors import EmrflowError
+from emrflow.runtime.jobmanager.states import TERMINAL, ExecutionState
 
 
 class _Progress:
@@ -42,7 +43,7 @@ class _Progress:
                   and not v["name"].startswith("Source"))
         rout = sum(o["records_out"] for v in vertices for o in v["operators"][:1]
                    if v["name"].startswith("Source"))
-        done = sum(s == "FINISHED" for v in vertices for s in v["subtask_states"])
+        done = sum(s == ExecutionState.FINISHED for v in vertices for s in v["subtask_states"])
         total = sum(len(v["subtask_states"]) for v in vertices)
         return (f"{status['state']}  {status['duration_ms'] / 1000:6.1f} s  "
                 f"source records {rout:,}  records into operators {rin:,}  "
@@ -301,7 +302,7 @@ _workdir_option = click.option("--workdir", default=None, type=click.Path(file_o
 def list_jobs(jobmanager, workdir, show_all, config) -> None:
     """List the jobs of a cluster (running ones unless --all)."""
     jobs = _rest_client(jobmanager, workdir, config).list_jobs()
-    shown = [j for j in jobs if show_all or j["state"] not in ("FINISHED", "FAILED", "CANCELED")]
+    shown = [j for j in jobs if show_all or j["state"] not in TERMINAL]
     if not shown:
         click.echo("No jobs." if show_all else "No running jobs.", err=True)
     for j in shown:

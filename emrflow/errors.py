@@ -139,3 +139,16 @@ class ResourceNotFoundError(EmrflowError, FileNotFoundError):
     def __init__(self, message: str, path: str):
         super().__init__(message)
         self.path = path
+
+
+class ConnectorError(EmrflowError, RuntimeError):
+    """An external system a connector writes to or reads from refused the work: a table or
+    stream that does not exist, a record it cannot take, retries exhausted.
+
+    Attributes:
+        resource: what was concerned, as the service names it (``"DynamoDB table 'orders'"``).
+    """
+
+    def __init__(self, message: str, resource: str):
+        super().__init__(message)
+        self.resource = resource

@@ -58,10 +58,21 @@ def pytest_assertrepr_compare(config, op, left, right):
     return lines
 
 
+#: tests that share one expensive session fixture run on one pytest-xdist worker (``--dist
+#: loadgroup``), so the server starts once: file name prefix -> group
+_XDIST_GROUPS = (("tests/yarn/", "yarn"), ("tests/integration/test_kafka", "kafka"),
+                 ("tests/integration/test_streaming_example", "kafka"),   # Kafka and PostgreSQL
+                 ("tests/integration/test_jdbc", "postgres"))
+
+
 def pytest_collection_modifyitems(config, items):
     runslow = config.getoption("--runslow")
     no_yarn = _load_minicluster().unavailable_reason()
     for item in items:
+        rel = os.path.relpath(str(item.fspath), ROOT).replace(os.sep, "/")
+        group = next((g for prefix, g in _XDIST_GROUPS if rel.startswith(prefix)), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
         if "slow" in item.keywords and not runslow:
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         if "yarn" in item.keywords and no_yarn:
@@ -125,7 +136,7 @@ def emrflow_processes_anywhere(marker: str) -> list[psutil.Process]:
 
 #: not watched by :func:`working_tree_untouched`: caches, environments, build metadata, the Maven build
 _UNWATCHED_DIRS = {".git", ".pytest_cache", "__pycache__", ".mypy_cache", ".ruff_cache"}
-_UNWATCHED_PATHS = {os.path.join("tests", "yarn", "target")}
+_UNWATCHED_PATHS = {os.path.join("tests", "yarn", "target"), os.path.join("tests", "kafka", "target")}
 #: files people create, move and delete while tests run; tests do not write these
 _SOURCE_SUFFIXES = (".py", ".md", ".toml", ".java", ".sh", ".yaml", ".yml", ".cfg", ".ini", ".xml", ".html", ".typed")
 

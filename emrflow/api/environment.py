@@ -54,6 +54,24 @@ class RuntimeExecutionMode(enum.Enum):
     AUTOMATIC = "AUTOMATIC"
 
 
+class _SplitSourceStream(DataStream):
+    """``from_source(split_source, watermark_strategy)``: the stream after the per-split
+    Timestamps/Watermarks operator, whose ``uid`` and parallelism are the source's (Flink generates
+    split watermarks inside the source operator, so ``.uid()`` names the source's state)."""
+
+    def __init__(self, env: "StreamExecutionEnvironment", t: Transformation, source_t: Transformation):
+        super().__init__(env, t)
+        self._source = DataStream(env, source_t)
+
+    def uid(self, uid: str) -> "DataStream":
+        self._source.uid(uid)
+        return self
+
+    def set_parallelism(self, parallelism: int) -> "DataStream":
+        self._source.set_parallelism(parallelism)  # the Timestamps operator stays chained to it
+        return super().set_parallelism(parallelism)
+
+
 class StreamExecutionEnvironment:
     """The context a streaming or batch program is built and executed in.
 
@@ -178,6 +196,9 @@ class StreamExecutionEnvironment:
         if watermark_strategy is not None:
             stream = stream.assign_timestamps_and_watermarks(watermark_strategy)
             stream._t.parallelism = t.parallelism
+            from emrflow.connectors.splits import SplitSource
+            if isinstance(source, SplitSource):  # watermarks per split, inside the source (as Flink)
+                stream = _SplitSourceStream(self, stream._t, t)
         return stream
 
     def from_collection(self, collection: Iterable[Any], type_info: Any = None) -> DataStream:
@@ -212,6 +233,34 @@ class StreamExecutionEnvironment:
         from emrflow.connectors.files import CsvSource
         return self.from_source(CsvSource(file_path, delimiter=delimiter, header=header, names=names,
                                           types=types, fail_on_bad_records=fail_on_bad_records))
+
+    def read_json_lines(self, file_path: str, fail_on_bad_records: bool | None = None) -> DataStream:
+        """Create a stream of dicts from JSON lines file(s), one JSON object per line.
+
+        See :class:`~emrflow.connectors.formats.JsonLinesSource`: split by byte range like
+        :meth:`read_text_file`; a line that is not a JSON object is skipped, counted and
+        reported as ``file:line: reason`` (or fatal, as with :meth:`read_csv`).
+
+        Args:
+            file_path: a file or a directory of files, local or ``s3://``.
+            fail_on_bad_records: make bad lines fatal (default: ``emrflow.bad-records.fail``).
+        """
+        from emrflow.connectors.formats import JsonLinesSource
+        return self.from_source(JsonLinesSource(file_path, fail_on_bad_records=fail_on_bad_records))
+
+    def read_parquet(self, file_path: str, columns: list[str] | None = None,
+                     record_type: str = "dict") -> DataStream:
+        """Create a stream of records from Parquet file(s), split among subtasks by row group.
+
+        See :class:`~emrflow.connectors.formats.ParquetSource`.
+
+        Args:
+            file_path: a Parquet file or a directory of them, local or ``s3://``.
+            columns: the columns to read (default all).
+            record_type: ``"dict"`` (``{column: value}``) or ``"tuple"`` (column order).
+        """
+        from emrflow.connectors.formats import ParquetSource
+        return self.from_source(ParquetSource(file_path, columns=columns, record_type=record_type))
 
     # -- execution -----------------------------------------------------------------
     def _add(self, t: Transformation) -> None:

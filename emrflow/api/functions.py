@@ -22,7 +22,7 @@ class RuntimeContext:
     """
 
     def __init__(self, task_name: str, subtask_index: int, parallelism: int,
-                 max_parallelism: int, attempt: int, job_parameters: dict,
+                 max_parallelism: int, attempt: int, job_parameters: Any,
                  state_backend=None):
         self._task_name = task_name
         self._subtask_index = subtask_index
@@ -53,8 +53,18 @@ class RuntimeContext:
         return self._attempt
 
     def get_job_parameter(self, key: str, default_value: Any = None) -> Any:
-        """Return the job's configuration value for ``key`` (typed), or ``default_value``."""
-        return self._job_parameters.get(key, default_value)
+        """Return the job's configuration value for ``key`` (typed), or ``default_value``.
+
+        Args:
+            key: a configuration key (``docs/configuration.md``).
+            default_value: returned when ``key`` is unknown or neither set nor defaulted.
+        """
+        params = self._job_parameters
+        from emrflow.config import OPTIONS, Configuration
+        if isinstance(params, Configuration):
+            value = params.get(key) if key in OPTIONS else None
+            return default_value if value is None else value
+        return params.get(key, default_value)
 
     def _backend(self):
         if self._state_backend is None:

@@ -21,6 +21,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from emrflow.config import Configuration
+from emrflow.fs import FileSystem
+
 
 @dataclass
 class SubtaskContext:
@@ -31,22 +34,25 @@ class SubtaskContext:
         subtask_index: 0-based index of this subtask.
         parallelism: number of parallel subtasks of the operator.
         attempt: restart attempt number, 0 for the first run.
-        config: the job's configuration as a plain ``dict`` of key -> typed value.
+        config: the job's :class:`~emrflow.config.Configuration` (read a key with ``config.get(key)``).
         report_bad_record: callback ``(path: str, line: int, reason: str) -> None``
             that counts a skipped bad record; the runtime keeps the first few in full.
         checkpointing: the job takes checkpoints (STREAMING with a checkpoint interval),
             so sinks commit per checkpoint rather than at the end of the job.
         job_id: the job's id (32 hex characters), ``""`` if unknown.
+        file_system: the job's :class:`~emrflow.fs.FileSystem` (its ``s3.*`` options); file
+            sources and sinks read and write through it.
     """
 
     operator_name: str
     subtask_index: int
     parallelism: int
     attempt: int = 0
-    config: dict = field(default_factory=dict)
+    config: Configuration = field(default_factory=Configuration)
     report_bad_record: Callable[[str, int, str], None] = lambda path, line, reason: None
     checkpointing: bool = False
     job_id: str = ""
+    file_system: FileSystem = field(default_factory=FileSystem)
 
 
 class SourceReader(ABC):
@@ -92,8 +98,12 @@ class Source(ABC):
     #: Largest parallelism the source supports (``from_collection`` is 1), or None.
     max_parallelism: int | None = None
 
-    def validate(self) -> None:
-        """Check the input before the job is submitted.
+    def validate(self, file_system: FileSystem | None = None) -> None:
+        """Check the input before the job is submitted (on the client).
+
+        Args:
+            file_system: the job's file system (its ``s3.*`` options); sources that read
+                no files ignore it. A subclass may also define ``validate(self)`` alone.
 
         Raises:
             InputNotFoundError: a path does not exist.
@@ -156,8 +166,12 @@ class Sink(ABC):
 
     default_name: str = "Sink"
 
-    def validate(self) -> None:
-        """Check the output before the job is submitted.
+    def validate(self, file_system: FileSystem | None = None) -> None:
+        """Check the output before the job is submitted (on the client).
+
+        Args:
+            file_system: the job's file system (its ``s3.*`` options); sinks that write no
+                files ignore it. A subclass may also define ``validate(self)`` alone.
 
         Raises:
             OutputExistsError: the output exists and may not be overwritten.
@@ -168,14 +182,25 @@ class Sink(ABC):
         """Return the writer for subtask ``ctx.subtask_index``."""
 
 
-def abort_writer(writer: SinkWriter, discard_pending: bool) -> None:
-    """Call ``writer.abort``, passing ``discard_pending`` only to writers whose ``abort`` takes it."""
+def validate_connector(connector: "Source | Sink", file_system: FileSystem) -> None:
+    """Call ``connector.validate``, passing the job's file system only to a ``validate`` that takes it."""
+    if _takes(connector.validate, "file_system"):
+        connector.validate(file_system=file_system)
+    else:
+        connector.validate()
+
+
+def _takes(method: Callable, parameter: str) -> bool:
     import inspect
     try:
-        takes = "discard_pending" in inspect.signature(writer.abort).parameters
+        return parameter in inspect.signature(method).parameters
     except (TypeError, ValueError):
-        takes = False
-    if takes:
+        return False
+
+
+def abort_writer(writer: SinkWriter, discard_pending: bool) -> None:
+    """Call ``writer.abort``, passing ``discard_pending`` only to writers whose ``abort`` takes it."""
+    if _takes(writer.abort, "discard_pending"):
         writer.abort(discard_pending=discard_pending)
     else:
         writer.abort()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from emrflow.config_views import NetworkConfig
 from emrflow.connectors.base import Source, SourceReader, SubtaskContext
 
 
@@ -47,5 +48,5 @@ class CollectionSource(Source):
         self.records = list(collection)
 
     def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        batch = int(ctx.config.get("taskmanager.network.batch-size", 1024) or 1024)
+        batch = NetworkConfig.of(ctx.config).batch_size
         return _CollectionReader(self.records, batch)

@@ -52,7 +52,7 @@ class _FunctionWriter(SinkWriter):
         self._fn = fn
         if isinstance(fn, SinkFunction):
             fn.open(RuntimeContext(ctx.operator_name, ctx.subtask_index, ctx.parallelism,
-                                   int(ctx.config.get("pipeline.max-parallelism", 128)),
+                                   int(ctx.config.get("pipeline.max-parallelism")),
                                    ctx.attempt, ctx.config))
             self._call = fn.invoke
         else:

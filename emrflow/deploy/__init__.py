@@ -45,21 +45,21 @@ def prepare_submission(job_graph, config) -> None:
         InputNotFoundError, OutputExistsError: a source or sink failed its checks.
         ConfigError, StorageError: checkpoint or savepoint storage is unsupported or not writable.
     """
-    from emrflow import fs
-    fs.configure(config)
+    from emrflow.fs import FileSystem
+    file_system = FileSystem.of(config)
     savepoint = config.get("execution.savepoint.path")
     if savepoint:
         from emrflow.runtime.checkpoint import find_latest_valid, plan_restore
-        meta = find_latest_valid(savepoint)
+        meta = find_latest_valid(file_system, savepoint)
         job_graph.restore = plan_restore(
             meta, job_graph.topology(), bool(config.get("execution.savepoint.ignore-unclaimed-state")))
     job_graph.validate_connectors(sinks=not savepoint)
     if job_graph.topology().get("checkpointing"):
         base = config.get("state.checkpoints.dir")
         if base:  # the default is a local temporary directory
-            fs.check_storage(str(base), "state.checkpoints.dir")
+            file_system.check_storage(str(base), "state.checkpoints.dir")
     if config.get("state.savepoints.dir"):
-        fs.check_storage(str(config.get("state.savepoints.dir")), "state.savepoints.dir")
+        file_system.check_storage(str(config.get("state.savepoints.dir")), "state.savepoints.dir")
 
 
 def execute_job(job_graph, config, context=None):

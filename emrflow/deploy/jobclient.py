@@ -16,12 +16,12 @@ from typing import Callable, Protocol
 
 from emrflow.errors import ClusterError, JobExecutionError
 from emrflow.job import JobExecutionResult, OperatorMetrics
+from emrflow.runtime.jobmanager.states import TERMINAL, JobStatus
 
 #: Seconds an interrupted client waits for its cancelled job to end (sinks to abort).
 CANCEL_WAIT_S = 10.0
 
 #: Job states after which nothing changes.
-TERMINAL = ("FINISHED", "FAILED", "CANCELED")
 
 
 class JobClient(Protocol):
@@ -115,9 +115,9 @@ def result_from_status(status: dict, job_graph=None) -> JobExecutionResult:
             cancelled.
     """
     name = status["name"]
-    if status["state"] != "FINISHED":
+    if status["state"] != JobStatus.FINISHED:
         f = status.get("failure") or {}
-        if status["state"] == "CANCELED" and not f:
+        if status["state"] == JobStatus.CANCELED and not f:
             raise JobExecutionError(f"job {name!r} ({status['job_id']}) was cancelled",
                                     job_id=status["job_id"], job_name=name)
         where = ""

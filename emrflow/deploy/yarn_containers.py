@@ -235,14 +235,14 @@ def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str], con
         with open("jobgraph.pkl", "rb") as f:
             job_bytes = f.read()  # passed on as the client pickled it (file names, sources)
         job_graph = cloudpickle.loads(job_bytes)
-        from emrflow.runtime.jobmanager import JobManagerError
+        from emrflow.runtime.jobmanager import TERMINAL, JobManagerError, JobStatus
         try:
             reply = jm.submit(topology=job_graph.topology(), job_bytes=job_bytes)
         except JobManagerError as exc:
             return "FAILED", str(exc)
         while True:
             status = jm.job_status(reply["job_id"], wait_s=5)
-            if status["state"] in ("FINISHED", "FAILED", "CANCELED"):
+            if status["state"] in TERMINAL:
                 break
         # an attached client long-polls the job's status: give it a moment to read the end
         # over REST (with the user's traceback) before the JobManager goes away
@@ -250,7 +250,7 @@ def _run_job(mode: str, jm, rest_port: int, token: str, job_args: list[str], con
         try:
             result = result_from_status(status)
         except JobExecutionError as exc:
-            return ("KILLED" if status["state"] == "CANCELED" else "FAILED"), str(exc)
+            return ("KILLED" if status["state"] == JobStatus.CANCELED else "FAILED"), str(exc)
         return "SUCCEEDED", f"job {result.job_id} finished in {result.net_runtime_ms} ms"
     # application mode: the job's main runs here, submitting to this JobManager
     from emrflow.job import ExecutionContext, set_execution_context

@@ -122,7 +122,8 @@ class JobGraph:
         name: job name.
         vertices: by id, in topological order.
         edges: all edges.
-        config: the job's configuration as a plain ``dict`` (typed values).
+        config: the job's :class:`~emrflow.config.Configuration`; the runtime reads it only
+            through it (and the views of :mod:`emrflow.config_views`).
         batch: True for BATCH execution.
     """
 
@@ -130,7 +131,7 @@ class JobGraph:
     name: str
     vertices: dict[int, JobVertex]
     edges: list[JobEdge]
-    config: dict
+    config: Configuration
     batch: bool
     #: the restore plan of ``emrflow run -s`` (see :func:`emrflow.runtime.checkpoint.plan_restore`)
     restore: dict | None = None
@@ -178,11 +179,16 @@ class JobGraph:
         return {
             "job_id": self.job_id, "name": self.name, "batch": self.batch,
             "checkpointing": bool(self.config.get("execution.checkpointing.interval")) and not self.batch,
-            "config": {k: v for k, v in self.config.items() if k.startswith(jm_keys)},
+            # the explicitly set keys the JobManager reads, as plain data; it reads them back
+            # through a Configuration (jobmanager.machine)
+            "config": {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in self.config.explicit().items() if k.startswith(jm_keys)},
             "vertices": [{"id": v.id, "name": v.name, "parallelism": v.parallelism,
                           "max_parallelism": v.max_parallelism,
                           "operators": [{"id": o.id, "name": o.name, "uid": o.uid, "kind": o.kind}
-                                        for o in v.operators.values()]}
+                                        for o in v.operators.values()],
+                          # a SplitSource's vertex: the uid of the source (its enumerator runs in the JM)
+                          **({"split_source": _split_source_uid(v)} if _split_source_uid(v) else {})}
                          for v in self.vertices.values()],
             "edges": [{"source": e.source_vertex, "target": e.target_vertex,
                        "ship_strategy": e.partitioner.upper(),
@@ -195,7 +201,8 @@ class JobGraph:
         return json.dumps(self.topology(), indent=2)
 
     def validate_connectors(self, sinks: bool = True) -> None:
-        """Run every source's and sink's client-side checks (inputs exist, outputs may be written).
+        """Run every source's and sink's client-side checks (inputs exist, outputs may be written),
+        with the file system of the job's configuration.
 
         Args:
             sinks: also check sinks; a job restored from a savepoint skips that, since its
@@ -205,13 +212,16 @@ class JobGraph:
             InputNotFoundError, OutputExistsError: as the connectors raise them.
             StorageError: a source's or sink's file system cannot be reached (e.g. S3).
         """
+        from emrflow.connectors.base import validate_connector
         from emrflow.errors import EmrflowError, StorageError
+        from emrflow.fs import FileSystem
+        file_system = FileSystem.of(self.config)
         kinds = (T.SOURCE, T.SINK) if sinks else (T.SOURCE,)
         for v in self.vertices.values():
             for op in v.operators.values():
                 if op.kind in kinds:
                     try:
-                        op.function.validate()
+                        validate_connector(op.function, file_system)
                     except EmrflowError:
                         raise
                     except OSError as exc:  # pyarrow's S3 errors are long: their first line says it
@@ -219,6 +229,14 @@ class JobGraph:
                         text = str(exc).strip().splitlines()
                         raise StorageError(f"{op.name}: cannot access {path}: "
                                            f"{text[0] if text else type(exc).__name__}", path) from None
+
+
+def _split_source_uid(v: JobVertex) -> str | None:
+    """The state id of the vertex's source when it is a SplitSource, else ``None``."""
+    head = v.operators[v.head]
+    if head.kind != T.SOURCE or not hasattr(head.function, "create_enumerator"):
+        return None
+    return head.uid if head.uid else f"auto-{head.id}"
 
 
 def pipelined_regions(vertices: list[int], edges: list[tuple[int, int]]) -> list[set[int]]:
@@ -320,6 +338,9 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
     for t in order:
         p = t.parallelism or default_p
         if t.kind == T.SOURCE:
+            if batch and str(getattr(t.function, "boundedness", "")) .endswith("CONTINUOUS_UNBOUNDED"):
+                raise JobGraphError(f"{t.name!r} is an unbounded source (CONTINUOUS_UNBOUNDED): it needs "
+                                    "execution.runtime-mode STREAMING, the job runs in BATCH mode")
             limit = getattr(t.function, "max_parallelism", None)
             if limit is not None:
                 p = min(p, limit) if t.parallelism is None else p
@@ -404,4 +425,4 @@ def build_job_graph(transformations: list[Transformation], config: Configuration
             vertices[h].input_edges.append(e.index)
 
     return JobGraph(job_id=uuid.uuid4().hex, name=name, vertices=vertices, edges=edges,
-                    config=config.to_dict(), batch=batch)
+                    config=config, batch=batch)

@@ -132,13 +132,28 @@ class KeyToSubtask(dict):
     Lookups of seen keys run at dict speed (no Python frame), which is what makes
     hash partitioning cheap for repeated keys. The memo is cleared when it holds
     more than ``limit`` keys, so memory stays bounded for high-cardinality keys.
+
+    Args:
+        max_parallelism: number of key groups.
+        parallelism: number of subtasks.
+        limit: most keys remembered before the memo starts over.
+        targets: if given, one object per subtask (``len(targets) == parallelism``);
+            a lookup then returns ``targets[subtask index]`` instead of the index
+            (a record writer maps keys straight to its consumers' staging lists).
     """
 
     __slots__ = ("_table", "_maxp", "_limit")
 
-    def __init__(self, max_parallelism: int, parallelism: int, limit: int = 200_000):
+    def __init__(self, max_parallelism: int, parallelism: int, limit: int = 200_000,
+                 targets: list | None = None):
         super().__init__()
-        self._table = subtask_table(max_parallelism, parallelism)
+        table = subtask_table(max_parallelism, parallelism)
+        if targets is not None:
+            if len(targets) != parallelism:
+                raise ValueError(f"targets has {len(targets)} entries, expected one per subtask "
+                                 f"({parallelism})")
+            table = [targets[i] for i in table]
+        self._table = table
         self._maxp = max_parallelism
         self._limit = limit
 

@@ -7,8 +7,10 @@ Layout (Flink's, on a local path or ``s3://`` URI, see :mod:`emrflow.fs`)::
     <savepoint dir>/savepoint-<job id prefix>-<n>/...            (same files)
 
 Every subtask writes one state file per checkpoint: a pickled
-``{operator uid: snapshot bytes}``. The JobManager writes ``_metadata`` (JSON)
-only after every subtask acknowledged, listing each file with its size and
+``{operator uid: snapshot bytes}``. The JobManager writes one more per split enumerator
+(``enumerator-<vertex>.state``, the cloudpickled ``SplitEnumerator.snapshot_state``), listed in
+``_metadata`` like a task's file with ``"subtask": -1`` and ``"enumerator": <source uid>``.
+The JobManager writes ``_metadata`` (JSON) only after every subtask acknowledged, listing each file with its size and
 CRC-32, so a checkpoint without ``_metadata`` was never completed and one whose
 files do not match it is corrupt; :func:`load_metadata` detects both and
 :func:`find_latest_valid` falls back to the previous checkpoint, logging why.
@@ -30,6 +32,7 @@ from typing import Any
 
 from emrflow import fs
 from emrflow.errors import EmrflowError
+from emrflow.fs import FileSystem
 from emrflow.graph.keygroups import key_group_range
 
 log = logging.getLogger("emrflow.checkpoint")
@@ -55,27 +58,28 @@ def task_file_name(vertex_id: int, subtask: int) -> str:
     return f"task-{vertex_id}-{subtask}.state"
 
 
-def write_task_state(directory: str, vertex_id: int, subtask: int,
+def write_task_state(filesystem: FileSystem, directory: str, vertex_id: int, subtask: int,
                      snapshots: dict[str, bytes]) -> dict:
     """Write one subtask's operator snapshots; return its metadata entry (file, size, crc32).
 
     Args:
+        filesystem: the job's file system.
         directory: the checkpoint's directory (local path or s3:// URI).
         vertex_id, subtask: which subtask.
         snapshots: ``{operator uid: pickled snapshot}``.
     """
     data = pickle.dumps(snapshots, protocol=5)
     name = task_file_name(vertex_id, subtask)
-    fs.write_bytes(fs.join(directory, name), data)
+    filesystem.write_bytes(fs.join(directory, name), data)
     return {"file": name, "size": len(data), "crc32": zlib.crc32(data)}
 
 
-def write_metadata(directory: str, metadata: dict) -> None:
+def write_metadata(filesystem: FileSystem, directory: str, metadata: dict) -> None:
     """Write ``_metadata`` (the last file of a checkpoint; its presence marks it complete)."""
-    fs.write_bytes(fs.join(directory, METADATA), json.dumps(metadata, indent=1).encode())
+    filesystem.write_bytes(fs.join(directory, METADATA), json.dumps(metadata, indent=1).encode())
 
 
-def load_metadata(directory: str, verify: bool = True) -> dict:
+def load_metadata(filesystem: FileSystem, directory: str, verify: bool = True) -> dict:
     """Read and check a checkpoint's ``_metadata``; with ``verify``, also every state file.
 
     Raises:
@@ -84,7 +88,7 @@ def load_metadata(directory: str, verify: bool = True) -> dict:
     """
     path = fs.join(directory, METADATA)
     try:
-        raw = fs.read_bytes(path)
+        raw = filesystem.read_bytes(path)
     except (FileNotFoundError, OSError):
         raise CheckpointError(f"{directory} is not a completed checkpoint or savepoint: "
                               f"no {METADATA} file") from None
@@ -98,7 +102,7 @@ def load_metadata(directory: str, verify: bool = True) -> dict:
         for t in meta["tasks"]:
             f = fs.join(directory, t["file"])
             try:
-                data = fs.read_bytes(f)
+                data = filesystem.read_bytes(f)
             except (FileNotFoundError, OSError):
                 raise CheckpointError(f"{directory} is corrupt: state file {t['file']} is missing") from None
             if len(data) != t["size"]:
@@ -111,17 +115,17 @@ def load_metadata(directory: str, verify: bool = True) -> dict:
     return meta
 
 
-def checkpoint_dirs(job_dir: str) -> list[tuple[int, str]]:
+def checkpoint_dirs(filesystem: FileSystem, job_dir: str) -> list[tuple[int, str]]:
     """Return ``[(n, chk-n directory)]`` under a job's checkpoint directory, newest first."""
     out = []
-    for name in fs.listdir(job_dir):
+    for name in filesystem.listdir(job_dir):
         m = _CHK.match(name)
         if m:
             out.append((int(m.group(1)), fs.join(job_dir, name)))
     return sorted(out, reverse=True)
 
 
-def find_latest_valid(path: str) -> dict:
+def find_latest_valid(filesystem: FileSystem, path: str) -> dict:
     """Resolve ``emrflow run -s PATH``: a checkpoint/savepoint directory, or a job's checkpoint directory.
 
     For a job's directory (holding ``chk-<n>`` directories) the newest valid
@@ -131,16 +135,16 @@ def find_latest_valid(path: str) -> dict:
     Raises:
         CheckpointError: nothing usable at ``path``.
     """
-    if fs.exists(fs.join(path, METADATA)):
-        return load_metadata(path)
-    chks = checkpoint_dirs(path)
+    if filesystem.exists(fs.join(path, METADATA)):
+        return load_metadata(filesystem, path)
+    chks = checkpoint_dirs(filesystem, path)
     if not chks:
         raise CheckpointError(f"no checkpoint or savepoint at {path}: expected a directory with a "
                               f"{METADATA} file, or a job's checkpoint directory with chk-<n> directories")
     problems = []
     for n, d in chks:
         try:
-            meta = load_metadata(d)
+            meta = load_metadata(filesystem, d)
         except CheckpointError as exc:
             log.warning("skipping checkpoint chk-%d: %s; trying the previous one", n, exc)
             problems.append(str(exc))
@@ -149,10 +153,10 @@ def find_latest_valid(path: str) -> dict:
     raise CheckpointError(f"no valid checkpoint under {path}: " + "; ".join(problems))
 
 
-def remove(directory: str) -> None:
+def remove(filesystem: FileSystem, directory: str) -> None:
     """Delete a checkpoint directory (best effort; failures are logged)."""
     try:
-        fs.delete(directory)
+        filesystem.delete(directory)
     except OSError as exc:
         log.warning("could not delete %s: %s", directory, exc)
 
@@ -196,21 +200,26 @@ def plan_restore(meta: dict, topology: dict, allow_non_restored: bool) -> dict:
                     f"operator {entry['name']!r} (uid {uid}) was checkpointed with max parallelism "
                     f"{entry['max_parallelism']}, the job now has {v['max_parallelism']}; keyed state "
                     "cannot move between different numbers of key groups (pipeline.max-parallelism)")
+    # split enumerators' state files (SplitSource), by the source operator's uid
+    enumerators = {t["enumerator"]: t["file"] for t in meta["tasks"]
+                   if t.get("enumerator") and t["enumerator"] in job_ops}
     return {"path": meta["path"], "checkpoint_id": meta["checkpoint_id"],
-            "operators": {u: e for u, e in state_ops.items() if u in job_ops}}
+            "operators": {u: e for u, e in state_ops.items() if u in job_ops},
+            "enumerators": enumerators}
 
 
 class StateReader:
     """Reads a restoring subtask's shares of operator snapshots (files are read once each)."""
 
-    def __init__(self, plan: dict):
+    def __init__(self, filesystem: FileSystem, plan: dict):
+        self.filesystem = filesystem
         self.plan = plan
         self._files: dict[str, dict] = {}
 
     def _file(self, name: str) -> dict:
         data = self._files.get(name)
         if data is None:
-            data = self._files[name] = pickle.loads(fs.read_bytes(fs.join(self.plan["path"], name)))
+            data = self._files[name] = pickle.loads(self.filesystem.read_bytes(fs.join(self.plan["path"], name)))
         return data
 
     def parts(self, uid: str, subtask: int, parallelism: int) -> tuple[list, range | None, int] | None:
@@ -230,6 +239,15 @@ class StateReader:
             return ([(subtask, self._file(f)[uid])] if f else []), None, old_p
         snaps = [(i, self._file(files[i])[uid]) for i in sorted(files)]
         return snaps, key_group_range(entry["max_parallelism"], parallelism, subtask), old_p
+
+    def all_parts(self, uid: str) -> list[tuple[int, bytes]] | None:
+        """Every former subtask's snapshot of operator ``uid``: ``[(old subtask, bytes)]``
+        (the split states of a SplitSource, redistributed by ``split_owner``); ``None``: no state."""
+        entry = self.plan["operators"].get(uid)
+        if entry is None:
+            return None
+        files = {int(k): v for k, v in entry["files"].items()}
+        return [(i, self._file(files[i])[uid]) for i in sorted(files)]
 
 
 def now_ms() -> int:

@@ -114,7 +114,7 @@ def _job_duration_ms(job) -> int:
 def _task_counts(states: list[str]) -> dict[str, int]:
     counts = {s: 0 for s in _TASK_STATES}
     for s in states:
-        counts[s if s in counts else "RUNNING"] += 1
+        counts[s if s in counts else ExecutionState.RUNNING] += 1
     return counts
 
 
@@ -207,7 +207,7 @@ def job_details(jm, job) -> dict:
             "job-type": "BATCH" if job.topology["batch"] else "STREAMING",
             "start-time": _ms(job.start or job.submitted), "end-time": _ms(job.end),
             "duration": _job_duration_ms(job), "maxParallelism": -1, "now": _ms(time.time()),
-            "timestamps": {"CREATED": _ms(job.submitted), "RUNNING": _ms(job.start),
+            "timestamps": {JobStatus.CREATED: _ms(job.submitted), JobStatus.RUNNING: _ms(job.start),
                            job.state.rest_name: _ms(job.end or time.time())},
             "vertices": vertices, "status-counts": status_counts,
             "plan": {"jid": job.id, "name": job.name, "type": "BATCH" if job.topology["batch"] else "STREAMING",
@@ -481,7 +481,8 @@ def create_app(jm, token: str | None = None):
         out: dict[str, Any] = {"status": {"id": "COMPLETED" if done else "IN_PROGRESS"},
                                "emrflow-status": status}
         if done:
-            app_status = {"FINISHED": "SUCCEEDED", "FAILED": "FAILED", "CANCELED": "CANCELED"}[status["state"]]
+            app_status = {JobStatus.FINISHED: "SUCCEEDED", JobStatus.FAILED: "FAILED",
+                          JobStatus.CANCELED: "CANCELED"}[status["state"]]
             result: dict[str, Any] = {"id": jobid, "application-status": app_status,
                                       "accumulator-results": {}, "net-runtime": status["duration_ms"]}
             if status.get("failure"):

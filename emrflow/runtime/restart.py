@@ -20,18 +20,20 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
+
+from emrflow.config import Configuration
 
 
 class RestartStrategy:
     """Decides, failure by failure, whether to restart and after how long.
 
     Args:
-        config: the job's configuration (key -> typed value; durations in ms).
+        config: the job's configuration (``restart-strategy.*``; durations in ms).
         clock: seconds, monotonic (tests may pass their own).
     """
 
-    def __init__(self, config: Mapping[str, Any], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Configuration, clock: Callable[[], float] = time.monotonic):
         kind = config.get("restart-strategy.type")
         if kind is None:
             kind = "exponential-delay" if config.get("execution.checkpointing.interval") else "none"
@@ -43,9 +45,8 @@ class RestartStrategy:
         self._backoff_ms: float | None = None
         self._last_failure: float | None = None
 
-    def _get(self, key: str, default: Any) -> Any:
-        value = self._c.get(key)
-        return default if value is None else value
+    def _get(self, key: str) -> Any:
+        return self._c.get(key)
 
     def on_failure(self) -> float | None:
         """Record a failure; return the pause before restarting in seconds, or ``None``: fail the job."""
@@ -54,32 +55,32 @@ class RestartStrategy:
         if self.kind == "none":
             return None
         if self.kind == "fixed-delay":
-            if self.failures > int(self._get("restart-strategy.fixed-delay.attempts", 1)):
+            if self.failures > int(self._get("restart-strategy.fixed-delay.attempts")):
                 return None
-            return int(self._get("restart-strategy.fixed-delay.delay", 1000)) / 1000.0
+            return int(self._get("restart-strategy.fixed-delay.delay")) / 1000.0
         if self.kind == "failure-rate":
-            interval = int(self._get("restart-strategy.failure-rate.failure-rate-interval", 60_000)) / 1000.0
+            interval = int(self._get("restart-strategy.failure-rate.failure-rate-interval")) / 1000.0
             self._times.append(now)
             while self._times and self._times[0] < now - interval:
                 self._times.popleft()
-            if len(self._times) > int(self._get("restart-strategy.failure-rate.max-failures-per-interval", 1)):
+            if len(self._times) > int(self._get("restart-strategy.failure-rate.max-failures-per-interval")):
                 return None
-            return int(self._get("restart-strategy.failure-rate.delay", 1000)) / 1000.0
+            return int(self._get("restart-strategy.failure-rate.delay")) / 1000.0
         # exponential-delay
         p = "restart-strategy.exponential-delay."
-        initial = int(self._get(p + "initial-backoff", 1000))
-        reset = int(self._get(p + "reset-backoff-threshold", 3_600_000)) / 1000.0
+        initial = int(self._get(p + "initial-backoff"))
+        reset = int(self._get(p + "reset-backoff-threshold")) / 1000.0
         if self._last_failure is not None and now - self._last_failure >= reset:
             self._backoff_ms, self.failures = None, 1
         self._last_failure = now
-        if self.failures > int(self._get(p + "attempts-before-reset-backoff", 2**31 - 1)):
+        if self.failures > int(self._get(p + "attempts-before-reset-backoff")):
             return None
         if self._backoff_ms is None:
             self._backoff_ms = float(initial)
         else:
-            self._backoff_ms = min(self._backoff_ms * float(self._get(p + "backoff-multiplier", 1.5)),
-                                   float(self._get(p + "max-backoff", 60_000)))
-        jitter = float(self._get(p + "jitter-factor", 0.1))
+            self._backoff_ms = min(self._backoff_ms * float(self._get(p + "backoff-multiplier")),
+                                   float(self._get(p + "max-backoff")))
+        jitter = float(self._get(p + "jitter-factor"))
         pause = self._backoff_ms * (1 + random.uniform(-jitter, jitter))
         return max(0.0, pause) / 1000.0
 

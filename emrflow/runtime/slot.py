@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
-from emrflow import fs
+from emrflow.config_views import NetworkConfig
 from emrflow.connectors.base import abort_writer
 from emrflow.connectors.files import COMMIT_KIND
+from emrflow.fs import FileSystem
 from emrflow.graph.jobgraph import JobGraph
 from emrflow.runtime import rpc
 from emrflow.runtime.aggregators import make_aggregator
 from emrflow.runtime.checkpoint import StateReader
+from emrflow.runtime.jobmanager.states import ExecutionState
 from emrflow.runtime.network.channels import Cancelled, DataServer, InputGate, LocalChannel, RemoteChannel
 from emrflow.runtime.network.events import CheckpointBarrier
 from emrflow.runtime.network.writers import make_writer
@@ -37,6 +39,10 @@ from emrflow.runtime.process import die_with_parent, setup_logging
 from emrflow.runtime.task import StreamTask, TaskFailure, describe_failure
 
 log = logging.getLogger("emrflow.slot")
+
+
+#: a subtask that has not ended yet
+_NOT_STARTED_OR_RUNNING = (ExecutionState.CREATED, ExecutionState.RUNNING)
 
 
 @dataclass
@@ -49,6 +55,11 @@ class _Deployment:
     region_cancel: dict[int, threading.Event] = field(default_factory=dict)
     tasks: dict[tuple[int, int], StreamTask] = field(default_factory=dict)
     gates: dict[tuple[int, int], InputGate] = field(default_factory=dict)
+
+    @property
+    def file_system(self) -> FileSystem:
+        """The job's file system (its ``s3.*`` options): checkpoints, inputs, outputs."""
+        return FileSystem.of(self.job.config)
 
     def cancel_all(self) -> None:
         """Cancel every task of the deployment."""
@@ -88,6 +99,7 @@ class SlotProcess:
             "cancel_tasks": self._on_cancel_tasks,
             "abort_tasks": self._on_abort_tasks,
             "notify_checkpoint_complete": self._on_checkpoint_complete,
+            "add_splits": self._on_add_splits,
             "shutdown": self._on_shutdown,
         }
 
@@ -119,13 +131,12 @@ class SlotProcess:
             from emrflow.runtime.task import format_user_traceback
             for vertex_id, index in subtasks:
                 self.conn.send("task_state", job_id=job_id, vertex=vertex_id, subtask=index,
-                               state="FAILED", metrics={}, failure={
+                               state=ExecutionState.FAILED, metrics={}, failure={
                                    "operator": "(deployment)", "subtask_index": index,
                                    "parallelism": None, "task": "deployment",
                                    "message": f"cannot load the job in slot {self.slot_id}: {exc}",
                                    "traceback": format_user_traceback(exc)}, attempt=attempt)
             return
-        fs.configure(job.config)
         dep = _Deployment(job=job, attempt=attempt,
                           slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()})
         with self._lock:
@@ -158,8 +169,12 @@ class SlotProcess:
             ev = dep.region_cancel[vertex_id]
             task = StreamTask(job, v, index, attempt, dep.gates.get((vertex_id, index)),
                               lambda v=v, index=index, ev=ev: self._make_writers(dep, v, index, ev), ev,
-                              restore=StateReader(restore) if restore else None,
-                              acknowledge=lambda _j=job_id, _a=attempt, **kw: self._acknowledge(_j, _a, **kw))
+                              restore=StateReader(dep.file_system, restore) if restore else None,
+                              acknowledge=lambda _j=job_id, _a=attempt, **kw: self._acknowledge(_j, _a, **kw),
+                              register_reader=lambda _j=job_id, _a=attempt, _v=vertex_id, _i=index:
+                                  self._register_reader(_j, _a, _v, _i),
+                              report_splits_finished=lambda ids, _j=job_id, _a=attempt, _v=vertex_id, _i=index:
+                                  self._report_splits_finished(_j, _a, _v, _i, ids))
             dep.tasks[(vertex_id, index)] = task
             started.append(task)
         for task in started:
@@ -217,8 +232,8 @@ class SlotProcess:
 
     def _make_writers(self, dep: _Deployment, vertex, index: int, cancel: threading.Event) -> dict:
         job = dep.job
-        credits = int(job.config.get("taskmanager.network.memory.buffers-per-channel", 2))
-        batch = int(job.config.get("taskmanager.network.batch-size", 1024))
+        network = NetworkConfig.of(job.config)
+        credits, batch = network.buffers_per_channel, network.batch_size
         writers = {}
         for e_idx in vertex.output_edges:
             edge = job.edges[e_idx]
@@ -249,7 +264,7 @@ class SlotProcess:
         except BaseException as exc:  # noqa: BLE001 - never let a task thread die silently
             failure = describe_failure(task, TaskFailure(task.vertex.name, repr(exc), repr(exc)))
         committables = None
-        if task.state == "FINISHED":  # the file sinks' share of the commit record; others unknown
+        if task.state == ExecutionState.FINISHED:  # the file sinks' share of the commit record; others unknown
             committables = [c if isinstance(c, dict) and c.get("kind") == COMMIT_KIND else "other"
                             for c in getattr(task, "committables", [])]
         try:
@@ -265,6 +280,37 @@ class SlotProcess:
         except rpc.ConnectionClosed:
             pass
 
+    def _register_reader(self, job_id: str, attempt: int, vertex: int, subtask: int) -> None:
+        """A SplitSource's reader started: the JobManager tells its enumerator (``add_reader``)."""
+        try:
+            self.conn.send("reader_registered", job_id=job_id, vertex=vertex, subtask=subtask, attempt=attempt)
+        except rpc.ConnectionClosed:
+            pass
+
+    def _report_splits_finished(self, job_id: str, attempt: int, vertex: int, subtask: int,
+                                split_ids: list[str]) -> None:
+        """A SplitSource's reader finished these splits: the JobManager calls its enumerator's
+        ``handle_splits_finished``. Sent on the same connection as checkpoint acknowledgements
+        (:meth:`_acknowledge`), so it arrives before the acknowledgement of any later snapshot."""
+        try:
+            self.conn.send("splits_finished", job_id=job_id, vertex=vertex, subtask=subtask, attempt=attempt,
+                           split_ids=list(split_ids))
+        except rpc.ConnectionClosed:
+            pass
+
+    def _on_add_splits(self, job_id: str, vertex: int, subtask: int, attempt: int, splits: bytes | None = None,
+                       no_more: bool = False) -> None:
+        """Splits the enumerator assigned (cloudpickled list), or "no more splits": into the task's
+        control queue, in order with the checkpoint triggers."""
+        dep = self.deployments.get(job_id)
+        task = dep.tasks.get((vertex, subtask)) if dep is not None else None
+        if task is None or task.attempt != attempt or task.state not in _NOT_STARTED_OR_RUNNING:
+            return  # a failover is under way: the restored enumerator assigns them again
+        if splits is not None:
+            task.control.put(("splits", splits))
+        if no_more:
+            task.control.put(("no_more_splits", None))
+
     def _on_trigger_checkpoint(self, job_id: str, checkpoint_id: int, timestamp_ms: int, target: str,
                                savepoint: bool = False) -> None:
         dep = self.deployments.get(job_id)
@@ -272,7 +318,7 @@ class SlotProcess:
             return
         barrier = CheckpointBarrier(checkpoint_id, timestamp_ms, target, savepoint)
         for task in dep.tasks.values():
-            if task.vertex.is_source and task.state in ("CREATED", "RUNNING"):
+            if task.vertex.is_source and task.state in _NOT_STARTED_OR_RUNNING:
                 task.control.put(("trigger", barrier))
 
     def _on_checkpoint_complete(self, job_id: str, checkpoint_id: int) -> None:
@@ -281,7 +327,7 @@ class SlotProcess:
             return
         dep.completed_checkpoint = max(dep.completed_checkpoint, checkpoint_id)
         for task in dep.tasks.values():
-            if task.sink_writers and task.state in ("CREATED", "RUNNING"):
+            if (task.sink_writers or task._split_reader is not None) and task.state in _NOT_STARTED_OR_RUNNING:
                 task.control.put(("notify", checkpoint_id))
 
     def _on_cancel(self, job_id: str) -> None:
@@ -320,7 +366,7 @@ class SlotProcess:
                 deps = list(self.deployments.items())
             for job_id, dep in deps:
                 running = {f"{v}.{i}": dict(t.metrics(), attempt=t.attempt)
-                           for (v, i), t in list(dep.tasks.items()) if t.state == "RUNNING"}
+                           for (v, i), t in list(dep.tasks.items()) if t.state == ExecutionState.RUNNING}
                 if running:
                     try:
                         self.conn.send("metrics", job_id=job_id, tasks=running, attempt=dep.attempt)

@@ -27,9 +27,12 @@ from typing import Any, Callable
 from emrflow.api import transformations as T
 from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from emrflow.api.functions import RuntimeContext
+from emrflow.config_views import BadRecordsConfig, CheckpointConfig, NetworkConfig
 from emrflow.connectors.base import SubtaskContext, abort_writer
+from emrflow.fs import FileSystem
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime import checkpoint as chk
+from emrflow.runtime.jobmanager.states import ExecutionState
 from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
 from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
@@ -80,7 +83,9 @@ class StreamTask:
     def __init__(self, job: JobGraph, vertex: JobVertex, subtask_index: int, attempt: int,
                  gate: InputGate | None, make_writers: Callable[[], dict[int, RecordWriter]],
                  cancel: threading.Event, restore: "chk.StateReader | None" = None,
-                 acknowledge: Callable[..., None] | None = None):
+                 acknowledge: Callable[..., None] | None = None,
+                 register_reader: Callable[[], None] | None = None,
+                 report_splits_finished: Callable[[list[str]], None] | None = None):
         self.job = job
         self.vertex = vertex
         self.subtask_index = subtask_index
@@ -91,18 +96,22 @@ class StreamTask:
         self.writers: dict[int, RecordWriter] = {}
         self.operators: dict[int, Operator] = {}
         self.sink_writers: list[Any] = []
-        self.state = "CREATED"
+        self.state = ExecutionState.CREATED
         self.bad_records = 0
         self.bad_record_samples: list[str] = []
         self.busy_s = 0.0
         self.start_time = time.time()
-        self._limit = int(job.config.get("emrflow.bad-records.report-limit", 10))
+        self._limit = BadRecordsConfig.of(job.config).report_limit
+        self.network = NetworkConfig.of(job.config)
+        #: the job's file system (its ``s3.*`` options): checkpoint state, inputs, outputs
+        self.file_system = FileSystem.of(job.config)
         # checkpoints (see _checkpoint): every STREAMING task can take part in a savepoint;
         # periodic checkpoints need an interval
+        checkpoints = CheckpointConfig.of(job.config)
         self.checkpointing = not job.batch
-        self.periodic = bool(job.config.get("execution.checkpointing.interval")) and not job.batch
+        self.periodic = checkpoints.periodic and not job.batch
         self._positions_ok = True
-        self.exactly_once = job.config.get("execution.checkpointing.mode", "EXACTLY_ONCE") == "EXACTLY_ONCE"
+        self.exactly_once = checkpoints.exactly_once
         #: ("trigger", CheckpointBarrier) for source tasks, ("notify", checkpoint id) for all
         self.control: queue.SimpleQueue = queue.SimpleQueue()
         self._restore = restore
@@ -110,6 +119,13 @@ class StreamTask:
         self._async: ThreadPoolExecutor | None = None
         self._source_position: Any = None
         self._restored_position: Any = None
+        # a SplitSource (emrflow.runtime.split_task): its reader, restored splits, registration
+        self._register_reader = register_reader or (lambda: None)
+        #: tells the JobManager which splits a poll() returned finished (before any later checkpoint ack)
+        self._report_splits_finished = report_splits_finished or (lambda split_ids: None)
+        self._split_reader: Any = None
+        self._split_stamps: Any = None
+        self._restored_splits: list | None = None
 
     @property
     def label(self) -> str:
@@ -140,7 +156,8 @@ class StreamTask:
         return SubtaskContext(operator_name=name, subtask_index=self.subtask_index,
                               parallelism=self.vertex.parallelism, attempt=self.attempt,
                               config=self.job.config, report_bad_record=self._report_bad_record,
-                              checkpointing=self.periodic, job_id=self.job.job_id)
+                              checkpointing=self.periodic, job_id=self.job.job_id,
+                              file_system=self.file_system)
 
     def _build_chain(self) -> None:
         v = self.vertex
@@ -172,7 +189,7 @@ class StreamTask:
             Cancelled: the task was cancelled.
             TaskFailure: user code or a channel failed.
         """
-        self.state = "RUNNING"
+        self.state = ExecutionState.RUNNING
         current = self.vertex.name
         try:
             self.writers = self._make_writers()
@@ -199,17 +216,17 @@ class StreamTask:
             for w in self.writers.values():
                 w.close()
             self._drain_async()
-            self.state = "FINISHED"
+            self.state = ExecutionState.FINISHED
         except Cancelled:
-            self.state = "CANCELED"
+            self.state = ExecutionState.CANCELED
             self._abort()
             raise
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-            self.state = "FAILED"
+            self.state = ExecutionState.FAILED
             self._abort()
             if self.cancel.is_set() and not isinstance(exc, TaskFailure):
                 # failures caused by the cancellation itself (closed channels)
-                self.state = "CANCELED"
+                self.state = ExecutionState.CANCELED
                 raise Cancelled() from exc
             if isinstance(exc, TaskFailure):
                 raise
@@ -246,9 +263,13 @@ class StreamTask:
 
     def _run_source(self, head: Operator) -> None:
         node = self.vertex.operators[self.vertex.head]
+        if is_split_source(node.function):
+            from emrflow.runtime.split_task import run_split_source
+            run_split_source(self, head, node)
+            return
         reader = node.function.create_reader(self._subtask_context(node.name))
         streaming = not self.job.batch
-        timer = FlushTimer(int(self.job.config.get("execution.buffer-timeout", 100)))
+        timer = FlushTimer(self.network.buffer_timeout_ms)
         cancel = self.cancel
         clock = time.perf_counter
         tickers = [op for op in self.operators.values() if op.wants_ticks]
@@ -351,7 +372,7 @@ class StreamTask:
         gate = self.gate
         open_channels = gate.num_channels
         streaming = not self.job.batch
-        timeout_ms = int(self.job.config.get("execution.buffer-timeout", 100))
+        timeout_ms = self.network.buffer_timeout_ms
         timer = FlushTimer(timeout_ms)
         wait_s = max(timeout_ms, 10) / 1000.0
         process, loads, ack = head.process_batch, pickle.loads, gate.ack
@@ -438,6 +459,11 @@ class StreamTask:
             elif what == "notify":
                 for w in self.sink_writers:
                     w.notify_checkpoint_complete(arg)
+                if self._split_reader is not None:
+                    self._split_reader.notify_checkpoint_complete(arg)
+            elif what in ("splits", "no_more_splits"):
+                from emrflow.runtime.split_task import on_split_control
+                on_split_control(self, what, arg)
 
     def _checkpoint(self, barrier: CheckpointBarrier) -> None:
         """Snapshot every operator of the chain, forward the barrier, write and acknowledge asynchronously.
@@ -453,7 +479,10 @@ class StreamTask:
         for op_id, op in self.operators.items():
             node = v.operators[op_id]
             uid = chk.operator_uid(node)
-            if node.kind == T.SOURCE:
+            if node.kind == T.SOURCE and self._split_reader is not None:
+                from emrflow.runtime.split_task import snapshot_splits
+                snap = snapshot_splits(self._split_reader, barrier.checkpoint_id)
+            elif node.kind == T.SOURCE:
                 snap = pickle.dumps({"position": self._source_position}, protocol=5)
             else:
                 snap = op.snapshot_state(barrier.checkpoint_id)
@@ -473,7 +502,7 @@ class StreamTask:
         t0 = time.perf_counter()
         try:
             data = {uid: (s() if callable(s) else s) for uid, s in snaps.items()}
-            entry = chk.write_task_state(barrier.target, self.vertex.id, self.subtask_index, data)
+            entry = chk.write_task_state(self.file_system, barrier.target, self.vertex.id, self.subtask_index, data)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is declined, the job goes on
             log.warning("%s: checkpoint %d failed: %r", self.label, barrier.checkpoint_id, exc)
             self._ack(barrier.checkpoint_id, None, repr(exc))
@@ -505,6 +534,10 @@ class StreamTask:
             if found is None:
                 continue
             parts, key_groups, old_p = found
+            if node.kind == T.SOURCE and is_split_source(node.function):
+                from emrflow.runtime.split_task import restored_splits
+                self._restored_splits = restored_splits(reader, uid, i, v.parallelism)
+                continue
             if node.kind == T.SOURCE:
                 if old_p != v.parallelism:
                     raise TaskFailure(node.name, "", f"source {node.name!r} ran at parallelism {old_p} "
@@ -519,6 +552,12 @@ class StreamTask:
             else:  # operator state: former subtask j goes to subtask j mod parallelism
                 mine = [b for j, b in parts if key_groups is None or j % v.parallelism == i]
                 op.restore_state(mine, None)
+
+
+def is_split_source(source: Any) -> bool:
+    """True for a :class:`~emrflow.connectors.splits.SplitSource` (its enumerator runs in the JobManager)."""
+    from emrflow.connectors.splits import SplitSource
+    return isinstance(source, SplitSource)
 
 
 class _Alignment:

@@ -98,6 +98,44 @@ def checkpointed_run(out, ckdir, *extra_d, p="2", retention="NO_EXTERNALIZED_CHE
             "-D", f"execution.checkpointing.externalized-checkpoint-retention={retention}", *extra_d]
 
 
+def kill_a_taskmanager(proc: subprocess.Popen, choose=random.choice) -> None:
+    """SIGKILL one TaskManager, picked by ``choose`` from the list, of the job ``proc`` runs
+    (``emrflow run``), which must still be running."""
+    tms = runtime_children(proc, "emrflow.runtime.taskmanager")
+    assert tms and proc.poll() is None, ("the job ended before the kill; raise --count"
+                                         + (f": {proc.stderr.read()}" if proc.poll() is not None else ""))
+    choose(tms).send_signal(signal.SIGKILL)
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen, ckdir: str, pause_s: float | tuple[float, float],
+                                timeout_s: float, choose=random.choice, checkpoint_timeout_s: float = 60) -> str:
+    """Wait for the first completed checkpoint in ``ckdir``, then ``pause_s`` seconds (or a
+    random time in a ``(low, high)`` range), kill a TaskManager (:func:`kill_a_taskmanager`) and
+    wait up to ``timeout_s`` seconds for the job to end; return its stderr."""
+    wait_for(lambda: completed_checkpoints(ckdir), checkpoint_timeout_s, "the first checkpoint")
+    time.sleep(random.uniform(*pause_s) if isinstance(pause_s, tuple) else pause_s)
+    kill_a_taskmanager(proc, choose)
+    return proc.communicate(timeout=timeout_s)[1]
+
+
+def settled_output(proc: subprocess.Popen, out: str, lines: int, timeout_s: float,
+                   settle_s: float) -> collections.Counter:
+    """The committed output (:func:`output_lines`) of the unbounded job ``proc`` once it holds ``lines``
+    lines (waiting up to ``timeout_s`` seconds) and ``settle_s`` seconds more, in which more checkpoints
+    complete: a record read twice would show up. The job must still run."""
+    wait_for(lambda: sum(output_lines(out).values()) >= lines or proc.poll() is not None, timeout_s,
+             "all records in the committed output")
+    time.sleep(settle_s)
+    assert proc.poll() is None, "the unbounded job ended by itself"
+    return output_lines(out)
+
+
+def cancel(proc: subprocess.Popen, timeout_s: float) -> str:
+    """Cancel the job ``proc`` runs (SIGINT), wait up to ``timeout_s`` seconds for it to end; return its stderr."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=timeout_s)[1]
+
+
 def test_taskmanager_killed_three_times_output_is_exactly_once(tmp_path):
     out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
     count, keys = 2_000_000, 1000
@@ -244,13 +282,14 @@ def test_savepoint_stop_and_restore_at_another_parallelism(tmp_path):
 
 def test_restoring_state_of_a_missing_operator_needs_allow_non_restored_state(tmp_path):
     """A savepoint holding state of an operator whose uid the job no longer has."""
+    from emrflow.fs import FileSystem
     from emrflow.runtime import checkpoint as chk
     sp = tmp_path / "sp"
     sp.mkdir()
-    entry = chk.write_task_state(str(sp), 9, 0, {"gone-operator": b"x"})
+    entry = chk.write_task_state(FileSystem(), str(sp), 9, 0, {"gone-operator": b"x"})
     entry.update(vertex=9, subtask=0, operators={"gone-operator": {"parallelism": 1, "max_parallelism": 128,
                                                                    "name": "old map"}})
-    chk.write_metadata(str(sp), {"format": 1, "job_id": "x", "checkpoint_id": 4, "kind": "savepoint",
+    chk.write_metadata(FileSystem(), str(sp), {"format": 1, "job_id": "x", "checkpoint_id": 4, "kind": "savepoint",
                                  "tasks": [entry]})
     out = str(tmp_path / "out")
     r = subprocess.run([sys.executable, "-m", "emrflow.cli", "run", "-s", str(sp), JOB, "--count", "1000",

@@ -44,11 +44,12 @@ def test_s3_region_comes_from_the_bucket_when_nothing_configures_one(aws, moto_e
         aws.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     code = textwrap.dedent(f"""
         import json
-        from emrflow import fs
-        fs.write_bytes("s3://{bucket}/x/data.txt", b"hello")
-        filesystem, _ = fs.resolve("s3://{bucket}/x/data.txt")
-        print(json.dumps({{"region": filesystem.region, "data": fs.read_bytes("s3://{bucket}/x/data.txt").decode(),
-                          "other": fs.s3_region(None)}}))
+        from emrflow.fs import FileSystem
+        files = FileSystem()
+        files.write_bytes("s3://{bucket}/x/data.txt", b"hello")
+        s3, _ = files.resolve("s3://{bucket}/x/data.txt")
+        print(json.dumps({{"region": s3.region, "data": files.read_bytes("s3://{bucket}/x/data.txt").decode(),
+                          "other": files.s3_region(None)}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], env=_env_without_region(tmp_path, moto_endpoint),
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -63,7 +64,7 @@ def test_s3_region_comes_from_the_bucket_when_nothing_configures_one(aws, moto_e
 def test_configured_region_wins_over_the_bucket(aws, moto_endpoint, tmp_path):
     env = _env_without_region(tmp_path, moto_endpoint)
     (tmp_path / "aws-config").write_text("[default]\nregion = ap-southeast-2\n")
-    code = "from emrflow import fs; print(fs.s3_region('emrflow-in-ireland'))"
+    code = "from emrflow import fs; print(fs.FileSystem().s3_region('emrflow-in-ireland'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -24,6 +24,7 @@ import psutil
 import pytest
 from conftest_emr import BUCKET, aws, aws_env, moto_endpoint  # noqa: F401  (moto server fixtures)
 
+from emrflow import fs
 from emrflow.connectors import files
 from tests.conftest import ROOT
 
@@ -183,21 +184,20 @@ def test_unsupported_checkpoint_storage_fails_before_the_job_runs(tmp_path, uri,
 
 
 def test_checkpoint_storage_s3_spellings_and_unreachable_endpoint(aws, moto_endpoint, tmp_path, monkeypatch):
-    from emrflow import fs
     from emrflow.errors import ConfigError
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     for scheme in ("s3", "s3a", "s3n", "s3p"):
-        fs.check_storage(f"{scheme}://{BUCKET}/ck-{scheme}", "state.checkpoints.dir")
+        fs.FileSystem().check_storage(f"{scheme}://{BUCKET}/ck-{scheme}", "state.checkpoints.dir")
     with pytest.raises(ConfigError, match=r"state.checkpoints.dir=s3p://no-such-bucket-x/ck: cannot write"):
-        fs.check_storage("s3p://no-such-bucket-x/ck", "state.checkpoints.dir")
-    fs.check_storage(str(tmp_path / "ck"), "state.checkpoints.dir")
+        fs.FileSystem().check_storage("s3p://no-such-bucket-x/ck", "state.checkpoints.dir")
+    fs.FileSystem().check_storage(str(tmp_path / "ck"), "state.checkpoints.dir")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     if os.access(ro, os.W_OK):
         pytest.skip("running as root: permissions are not enforced")
     with pytest.raises(ConfigError, match="cannot write there: .*Permission denied"):
-        fs.check_storage(str(ro / "ck"), "state.checkpoints.dir")
+        fs.FileSystem().check_storage(str(ro / "ck"), "state.checkpoints.dir")
 
 
 # -- 4. an interrupted run leaves the output as it was -----------------------------------------
@@ -414,7 +414,7 @@ def fault_injection(tmp_path, storage: Storage, sink: str, runs: int, seed: int)
             # output is decided; whoever reads or writes the directory next finishes the commit
             assert killed and len(records) == 1, (run, seed, records)
             stats["commits finished by the next reader"] += 1
-            assert files.list_input_files(storage.uri)  # a reader: rolls forward
+            assert files.list_input_files(storage.uri, fs.FileSystem())  # a reader: rolls forward
             assert not [n for n in storage.files() if n.startswith("_emrflow-commit-")]
         got = visible(storage, sink)
         if got == ref:

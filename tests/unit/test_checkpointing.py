@@ -14,8 +14,10 @@ from emrflow.api.functions import KeyedProcessFunction, RuntimeContext
 from emrflow.api.state import ListStateDescriptor, ValueStateDescriptor
 from emrflow.api.windowed import WindowSpec
 from emrflow.api.windowing import EventTimeSessionWindows, SlidingEventTimeWindows, TumblingEventTimeWindows
+from emrflow.config import Configuration
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvSource, TextFileSource
+from emrflow.fs import FileSystem
 from emrflow.graph.keygroups import assign_key_to_subtask, key_group_range
 from emrflow.runtime import checkpoint as chk
 from emrflow.runtime.network.events import CheckpointBarrier
@@ -36,23 +38,24 @@ class Clock:
 
 
 def test_restart_strategy_defaults_follow_checkpointing():
-    assert RestartStrategy({}).kind == "none"
-    assert RestartStrategy({}).on_failure() is None
-    assert RestartStrategy({"execution.checkpointing.interval": 1000}).kind == "exponential-delay"
+    assert RestartStrategy(Configuration({})).kind == "none"
+    assert RestartStrategy(Configuration({})).on_failure() is None
+    assert RestartStrategy(Configuration({"execution.checkpointing.interval": 1000})).kind == "exponential-delay"
 
 
 def test_fixed_delay_counts_attempts():
-    s = RestartStrategy({"restart-strategy.type": "fixed-delay", "restart-strategy.fixed-delay.attempts": 2,
-                         "restart-strategy.fixed-delay.delay": 1500})
+    s = RestartStrategy(Configuration({"restart-strategy.type": "fixed-delay",
+                                       "restart-strategy.fixed-delay.attempts": 2,
+                                       "restart-strategy.fixed-delay.delay": 1500}))
     assert [s.on_failure(), s.on_failure(), s.on_failure()] == [1.5, 1.5, None]
 
 
 def test_failure_rate_counts_failures_in_the_interval():
     clock = Clock()
-    s = RestartStrategy({"restart-strategy.type": "failure-rate",
+    s = RestartStrategy(Configuration({"restart-strategy.type": "failure-rate",
                          "restart-strategy.failure-rate.max-failures-per-interval": 2,
                          "restart-strategy.failure-rate.failure-rate-interval": 10_000,
-                         "restart-strategy.failure-rate.delay": 200}, clock)
+                         "restart-strategy.failure-rate.delay": 200}), clock)
     assert s.on_failure() == 0.2
     clock.t += 1
     assert s.on_failure() == 0.2
@@ -64,12 +67,12 @@ def test_failure_rate_counts_failures_in_the_interval():
 
 def test_exponential_delay_grows_caps_and_resets():
     clock = Clock()
-    s = RestartStrategy({"restart-strategy.type": "exponential-delay",
+    s = RestartStrategy(Configuration({"restart-strategy.type": "exponential-delay",
                          "restart-strategy.exponential-delay.initial-backoff": 100,
                          "restart-strategy.exponential-delay.max-backoff": 500,
                          "restart-strategy.exponential-delay.backoff-multiplier": 2.0,
                          "restart-strategy.exponential-delay.jitter-factor": 0.0,
-                         "restart-strategy.exponential-delay.reset-backoff-threshold": 60_000}, clock)
+                         "restart-strategy.exponential-delay.reset-backoff-threshold": 60_000}), clock)
     pauses = []
     for _ in range(5):
         pauses.append(s.on_failure())
@@ -259,10 +262,10 @@ def test_keyed_process_state_and_timers_survive_a_restore(backend):
 # -- checkpoint files ------------------------------------------------------------------------------------
 
 def _checkpoint(directory, cid, payload=b"state"):
-    entry = chk.write_task_state(str(directory), 1, 0, {"op": payload})
+    entry = chk.write_task_state(FileSystem(), str(directory), 1, 0, {"op": payload})
     entry.update(vertex=1, subtask=0, operators={"op": {"parallelism": 1, "max_parallelism": 128, "name": "op"}})
-    chk.write_metadata(str(directory), {"format": 1, "job_id": "j", "checkpoint_id": cid, "kind": "checkpoint",
-                                        "tasks": [entry]})
+    chk.write_metadata(FileSystem(), str(directory), {"format": 1, "job_id": "j", "checkpoint_id": cid,
+                                                      "kind": "checkpoint", "tasks": [entry]})
 
 
 def test_incomplete_truncated_and_bit_flipped_checkpoints_are_detected(tmp_path, caplog):
@@ -272,33 +275,33 @@ def test_incomplete_truncated_and_bit_flipped_checkpoints_are_detected(tmp_path,
     (job / "chk-4").mkdir()  # started, never completed: no _metadata
     (job / "chk-4" / "task-1-0.state").write_bytes(b"partial")
     with pytest.raises(chk.CheckpointError, match="no _metadata"):
-        chk.load_metadata(str(job / "chk-4"))
+        chk.load_metadata(FileSystem(), str(job / "chk-4"))
     state3 = job / "chk-3" / "task-1-0.state"
     state3.write_bytes(state3.read_bytes()[:-10])
     with pytest.raises(chk.CheckpointError, match="truncated"):
-        chk.load_metadata(str(job / "chk-3"))
+        chk.load_metadata(FileSystem(), str(job / "chk-3"))
     state2 = job / "chk-2" / "task-1-0.state"
     data = bytearray(state2.read_bytes())
     data[-3] ^= 0xFF
     state2.write_bytes(bytes(data))
     with pytest.raises(chk.CheckpointError, match="CRC-32"):
-        chk.load_metadata(str(job / "chk-2"))
+        chk.load_metadata(FileSystem(), str(job / "chk-2"))
     with caplog.at_level(logging.WARNING, logger="emrflow.checkpoint"):
-        meta = chk.find_latest_valid(str(job))
+        meta = chk.find_latest_valid(FileSystem(), str(job))
     assert meta["checkpoint_id"] == 1
     text = caplog.text
     assert "skipping checkpoint chk-4" in text and "skipping checkpoint chk-3" in text \
         and "skipping checkpoint chk-2" in text
     os.remove(job / "chk-1" / "task-1-0.state")
     with pytest.raises(chk.CheckpointError, match="no valid checkpoint under .*chk-1.*is missing"):
-        chk.find_latest_valid(str(job))
+        chk.find_latest_valid(FileSystem(), str(job))
     with pytest.raises(chk.CheckpointError, match="no checkpoint or savepoint at"):
-        chk.find_latest_valid(str(tmp_path / "nothing-here"))
+        chk.find_latest_valid(FileSystem(), str(tmp_path / "nothing-here"))
 
 
 def test_restore_plan_refuses_another_max_parallelism(tmp_path):
     _checkpoint(tmp_path / "sp", 5)
-    meta = chk.load_metadata(str(tmp_path / "sp"))
+    meta = chk.load_metadata(FileSystem(), str(tmp_path / "sp"))
     topology = {"vertices": [{"id": 1, "parallelism": 2, "max_parallelism": 256,
                               "operators": [{"id": 3, "uid": "op", "name": "op"}]}]}
     with pytest.raises(chk.CheckpointError, match="max parallelism 128, the job now has 256"):
@@ -312,7 +315,7 @@ def test_restore_plan_refuses_another_max_parallelism(tmp_path):
 
 def _ckpt_writer(sink, index=0, parallelism=1, **config):
     from emrflow.connectors.base import SubtaskContext as Ctx
-    return sink.create_writer(Ctx("sink", index, parallelism, config=config, checkpointing=True))
+    return sink.create_writer(Ctx("sink", index, parallelism, config=Configuration(config), checkpointing=True))
 
 
 def _visible(directory):

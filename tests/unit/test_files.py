@@ -9,17 +9,19 @@ import random
 import cloudpickle
 import pytest
 
+from emrflow.config import Configuration
 from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode, parse_bool
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
+from emrflow.fs import FileSystem
 
 
 def read_all(source, parallelism: int, bad: list | None = None, config: dict | None = None) -> list:
     """Read every subtask's share in turn and concatenate (subtask order, then file, then line)."""
     out = []
     for i in range(parallelism):
-        ctx = SubtaskContext("src", i, parallelism, config=config or {},
+        ctx = SubtaskContext("src", i, parallelism, config=Configuration(config or {}),
                              report_bad_record=lambda p, n, r: bad.append((p, n, r)) if bad is not None else None)
         reader = source.create_reader(ctx)
         try:
@@ -401,7 +403,7 @@ def overwrite_run(out, parallelism: int, job_id: str, rows_per_subtask: list[lis
     for w, rows in zip(writers, rows_per_subtask):
         w.write_batch(rows)
     committables = [w.prepare_commit() for w in writers]
-    records = files.write_commit_records(job_id, committables + [None, "other"])
+    records = files.write_commit_records(FileSystem(), job_id, committables + [None, "other"])
     return writers, records
 
 
@@ -418,7 +420,7 @@ def test_a_commit_interrupted_after_its_record_is_finished_by_the_next_reader(tm
     old, _ = overwrite_run(out, 3, "a" * 32, [["o0"], ["o1"], ["o2"]])
     for w in old:
         w.commit()
-    files.finish_interrupted_commits(str(out))
+    files.finish_interrupted_commits(str(out), FileSystem())
     assert part_lines(out) == ["o0", "o1", "o2"]
     new, (record,) = overwrite_run(out, 2, "b" * 32, [["n0", "n00"], ["n1"]])
     assert os.path.basename(record) == "_emrflow-commit-" + "b" * 32 + ".json"
@@ -427,10 +429,10 @@ def test_a_commit_interrupted_after_its_record_is_finished_by_the_next_reader(tm
     if renamed == 1:  # subtask 0 renamed its file and removed the stale part-2-0; part-1-0 is old
         assert part_lines(out) == ["n0", "n00", "o1"]
     assert os.path.exists(record)
-    assert files.list_input_files(str(out)) == [str(out / "part-0-0"), str(out / "part-1-0")]
+    assert files.list_input_files(str(out), FileSystem()) == [str(out / "part-0-0"), str(out / "part-1-0")]
     assert part_lines(out) == ["n0", "n00", "n1"]
     assert sorted(os.listdir(out)) == ["part-0-0", "part-1-0"]  # no record, no in-progress file left
-    assert files.finish_interrupted_commits(str(out)) == []
+    assert files.finish_interrupted_commits(str(out), FileSystem()) == []
 
 
 def test_validate_and_the_next_writer_finish_an_interrupted_commit(tmp_path):
@@ -455,11 +457,11 @@ def test_a_commit_record_whose_files_are_gone_is_an_error_that_keeps_the_record(
         if ".inprogress" in n:
             os.remove(out / n)
     with pytest.raises(OutputCorruptError, match=r"part-0-0 is missing and so is its in-progress file"):
-        files.finish_interrupted_commits(str(out))
+        files.finish_interrupted_commits(str(out), FileSystem())
     assert os.path.exists(record)
     (out / os.path.basename(record)).write_text("{not json")
     with pytest.raises(OutputCorruptError, match="unreadable commit record"):
-        files.list_input_files(str(out))
+        files.list_input_files(str(out), FileSystem())
 
 
 def test_without_a_record_nothing_of_the_output_changed(tmp_path):
@@ -467,10 +469,10 @@ def test_without_a_record_nothing_of_the_output_changed(tmp_path):
     out = tmp_path / "out"
     old, _ = overwrite_run(out, 1, "1" * 32, [["old"]])
     old[0].commit()
-    files.finish_interrupted_commits(str(out))
+    files.finish_interrupted_commits(str(out), FileSystem())
     sink = TextFileSink(str(out), write_mode=WriteMode.OVERWRITE)
     w = sink.create_writer(SubtaskContext("sink", 0, 1, job_id="2" * 32))
     w.write_batch(["new"])
     w.prepare_commit()  # ... and killed here, before the JobManager wrote the record
     assert part_lines(out) == ["old"]
-    assert files.list_input_files(str(out)) == [str(out / "part-0-0")]
+    assert files.list_input_files(str(out), FileSystem()) == [str(out / "part-0-0")]

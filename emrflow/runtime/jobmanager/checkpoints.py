@@ -9,18 +9,17 @@ Times are the caller's monotonic seconds.
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 from emrflow import fs
+from emrflow.config_views import CheckpointConfig
 from emrflow.runtime import checkpoint as chk
+from emrflow.runtime.jobmanager.states import JobStatus
 
 #: externalized-checkpoint-retention -> the terminal job states whose checkpoints are kept
-_KEEP_ON = {"NO_EXTERNALIZED_CHECKPOINTS": (), "DELETE_ON_CANCELLATION": ("FAILED",),
-            "RETAIN_ON_CANCELLATION": ("FAILED", "CANCELED")}
+_KEEP_ON = {"NO_EXTERNALIZED_CHECKPOINTS": (), "DELETE_ON_CANCELLATION": (JobStatus.FAILED,),
+            "RETAIN_ON_CANCELLATION": (JobStatus.FAILED, JobStatus.CANCELED)}
 
 
 @dataclass
@@ -34,6 +33,7 @@ class PendingCheckpoint:
     waiting: set
     entries: list = field(default_factory=list)
     metadata: dict | None = None   # its _metadata, once every subtask acknowledged
+    trigger_ms: int = 0            # epoch ms of the trigger (the barrier's timestamp)
 
 
 class CheckpointCoordinator:
@@ -46,23 +46,21 @@ class CheckpointCoordinator:
 
     Args:
         job_id: the job's id (hex).
-        config: the job's configuration (``execution.checkpointing.*``, ``state.*``; ms).
+        config: the job's checkpoint options.
         now: the current monotonic time, seconds.
     """
 
-    def __init__(self, job_id: str, config: Mapping[str, Any], now: float = 0.0):
+    def __init__(self, job_id: str, config: CheckpointConfig, now: float = 0.0):
         self.job_id = job_id
-        self.interval_s = int(config.get("execution.checkpointing.interval") or 0) / 1000.0
-        self.timeout_s = int(config.get("execution.checkpointing.timeout") or 600_000) / 1000.0
-        self.max_concurrent = int(config.get("execution.checkpointing.max-concurrent-checkpoints") or 1)
-        self.min_pause_s = int(config.get("execution.checkpointing.min-pause") or 0) / 1000.0
-        self.retained = int(config.get("state.checkpoints.num-retained") or 1)
-        self.retention = config.get("execution.checkpointing.externalized-checkpoint-retention",
-                                    "NO_EXTERNALIZED_CHECKPOINTS")
-        base = config.get("state.checkpoints.dir") or os.path.join(tempfile.gettempdir(),
-                                                                   "emrflow-checkpoints")
-        self.savepoint_dir: str | None = config.get("state.savepoints.dir")
-        self.job_dir = fs.join(base, job_id)
+        self.config = config
+        self.interval_s = config.interval_ms / 1000.0
+        self.timeout_s = config.timeout_ms / 1000.0
+        self.max_concurrent = config.max_concurrent
+        self.min_pause_s = config.min_pause_ms / 1000.0
+        self.retained = config.num_retained
+        self.retention = config.retention
+        self.savepoint_dir: str | None = config.savepoints_dir
+        self.job_dir = fs.join(config.checkpoints_dir, job_id)
         self.next_id = 1
         self.pending: dict[int, PendingCheckpoint] = {}
         self.completing: dict[int, PendingCheckpoint] = {}  # acknowledged, metadata being written
@@ -91,15 +89,24 @@ class CheckpointCoordinator:
             self.last_trigger = p.started
         return p
 
-    def acknowledge(self, checkpoint_id: int, task: tuple[int, int], entry: dict | None
+    def hold(self, checkpoint_id: int, keys: set) -> None:
+        """Make a pending checkpoint also wait for ``keys`` (each released by an
+        :meth:`acknowledge` with ``entry=None``), e.g. enumerator calls that must return first."""
+        p = self.pending.get(checkpoint_id)
+        if p is not None:
+            p.waiting |= set(keys)
+
+    def acknowledge(self, checkpoint_id: int, task: tuple, entry: dict | None
                     ) -> PendingCheckpoint | None:
-        """Record one subtask's acknowledgement; returns the checkpoint once every subtask
-        acknowledged it (it then waits in :attr:`completing` for its metadata), else ``None``."""
+        """Record one subtask's acknowledgement (or, ``entry=None``, the release of a
+        :meth:`hold`); returns the checkpoint once nothing is waited for any more (it then waits in
+        :attr:`completing` for its metadata), else ``None``."""
         p = self.pending.get(checkpoint_id)
         if p is None:
             return None
         p.waiting.discard(task)
-        p.entries.append(entry)
+        if entry is not None:
+            p.entries.append(entry)
         if p.waiting:
             return None
         del self.pending[checkpoint_id]

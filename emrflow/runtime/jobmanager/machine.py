@@ -25,9 +25,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from emrflow.config import Configuration
+from emrflow.config_views import BadRecordsConfig, CheckpointConfig
+from emrflow.fs import FileSystem
 from emrflow.runtime.jobmanager.checkpoints import CheckpointCoordinator, PendingCheckpoint
 from emrflow.runtime.jobmanager.errors import JobAlreadySubmitted, JobNotFound, SavepointError
-from emrflow.runtime.jobmanager.states import TASK_TERMINAL, TERMINAL, ExecutionState, JobStatus, execution_state
+from emrflow.runtime.jobmanager.states import (
+    TASK_TERMINAL,
+    TERMINAL,
+    ExecutionState,
+    JobStatus,
+    RegionRestartPhase,
+    execution_state,
+)
 from emrflow.runtime.restart import RestartStrategy
 
 log = logging.getLogger("emrflow.jobmanager")
@@ -74,6 +84,8 @@ class JobState:
     name: str
     topology: dict
     job_bytes: bytes
+    #: the JobManager's keys of the job's configuration (``topology["config"]``), read back
+    config: Configuration = field(default_factory=Configuration)
     state: JobStatus = JobStatus.CREATED
     submitted: float = 0.0
     start: float | None = None
@@ -106,6 +118,16 @@ class JobState:
     region_restarts: dict = field(default_factory=dict)  # region -> {"phase", "pause", "pending", "token"}
     region_failover: bool = True         # jobmanager.execution.failover-strategy is region
     slot_deadline: float | None = None   # waiting for free slots until then (monotonic s)
+    split_vertices: dict = field(default_factory=dict)  # SplitSource vertex -> its source's uid
+    enum_generation: dict = field(default_factory=dict)  # vertex -> attempt its enumerator was reset at (-1: paused)
+    readers: set = field(default_factory=set)            # (vertex, subtask) whose split reader registered
+    enum_calls: dict = field(default_factory=dict)       # call id -> (vertex, subtask): handle_splits_finished
+    #                                                      calls issued and not yet returned (SplitsFinished)
+
+    @property
+    def file_system(self) -> FileSystem:
+        """The file system of the job's configuration (its ``s3.*`` options)."""
+        return FileSystem.of(self.config)
 
     @property
     def need(self) -> int:
@@ -310,6 +332,81 @@ class CommitFinished(Event):
 
 
 @dataclass(frozen=True)
+class ReaderRegistered(Event):
+    """The split reader of a SplitSource's subtask started (``reader_registered`` from its slot)."""
+
+    job_id: str
+    vertex: int
+    subtask: int
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class SplitsFinished(Event):
+    """The split reader of a SplitSource's subtask returned these splits finished from a poll
+    (``splits_finished`` from its slot, sent before any later checkpoint acknowledgement of it)."""
+
+    job_id: str
+    vertex: int
+    subtask: int
+    attempt: int
+    split_ids: tuple = ()
+
+
+@dataclass(frozen=True)
+class EnumeratorCallDone(Event):
+    """The :class:`EnumeratorCall` with ``call_id`` returned (or raised, or was skipped as stale)."""
+
+    job_id: str
+    vertex: int
+    call_id: int
+
+
+@dataclass(frozen=True)
+class SplitsAssigned(Event):
+    """A split enumerator (reset at attempt ``generation``) assigned splits: ``{subtask: cloudpickled
+    list}``; ``no_more``: subtasks told that no further splits come."""
+
+    job_id: str
+    vertex: int
+    generation: int
+    splits: dict = field(default_factory=dict)
+    no_more: tuple = ()
+
+
+@dataclass(frozen=True)
+class EnumeratorsSnapshotted(Event):
+    """Outcome of :class:`SnapshotEnumerators`: the enumerators' states were taken (assignments
+    still paused), or ``error``."""
+
+    job_id: str
+    checkpoint_id: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EnumeratorStateWritten(Event):
+    """An enumerator's state file of a checkpoint was written (``entry`` as a task's) or not (``error``)."""
+
+    job_id: str
+    checkpoint_id: int
+    vertex: int
+    entry: dict | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EnumeratorFailed(Event):
+    """A split enumerator (of attempt ``generation``) raised: the job fails over."""
+
+    job_id: str
+    vertex: int
+    generation: int
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterShutdown(Event):
     """The cluster shuts down: lost slots no longer fail jobs."""
 
@@ -355,6 +452,8 @@ class PlanRestore(Instruction):
     fallback: dict | None
     region: frozenset | None = None
     token: int = 0
+    #: the job's file system (its ``s3.*`` options), where the I/O is done
+    file_system: FileSystem = field(default_factory=FileSystem)
 
 
 @dataclass(frozen=True)
@@ -365,6 +464,8 @@ class WriteCheckpointMetadata(Instruction):
     checkpoint_id: int
     target: str
     metadata: dict
+    #: the job's file system (its ``s3.*`` options), where the I/O is done
+    file_system: FileSystem = field(default_factory=FileSystem)
 
 
 @dataclass(frozen=True)
@@ -394,6 +495,8 @@ class RemoveCheckpoint(Instruction):
 
     path: str
     when: str = "background"
+    #: the job's file system (its ``s3.*`` options), where the I/O is done
+    file_system: FileSystem = field(default_factory=FileSystem)
 
 
 @dataclass(frozen=True)
@@ -403,6 +506,8 @@ class WriteCommitRecords(Instruction):
     job_id: str
     attempt: int
     committables: tuple
+    #: the job's file system (its ``s3.*`` options), where the I/O is done
+    file_system: FileSystem = field(default_factory=FileSystem)
 
 
 @dataclass(frozen=True)
@@ -411,9 +516,67 @@ class FinishCommit(Instruction):
 
     job_id: str
     records: tuple
+    #: the job's file system (its ``s3.*`` options), where the I/O is done
+    file_system: FileSystem = field(default_factory=FileSystem)
+
+
+@dataclass(frozen=True)
+class ResetEnumerators(Instruction):
+    """Close the split enumerators of ``vertices`` (``((vertex, source uid), ...)``) and create them
+    again from ``restore``'s enumerator state files (fresh without): the job's attempt ``generation``
+    starts. The shell loads the sources from ``job_bytes``."""
+
+    job_id: str
+    generation: int
+    vertices: tuple
+    job_bytes: bytes
+    restore: dict | None = None
+    file_system: FileSystem = field(default_factory=FileSystem)
+
+
+@dataclass(frozen=True)
+class EnumeratorCall(Instruction):
+    """Call ``method(arg)`` (``add_reader``, ``notify_checkpoint_complete``; for
+    ``handle_splits_finished`` ``arg`` is ``(subtask, [split id, ...])``) on the enumerator of
+    ``vertex`` if it is still the one of attempt ``generation``, in order with the other calls
+    and resets of that enumerator. With a ``call_id``, feed :class:`EnumeratorCallDone` once it
+    returned, raised or was skipped."""
+
+    job_id: str
+    vertex: int
+    generation: int
+    method: str
+    arg: Any = None
+    call_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotEnumerators(Instruction):
+    """Pause assignments, snapshot every enumerator of the job (``generations``: ``((vertex,
+    attempt), ...)`` they must be at), feed :class:`EnumeratorsSnapshotted` (whose instructions send
+    the triggers) while still paused; then write the states into ``target`` and feed one
+    :class:`EnumeratorStateWritten` per enumerator."""
+
+    job_id: str
+    checkpoint_id: int
+    target: str
+    generations: tuple
+    file_system: FileSystem = field(default_factory=FileSystem)
+
+
+@dataclass(frozen=True)
+class CloseEnumerators(Instruction):
+    """The job ended: close its split enumerators."""
+
+    job_id: str
 
 
 Instructions = list[Instruction]
+
+
+def _call_key(call_id: int) -> tuple:
+    """What a checkpoint held for an enumerator call waits for (beside its subtasks' acks)."""
+    return ("enumerator call", call_id)
 
 
 def _failure(message: str, **extra: Any) -> dict:
@@ -457,6 +620,10 @@ class JobManagerStateMachine:
             CheckpointTimerFired: self._on_checkpoint_timer, RestartTimerFired: self._on_restart_timer,
             RestorePlanned: self._on_restore_planned, CommitRecordsWritten: self._on_commit_records,
             CommitFinished: self._on_commit_finished, ClusterShutdown: self._on_shutdown,
+            ReaderRegistered: self._on_reader_registered, SplitsAssigned: self._on_splits_assigned,
+            SplitsFinished: self._on_splits_finished, EnumeratorCallDone: self._on_enumerator_call_done,
+            EnumeratorsSnapshotted: self._on_enumerators_snapshotted,
+            EnumeratorStateWritten: self._on_enumerator_state_written, EnumeratorFailed: self._on_enumerator_failed,
         }
 
     # -- the entry point --------------------------------------------------------------------
@@ -574,7 +741,7 @@ class JobManagerStateMachine:
                 self._complete(job)
         elif e.msg == "abort_tasks":
             for region, r in list(job.region_restarts.items()):
-                if r["phase"] == "ABORTING" and e.slot_id in r["pending"]:
+                if r["phase"] == RegionRestartPhase.ABORTING and e.slot_id in r["pending"]:
                     r["pending"].discard(e.slot_id)
                     self._region_aborted(job, region)
 
@@ -583,17 +750,18 @@ class JobManagerStateMachine:
         topology = e.topology
         if topology["job_id"] in self.jobs:
             raise JobAlreadySubmitted(topology["job_id"])
+        config = Configuration(topology.get("config") or {}, source=f"job {topology['job_id']}")
         job = JobState(id=topology["job_id"], name=topology["name"], topology=topology,
-                       job_bytes=e.job_bytes, submitted=e.wall)
-        config = topology.get("config", {})
+                       job_bytes=e.job_bytes, config=config, submitted=e.wall)
         job.restart = RestartStrategy(config, clock=lambda: self._now)
         job.restore = topology.get("restore")
         from emrflow.graph.jobgraph import pipelined_regions
         job.regions = [frozenset(r) for r in pipelined_regions(
             [v["id"] for v in topology["vertices"]], [(x["source"], x["target"]) for x in topology["edges"]])]
-        job.region_failover = config.get("jobmanager.execution.failover-strategy", "region") == "region"
+        job.region_failover = config.get("jobmanager.execution.failover-strategy") == "region"
+        job.split_vertices = {v["id"]: v["split_source"] for v in topology["vertices"] if v.get("split_source")}
         if topology.get("checkpointing"):
-            job.coordinator = CheckpointCoordinator(job.id, config, e.now)
+            job.coordinator = CheckpointCoordinator(job.id, CheckpointConfig.of(config), e.now)
             if job.restore:  # continue the numbering of the checkpoint restored from
                 job.coordinator.next_id = int(job.restore["checkpoint_id"]) + 1
         self.jobs[job.id] = job
@@ -692,6 +860,7 @@ class JobManagerStateMachine:
             job.start = self._wall
         if job.coordinator is not None:
             job.coordinator.last_trigger = self._now
+        self._reset_enumerators(job, list(job.split_vertices), job.restore)
         addresses = {i: list(s.data_address) for i, s in enumerate(job.slots)}
         for i, s in enumerate(job.slots):
             subtasks = [(v["id"], i) for v in topology["vertices"] if v["parallelism"] > i]
@@ -809,7 +978,8 @@ class JobManagerStateMachine:
             job.state = J.COMMITTING
             self._abort_pending_checkpoints(job, "the job finished")
             self._out.append(WriteCommitRecords(job.id, job.deploy_attempt,
-                                                tuple(c for cs in job.committables.values() for c in cs)))
+                                                tuple(c for cs in job.committables.values() for c in cs),
+                                                job.file_system))
         elif job.state in (J.FAILING, J.CANCELLING, J.RESTARTING) and all(s in TASK_TERMINAL for s in states):
             self._finish_on_slots(job, "abort")
 
@@ -823,16 +993,15 @@ class JobManagerStateMachine:
         sources = {o["id"] for v in job.topology["vertices"] for o in v["operators"] if o.get("kind") == "source"}
         good = sum(rout for m in job.metrics.values()
                    for op_id, (_rin, rout) in m.get("operators", {}).items() if int(op_id) in sources)
-        config = job.topology.get("config", {})
-        ratio = float(config.get("emrflow.bad-records.max-ratio", 1.0))
-        count = config.get("emrflow.bad-records.max-count")
+        limits = BadRecordsConfig.of(job.config)
+        ratio, count = limits.max_ratio, limits.max_count
         total = bad + good
         if good == 0:
             why = "all of them"
         elif bad / total > ratio:
             why = f"more than emrflow.bad-records.max-ratio={ratio:g}"
-        elif count is not None and bad > int(count):
-            why = f"more than emrflow.bad-records.max-count={int(count)}"
+        elif count is not None and bad > count:
+            why = f"more than emrflow.bad-records.max-count={count}"
         else:
             return None
         samples = [x for m in job.metrics.values() for x in m.get("bad_record_samples", [])][:3]
@@ -858,7 +1027,7 @@ class JobManagerStateMachine:
             if job.commit_finishing or not job.commit_sent:
                 return
             job.commit_finishing = True  # one completion only; the roll forward does I/O
-            self._out.append(FinishCommit(job.id, tuple(job.commit_records)))
+            self._out.append(FinishCommit(job.id, tuple(job.commit_records), job.file_system))
         elif job.state == J.FAILED_ABORTING:
             self._set_terminal(job, J.FAILED)
         elif job.state == J.CANCELED_ABORTING:
@@ -880,11 +1049,13 @@ class JobManagerStateMachine:
         for s in job.slots:
             if s.job_id == job.id:
                 s.job_id = None
+        if job.split_vertices:
+            self._out.append(CloseEnumerators(job.id))
         c = job.coordinator
         if c is not None:
             self._abort_pending_checkpoints(job, f"the job is {state}")
             if not c.keeps_on(state):
-                self._out.append(RemoveCheckpoint(c.job_dir, "cleanup"))
+                self._out.append(RemoveCheckpoint(c.job_dir, "cleanup", job.file_system))
 
     # -- the end-of-job commit: record, commit on the slots, roll forward (files.py) -----
     def _on_commit_records(self, e: CommitRecordsWritten) -> None:
@@ -920,8 +1091,11 @@ class JobManagerStateMachine:
         assert job.restart is not None
         log.warning("job %s: %s; restarting the pipelined region %s in %.1f s (%s)", job.id,
                     failure.get("message"), sorted(region), pause, job.restart.describe())
-        job.region_restarts[region] = {"phase": "CANCELLING", "pause": pause, "pending": set(),
+        job.region_restarts[region] = {"phase": RegionRestartPhase.CANCELLING, "pause": pause, "pending": set(),
                                        "token": self._token()}
+        for v in job.split_vertices:
+            if v in region:  # its enumerator's assignments are dropped until it is restored
+                job.enum_generation[v] = -1
         self._abort_pending_checkpoints(job, "a region is restarting")
         subtasks = [k for k in job.tasks if k[0] in region]
         for s in job.slots:
@@ -930,11 +1104,11 @@ class JobManagerStateMachine:
 
     def _region_progress(self, job: JobState) -> None:
         for region, r in list(job.region_restarts.items()):
-            if r["phase"] != "CANCELLING":
+            if r["phase"] != RegionRestartPhase.CANCELLING:
                 continue
             subtasks = [k for k in job.tasks if k[0] in region]
             if all(job.tasks[k] in TASK_TERMINAL for k in subtasks):
-                r["phase"] = "ABORTING"
+                r["phase"] = RegionRestartPhase.ABORTING
                 r["pending"] = {s.id for s in job.slots if s.id in self.slots}
                 for s in job.slots:
                     self._send(s, "abort_tasks", job_id=job.id, subtasks=subtasks)
@@ -947,14 +1121,14 @@ class JobManagerStateMachine:
         if e.error:
             log.warning("job %s: %s", e.job_id, e.error)
         for region, r in list(job.region_restarts.items()):
-            if r["phase"] == "ABORTING" and e.slot_id in r["pending"]:
+            if r["phase"] == RegionRestartPhase.ABORTING and e.slot_id in r["pending"]:
                 r["pending"].discard(e.slot_id)
                 self._region_aborted(job, region)
 
     def _region_aborted(self, job: JobState, region: frozenset) -> None:
         r = job.region_restarts[region]
-        if r["phase"] == "ABORTING" and not r["pending"]:
-            r["phase"] = "WAITING"
+        if r["phase"] == RegionRestartPhase.ABORTING and not r["pending"]:
+            r["phase"] = RegionRestartPhase.WAITING
             self._out.append(StartTimer(r["pause"], RestartTimerFired(job.id, region, r["token"])))
 
     def _on_restart_timer(self, e: RestartTimerFired) -> None:
@@ -963,7 +1137,8 @@ class JobManagerStateMachine:
             return
         c = job.coordinator
         candidates = tuple(m["path"] for m in reversed(c.completed)) if c is not None else ()
-        self._out.append(PlanRestore(job.id, job.topology, candidates, job.restore, e.region, e.token))
+        self._out.append(PlanRestore(job.id, job.topology, candidates, job.restore, e.region, e.token,
+                                     job.file_system))
 
     def _on_restore_planned(self, e: RestorePlanned) -> None:
         job = self.jobs.get(e.job_id)
@@ -986,6 +1161,7 @@ class JobManagerStateMachine:
             return  # a full restart, a cancellation or the end of the job came first
         del job.region_restarts[e.region]
         self._next_attempt(job, plan, f"region {sorted(e.region)}")
+        self._reset_enumerators(job, [v for v in job.split_vertices if v in e.region], plan)
         subtasks = [k for k in job.tasks if k[0] in e.region]
         for k in subtasks:
             job.tasks[k] = X.DEPLOYING
@@ -1008,11 +1184,19 @@ class JobManagerStateMachine:
     def _trigger(self, job: JobState, savepoint_dir: str | None = None) -> PendingCheckpoint:
         c = job.coordinator
         assert c is not None
-        p = c.start(list(job.tasks), self._now, savepoint_dir)
+        p = c.start(list(job.tasks) + [(v, -1) for v in job.split_vertices], self._now, savepoint_dir)
+        if job.split_vertices:  # the enumerators first, with assignments paused (see _on_enumerators_snapshotted)
+            p.trigger_ms = int(self._wall * 1000)
+            self._out.append(SnapshotEnumerators(job.id, p.id, p.target, tuple(sorted(job.enum_generation.items())),
+                                                 job.file_system))
+            return p
+        self._send_triggers(job, p, int(self._wall * 1000))
+        return p
+
+    def _send_triggers(self, job: JobState, p: PendingCheckpoint, timestamp_ms: int) -> None:
         for s in job.slots:
             self._send(s, "trigger_checkpoint", job_id=job.id, checkpoint_id=p.id,
-                       timestamp_ms=int(self._wall * 1000), target=p.target, savepoint=p.savepoint)
-        return p
+                       timestamp_ms=timestamp_ms, target=p.target, savepoint=p.savepoint)
 
     def _on_checkpoint_timer(self, e: CheckpointTimerFired) -> None:
         for job in list(self.jobs.values()):
@@ -1032,7 +1216,7 @@ class JobManagerStateMachine:
             return
         log.warning("job %s: checkpoint %d aborted: %s", job.id, p.id, why)
         self._out.append(CheckpointDone(job.id, p.id, p.target, p.savepoint, error=why))
-        self._out.append(RemoveCheckpoint(p.target, "background"))
+        self._out.append(RemoveCheckpoint(p.target, "background", job.file_system))
 
     def _abort_pending_checkpoints(self, job: JobState, why: str) -> None:
         if job.coordinator is not None:
@@ -1050,11 +1234,22 @@ class JobManagerStateMachine:
             self._abort_checkpoint(job, e.checkpoint_id, f"subtask {e.subtask} of vertex {e.vertex} "
                                                          f"declined: {e.error}")
             return
-        p = c.acknowledge(e.checkpoint_id, (e.vertex, e.subtask), e.entry)
+        # finished splits this subtask reported before this ack: the checkpoint also waits for the
+        # enumerator's handle_splits_finished calls (see _on_splits_finished)
+        calls = {_call_key(n) for n, k in job.enum_calls.items() if k == (e.vertex, e.subtask)}
+        if calls:
+            c.hold(e.checkpoint_id, calls)
+        self._acknowledged(job, e.checkpoint_id, (e.vertex, e.subtask), e.entry, e.attempt)
+
+    def _acknowledged(self, job: JobState, checkpoint_id: int, task: tuple, entry: dict | None,
+                      attempt: int) -> None:
+        c = job.coordinator
+        assert c is not None  # only checkpointing jobs get acknowledgements
+        p = c.acknowledge(checkpoint_id, task, entry)
         if p is None:
             return
-        p.metadata = c.metadata(p, job.name, e.attempt, self._now, int(self._wall * 1000))
-        self._out.append(WriteCheckpointMetadata(job.id, p.id, p.target, p.metadata))
+        p.metadata = c.metadata(p, job.name, attempt, self._now, int(self._wall * 1000))
+        self._out.append(WriteCheckpointMetadata(job.id, p.id, p.target, p.metadata, job.file_system))
 
     def _on_metadata_written(self, e: CheckpointMetadataWritten) -> None:
         job = self.jobs.get(e.job_id)
@@ -1073,8 +1268,125 @@ class JobManagerStateMachine:
         if job.state in (J.RUNNING, J.CANCELLING):
             for s in job.slots:
                 self._send(s, "notify_checkpoint_complete", job_id=job.id, checkpoint_id=p.id)
+            for v, gen in job.enum_generation.items():
+                self._out.append(EnumeratorCall(job.id, v, gen, "notify_checkpoint_complete", p.id))
         self._out.append(CheckpointDone(job.id, p.id, p.target, p.savepoint))
         log.info("job %s: %s %d complete (%d bytes, %d ms) at %s", job.id, meta["kind"], p.id,
                  meta["size_bytes"], meta["duration_ms"], p.target)
         for d in drop:
-            self._out.append(RemoveCheckpoint(d, "now"))
+            self._out.append(RemoveCheckpoint(d, "now", job.file_system))
+
+    # -- split enumerators (SplitSource, Flink's source coordinators) ------------------------------------
+    def _reset_enumerators(self, job: JobState, vertices: list, restore: dict | None) -> None:
+        """The enumerators of ``vertices`` start over for attempt ``job.attempt``, from ``restore``."""
+        if not vertices:
+            return
+        for v in vertices:
+            job.enum_generation[v] = job.attempt
+        job.readers = {k for k in job.readers if k[0] not in vertices}
+        job.enum_calls = {n: k for n, k in job.enum_calls.items() if k[0] not in vertices}  # stale: skipped
+        self._out.append(ResetEnumerators(job.id, job.attempt, tuple((v, job.split_vertices[v]) for v in vertices),
+                                          job.job_bytes, restore, job.file_system))
+
+    def _on_reader_registered(self, e: ReaderRegistered) -> None:
+        job = self.jobs.get(e.job_id)
+        key = (e.vertex, e.subtask)
+        if (job is None or job.state != J.RUNNING or e.vertex not in job.split_vertices
+                or e.attempt != job.task_attempts.get(key) or job.tasks.get(key) in TASK_TERMINAL):
+            return
+        job.readers.add(key)
+        gen = job.enum_generation.get(e.vertex, -1)
+        if gen >= 0:
+            self._out.append(EnumeratorCall(job.id, e.vertex, gen, "add_reader", e.subtask))
+
+    def _on_splits_finished(self, e: SplitsFinished) -> None:
+        """Call the enumerator's ``handle_splits_finished``; hold checkpoints until it returned.
+
+        The contract (:meth:`~emrflow.connectors.splits.SplitEnumerator.handle_splits_finished`):
+        the call has returned before any checkpoint whose snapshot of the subtask was taken after
+        the poll *completes*. The slot sends the report before the acknowledgement of any such
+        snapshot, on the same connection, so when that acknowledgement arrives the call is in
+        :attr:`JobState.enum_calls`; :meth:`_on_checkpoint_ack` then makes the checkpoint also
+        wait for it, and :class:`EnumeratorCallDone` releases it. The call itself runs queued on
+        the enumerator's thread (never under the JobManager's lock), in report order; a call
+        that never returns leaves the checkpoint to its timeout. Reports of another attempt, or
+        while the enumerator is paused for a restart, are dropped: the reader's restored state
+        reports its finished splits again.
+        """
+        job = self.jobs.get(e.job_id)
+        key = (e.vertex, e.subtask)
+        if (job is None or job.state != J.RUNNING or e.vertex not in job.split_vertices
+                or e.attempt != job.task_attempts.get(key) or job.tasks.get(key) in TASK_TERMINAL):
+            return
+        gen = job.enum_generation.get(e.vertex, -1)
+        if gen < 0 or not e.split_ids:
+            return
+        call_id = self._token()
+        job.enum_calls[call_id] = key
+        self._out.append(EnumeratorCall(job.id, e.vertex, gen, "handle_splits_finished",
+                                        (e.subtask, tuple(e.split_ids)), call_id))
+
+    def _on_enumerator_call_done(self, e: EnumeratorCallDone) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            return
+        job.enum_calls.pop(e.call_id, None)
+        c = job.coordinator
+        if c is None:
+            return
+        key = _call_key(e.call_id)
+        for cid in [cid for cid, p in c.pending.items() if key in p.waiting]:
+            self._acknowledged(job, cid, key, None, job.attempt)
+
+    def _on_splits_assigned(self, e: SplitsAssigned) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.state != J.RUNNING or job.enum_generation.get(e.vertex) != e.generation:
+            return  # a failover is under way: the restored enumerator assigns them again
+        for subtask in sorted(set(e.splits) | set(e.no_more)):
+            key = (e.vertex, subtask)
+            state = job.tasks.get(key)
+            if state is None or state in (X.FAILED, X.CANCELED, X.CANCELING):
+                continue
+            if key not in job.readers:
+                if subtask in e.splits:
+                    self._fail(job, _failure(
+                        f"the split enumerator of {self._vertex_name(job, e.vertex)!r} assigned splits to "
+                        f"subtask {subtask}, whose reader is not registered (ctx.registered_readers())"), e.vertex)
+                    return
+                continue  # "no more splits" for a reader that registers later: add_reader tells it again
+            self._send(job.slots[subtask], "add_splits", job_id=job.id, vertex=e.vertex, subtask=subtask,
+                       attempt=job.task_attempts[key], splits=e.splits.get(subtask),
+                       no_more=subtask in e.no_more)
+
+    @staticmethod
+    def _vertex_name(job: JobState, vertex: int) -> str:
+        return next((v["name"] for v in job.topology["vertices"] if v["id"] == vertex), str(vertex))
+
+    def _on_enumerators_snapshotted(self, e: EnumeratorsSnapshotted) -> None:
+        job = self.jobs.get(e.job_id)
+        c = job.coordinator if job is not None else None
+        if job is None or c is None or e.checkpoint_id not in c.pending:
+            return
+        if e.error is not None:
+            self._abort_checkpoint(job, e.checkpoint_id, f"the split enumerators' snapshot failed: {e.error}")
+            return
+        p = c.pending[e.checkpoint_id]
+        self._send_triggers(job, p, p.trigger_ms)
+
+    def _on_enumerator_state_written(self, e: EnumeratorStateWritten) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.coordinator is None or e.checkpoint_id not in job.coordinator.pending:
+            return
+        if e.error is not None:
+            self._abort_checkpoint(job, e.checkpoint_id, f"the state of the split enumerator of "
+                                                         f"{self._vertex_name(job, e.vertex)!r}: {e.error}")
+            return
+        self._acknowledged(job, e.checkpoint_id, (e.vertex, -1), e.entry, job.attempt)
+
+    def _on_enumerator_failed(self, e: EnumeratorFailed) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.state != J.RUNNING or job.enum_generation.get(e.vertex) != e.generation:
+            return
+        self._fail(job, _failure(f"the split enumerator of {self._vertex_name(job, e.vertex)!r} failed: "
+                                 f"{e.message}", operator=self._vertex_name(job, e.vertex),
+                                 traceback=e.traceback), e.vertex)

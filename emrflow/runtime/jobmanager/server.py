@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from emrflow import fs
 from emrflow.runtime import checkpoint as chk
 from emrflow.runtime import rpc
 from emrflow.runtime.jobmanager import machine as m
+from emrflow.runtime.jobmanager.coordinators import SourceCoordinators
 from emrflow.runtime.jobmanager.errors import JobManagerError, SavepointError
 from emrflow.runtime.jobmanager.query import JobManagerQuery, describe, job_view
 from emrflow.runtime.jobmanager.states import TERMINAL, JobStatus
@@ -41,6 +41,8 @@ _SLOT_EVENTS: dict[str, Callable[[str, dict], m.Event]] = {
     "finished_ack": lambda sid, b: m.FinishedAck(sid, **b),
     "checkpoint_ack": lambda sid, b: m.CheckpointAcknowledged(**b),
     "tasks_aborted": lambda sid, b: m.TasksAborted(sid, **b),
+    "reader_registered": lambda sid, b: m.ReaderRegistered(**b),
+    "splits_finished": lambda sid, b: m.SplitsFinished(**b),
 }
 
 
@@ -70,6 +72,8 @@ class JobManager:
         self._tm_conns: dict[str, rpc.Connection] = {}
         self._savepoints: dict[tuple[str, int], concurrent.futures.Future] = {}
         self._cleanups: list[threading.Thread] = []  # checkpoint deletions shutdown() waits for
+        #: the split enumerators of SplitSources (their threads call back into _feed)
+        self.coordinators = SourceCoordinators(self._feed)
         self.client_handlers: dict[str, Callable[..., dict]] = {
             "submit": self.submit, "job_status": self.job_status, "list_jobs": self.list_jobs,
             "cancel": self.cancel, "cluster_status": self.cluster_status, "shutdown": self.shutdown,
@@ -139,7 +143,7 @@ class JobManager:
             timer.daemon = True
             timer.start()
         elif isinstance(ins, m.RemoveCheckpoint) and ins.when != "now":
-            t = threading.Thread(target=chk.remove, args=(ins.path,), daemon=True)
+            t = threading.Thread(target=chk.remove, args=(ins.file_system, ins.path), daemon=True)
             t.start()
             if ins.when == "cleanup":
                 self._cleanups.append(t)
@@ -147,6 +151,8 @@ class JobManager:
             self._in_thread(f"commit-{ins.job_id[:8]}", ins)
         elif isinstance(ins, m.FinishCommit):
             self._in_thread(f"finish-commit-{ins.job_id[:8]}", ins)
+        elif isinstance(ins, (m.ResetEnumerators, m.EnumeratorCall, m.SnapshotEnumerators, m.CloseEnumerators)):
+            self.coordinators.perform(ins)  # queued to the enumerators' threads: never blocks
         else:  # WriteCheckpointMetadata, PlanRestore, RemoveCheckpoint(now)
             after.append(ins)
         return None
@@ -163,7 +169,7 @@ class JobManager:
         """Do the I/O of an instruction (no lock held); returns the event reporting its outcome."""
         if isinstance(ins, m.WriteCheckpointMetadata):
             try:
-                chk.write_metadata(ins.target, ins.metadata)
+                chk.write_metadata(ins.file_system, ins.target, ins.metadata)
             except OSError as exc:
                 return m.CheckpointMetadataWritten(ins.job_id, ins.checkpoint_id, error=repr(exc))
             return m.CheckpointMetadataWritten(ins.job_id, ins.checkpoint_id)
@@ -172,7 +178,7 @@ class JobManager:
             plan = ins.fallback
             for path in ins.candidates:  # the newest that checks out; corrupt ones are skipped
                 try:
-                    verified = chk.load_metadata(path, verify=True)
+                    verified = chk.load_metadata(ins.file_system, path, verify=True)
                     plan = chk.plan_restore(verified, ins.topology, allow_non_restored=True)
                     break
                 except chk.CheckpointError as exc:
@@ -183,12 +189,12 @@ class JobManager:
                 plan = ins.fallback
             return m.RestorePlanned(ins.job_id, plan, tuple(corrupt), ins.region, ins.token)
         if isinstance(ins, m.RemoveCheckpoint):
-            chk.remove(ins.path)
+            chk.remove(ins.file_system, ins.path)
             return None
         if isinstance(ins, m.WriteCommitRecords):
             from emrflow.connectors import files
             try:
-                records = files.write_commit_records(ins.job_id, list(ins.committables))
+                records = files.write_commit_records(ins.file_system, ins.job_id, list(ins.committables))
             except Exception as exc:  # noqa: BLE001 - any storage error: nothing was published
                 return m.CommitRecordsWritten(ins.job_id, ins.attempt, error=str(exc))
             return m.CommitRecordsWritten(ins.job_id, ins.attempt, tuple(records))
@@ -197,7 +203,7 @@ class JobManager:
             error = None
             for uri in ins.records:
                 try:
-                    files.finish_commit(uri)
+                    files.finish_commit(ins.file_system, uri)
                 except Exception as exc:  # noqa: BLE001 - reported as the job's failure
                     error = (f"the commit of the job's output did not finish: {exc}; the next job writing "
                              f"to that directory finishes it (commit record {uri})")
@@ -310,7 +316,6 @@ class JobManager:
         Raises:
             JobAlreadySubmitted: a job with its id was submitted before.
         """
-        fs.configure(topology.get("config", {}))
         self._feed(m.SubmitJob(topology, job_bytes))
         job_id = topology["job_id"]
         with self.cond:  # deployed, or failed for want of slots (the clock thread's timeout)

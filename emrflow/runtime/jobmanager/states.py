@@ -74,6 +74,15 @@ class ExecutionState(_StrEnum):
         return self in TASK_TERMINAL
 
 
+class RegionRestartPhase(_StrEnum):
+    """Where the restart of one pipelined region stands (region failover, Flink's
+    ``RestartPipelinedRegionFailoverStrategy``)."""
+
+    CANCELLING = "CANCELLING"   # the region's subtasks are being cancelled
+    ABORTING = "ABORTING"       # the region's sinks discard what they wrote since the checkpoint
+    WAITING = "WAITING"         # the restart pause; then the region's subtasks are deployed again
+
+
 #: The states a job ends in.
 TERMINAL: tuple[JobStatus, ...] = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED)
 #: The states a subtask ends in.

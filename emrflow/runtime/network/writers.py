@@ -11,7 +11,10 @@ Partitioners, as Flink's:
 * ``rebalance``: round-robin over consumers, record by record;
 * ``broadcast``: every record to every consumer;
 * ``hash``: by key group (:mod:`emrflow.graph.keygroups`); the key-to-subtask
-  lookup is memoised in a dict so repeated keys cost a C-level lookup.
+  lookup is memoised in a dict that maps a key straight to its consumer's
+  staging list, so a batch is split in one C-level pass (a dict lookup and a
+  ``list.append`` per record, no Python frame); only a key seen for the first
+  time runs the stable hash in Python.
 
 :class:`CombiningWriter` adds BATCH-mode local aggregation in front of a hash
 writer (a combiner): records of the same key are pre-aggregated with the
@@ -21,7 +24,7 @@ consumer's own aggregation before they cross the network.
 from __future__ import annotations
 
 import time
-from itertools import compress
+from collections import deque
 from typing import Any, Callable
 
 from emrflow.graph.keygroups import KeyToSubtask
@@ -125,25 +128,32 @@ class HashWriter(RecordWriter):
                  max_parallelism: int):
         super().__init__(channels, batch_size)
         self.key_selector = key_selector
-        self._lookup = KeyToSubtask(max_parallelism, len(channels))
-
-    def targets(self, keys: list) -> list[int]:
-        """Return the consumer index of every key."""
-        lookup = self._lookup
-        try:
-            return list(map(lookup.__getitem__, keys))
-        except TypeError:  # an unhashable key (a list): no memo for this batch
-            return [lookup.__missing__(k) for k in keys]
+        # one staging list per consumer; the memo maps a key straight to its consumer's list,
+        # so a batch is partitioned in one C-level pass (dict lookup + list.append per record)
+        self._stages: list[list] = [[] for _ in channels]
+        self._route = KeyToSubtask(max_parallelism, len(channels), targets=self._stages)
+        self._consume: Callable[[Any], None] = deque(maxlen=0).extend
 
     def write_batch(self, records: list) -> None:
         n = len(self.channels)
         if n == 1:  # one consumer: the key cannot change the target
             self._emit_to(0, records)
             return
-        targets = self.targets(list(map(self.key_selector, records)))
+        keys = list(map(self.key_selector, records))
+        stages = self._stages
+        try:
+            self._consume(map(list.append, map(self._route.__getitem__, keys), records))
+        except TypeError:  # an unhashable key (a list): no memo for this batch
+            for stage in stages:
+                stage.clear()
+            route = self._route.__missing__  # raises TypeError for a key without stable hash
+            for key, record in zip(keys, records):
+                route(key).append(record)
         for idx in range(n):
-            part = list(compress(records, map(idx.__eq__, targets)))
-            if part:
+            stage = stages[idx]
+            if stage:
+                part = stage.copy()
+                stage.clear()
                 self._emit_to(idx, part)
 
 

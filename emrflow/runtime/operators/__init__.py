@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from emrflow.api import transformations as T
+from emrflow.config import Configuration
 from emrflow.runtime.operators.aligned import AlignedWindowOperator
 from emrflow.runtime.operators.base import (
     Operator,
@@ -73,7 +74,7 @@ def create_operator(node: Any, batch: bool, max_parallelism: int, sink_writer: A
         batch: the job runs in BATCH mode.
         max_parallelism: the vertex's number of key groups.
         sink_writer: for a sink node, its writer.
-        config: the job's configuration (key -> value), ``None`` for defaults.
+        config: the job's :class:`~emrflow.config.Configuration`, ``None`` for the defaults.
 
     Raises:
         ValueError: the node's kind has no operator.
@@ -84,7 +85,7 @@ def create_operator(node: Any, batch: bool, max_parallelism: int, sink_writer: A
     if cls is WindowOperator:
         cls = window_operator_class(node.function, node.timestamped)
     setup = OperatorSetup(batch=batch, max_parallelism=max_parallelism, sink_writer=sink_writer,
-                          config=config if config is not None else {})
+                          config=config if config is not None else Configuration())
     return cls.from_node(node, setup)
 
 

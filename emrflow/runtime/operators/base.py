@@ -27,6 +27,7 @@ from emrflow.api.functions import (
     ProcessFunction,
     RuntimeContext,
 )
+from emrflow.config import Configuration
 from emrflow.errors import JobGraphError
 from emrflow.graph.keygroups import assign_to_key_group
 from emrflow.runtime.network.events import Watermark, WatermarkStatus
@@ -40,18 +41,18 @@ class OperatorSetup:
         batch: the job runs in BATCH mode.
         max_parallelism: the vertex's number of key groups.
         sink_writer: for a sink, the writer the task made for it, else ``None``.
-        config: the job's configuration (key -> value).
+        config: the job's :class:`~emrflow.config.Configuration`.
     """
 
     batch: bool = False
     max_parallelism: int = 128
     sink_writer: Any = None
-    config: Any = field(default_factory=dict)
+    config: Configuration = field(default_factory=Configuration)
 
     @property
     def backend_kind(self) -> str:
         """The keyed state backend, ``state.backend.type`` (``hashmap`` or ``rocksdb``)."""
-        return str(self.config.get("state.backend.type", "hashmap"))
+        return str(self.config.get("state.backend.type"))
 
 
 class Output:

@@ -134,10 +134,13 @@ class TimestampsOperator(Operator):
         self._next_emit = 0
         self._last_record_ms = time.time() * 1000
         self._idle = False
+        #: chained right after a SplitSource: the task calls process_split, event time is per split
+        self.per_split = False
+        self._splits = None
 
     @classmethod
     def from_node(cls, node: Any, setup: OperatorSetup) -> "TimestampsOperator":
-        return cls(node.name, node.function, int(setup.config.get("pipeline.auto-watermark-interval", 200)),
+        return cls(node.name, node.function, int(setup.config.get("pipeline.auto-watermark-interval")),
                    node.timestamped)
 
     def process_batch(self, records: list) -> None:
@@ -158,6 +161,45 @@ class TimestampsOperator(Operator):
         if self._interval_ms == 0:
             self._emit_watermark()
 
+    # -- per-split event time (SplitSource) ------------------------------------------------
+    def enable_per_split(self) -> None:
+        """Track event time per split (:class:`~emrflow.runtime.split_watermarks.SplitWatermarks`);
+        the task of a SplitSource calls this when this operator is chained right after the source."""
+        from emrflow.runtime.split_watermarks import SplitWatermarks
+        self.per_split = True
+        self._splits = SplitWatermarks(self._lag, self._idle_ms, int(time.time() * 1000))
+
+    def add_split(self, split_id: str) -> None:
+        """A split was assigned to the subtask (per-split mode)."""
+        self._splits.add_split(split_id, int(time.time() * 1000))
+
+    def process_split(self, split_id: str, records: list, finished: bool) -> None:
+        """Records of one split (per-split mode): timestamps, then the split's event time."""
+        now = int(time.time() * 1000)
+        splits = self._splits
+        if records:
+            self.records_in += len(records)
+            stamps = list(map(self._extract, records))
+            if set(map(type, stamps)) != {int}:
+                stamps = [int(t) for t in stamps]
+            if splits.on_records(split_id, max(stamps), now):
+                self.output.emit_status(False)
+            self.output.emit(list(zip(stamps, records)))
+        if finished:
+            splits.finish(split_id, now)
+        if self._interval_ms == 0:
+            self._advance_splits(now)
+
+    def _advance_splits(self, now_ms: int) -> None:
+        wm, status = self._splits.advance(now_ms)
+        if status is False:
+            self.output.emit_status(False)
+        if wm is not None and wm > self._emitted:
+            self._emitted = wm
+            super().process_watermark(wm)
+        if status is True:
+            self.output.emit_status(True)
+
     def _emit_watermark(self) -> None:
         if self._lag is not None and self._max_ts > MIN_WATERMARK:
             wm = self._max_ts - self._lag - 1
@@ -169,6 +211,9 @@ class TimestampsOperator(Operator):
         if now_ms < self._next_emit:
             return
         self._next_emit = now_ms + self._interval_ms
+        if self.per_split:
+            self._advance_splits(now_ms)
+            return
         self._emit_watermark()
         if self._idle_ms is not None and not self._idle and now_ms - self._last_record_ms >= self._idle_ms:
             self._idle = True
