@@ -77,6 +77,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         if "yarn" in item.keywords and no_yarn:
             item.add_marker(pytest.mark.skip(reason=f"yarn: {no_yarn}"))
+    # the longest group first: xdist hands out work in collection order, and the YARN group
+    # (several minutes on one worker) would otherwise start last and run alone at the end
+    order = {g: i for i, (_prefix, g) in enumerate(_XDIST_GROUPS)}
+    items.sort(key=lambda it: next((order[m.args[0]] for m in it.iter_markers("xdist_group")), len(order)))
 
 
 @pytest.fixture(scope="session")

@@ -265,7 +265,31 @@ class _TextReader(_BlockReader):
             self._position = (n + 1, None, 0)
 
 
-class TextFileSource(Source):
+class PathSource(Source):
+    """A bounded source over a file, or every file of a directory (``path``; local or ``s3://``).
+
+    Subclasses say how to read the listed files in :meth:`create_path_reader`.
+    """
+
+    path: str
+
+    def validate(self, file_system: FileSystem | None = None) -> None:
+        """Check that ``path`` exists (finishing a commit a killed writer of it left decided).
+
+        Raises:
+            InputNotFoundError: ``path`` does not exist.
+        """
+        list_input_files(self.path, file_system or FileSystem())
+
+    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
+        return self.create_path_reader(list_input_files(self.path, ctx.file_system), ctx)
+
+    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
+        """Return the reader of subtask ``ctx.subtask_index`` over ``files`` (URIs, by name)."""
+        raise NotImplementedError
+
+
+class TextFileSource(PathSource):
     """The lines of a file, or of every file in a directory, without line terminators.
 
     Mirrors Flink's ``FileSource.forRecordStreamFormat(new TextLineInputFormat(), path)``;
@@ -290,12 +314,8 @@ class TextFileSource(Source):
         self.path = path
         self.encoding = encoding
 
-    def validate(self, file_system: FileSystem | None = None) -> None:
-        """Raises: InputNotFoundError: ``path`` does not exist."""
-        list_input_files(self.path, file_system or FileSystem())
-
-    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        return _TextReader(list_input_files(self.path, ctx.file_system), ctx, self.encoding)
+    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
+        return _TextReader(files, ctx, self.encoding)
 
 
 # -- CSV -----------------------------------------------------------------------------------
@@ -435,7 +455,7 @@ class _ArrowCsv:
         return [list(islice(rows, c)) for c in counts]
 
 
-class CsvSource(Source):
+class CsvSource(PathSource):
     """Tuples from CSV files, split among subtasks like :class:`TextFileSource`.
 
     Mirrors Flink's ``FileSource`` with a ``CsvReaderFormat``; a record is one line
@@ -503,12 +523,8 @@ class CsvSource(Source):
         fields = self.types if self.types is not None else self.names
         return len(fields) if fields is not None else None
 
-    def validate(self, file_system: FileSystem | None = None) -> None:
-        """Raises: InputNotFoundError: ``path`` does not exist."""
-        list_input_files(self.path, file_system or FileSystem())
-
-    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        return _CsvReader(self, list_input_files(self.path, ctx.file_system), ctx)
+    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
+        return _CsvReader(self, files, ctx)
 
 
 class _CsvReader(_BlockReader):

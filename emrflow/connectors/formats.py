@@ -33,16 +33,16 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from emrflow import fs
-from emrflow.connectors.base import SinkWriter, Source, SourceReader, SubtaskContext
+from emrflow.connectors.base import SinkWriter, SourceReader, SubtaskContext
 from emrflow.connectors.files import (
     _WRITE_BUFFER,
     FileSink,
+    PathSource,
     WriteMode,
     _BlockReader,
     _check_encoding,
     _PartWriter,
     _Split,
-    list_input_files,
 )
 from emrflow.errors import BadRecordError
 from emrflow.fs import FileSystem
@@ -56,7 +56,7 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
 
 # -- JSON lines ------------------------------------------------------------------------------
 
-class JsonLinesSource(Source):
+class JsonLinesSource(PathSource):
     """Dicts from JSON lines files (one JSON object per line), split like :class:`TextFileSource`.
 
     Mirrors Flink's ``FileSource`` with a JSON lines ``StreamFormat``. Files are cut into
@@ -95,12 +95,8 @@ class JsonLinesSource(Source):
         self.fail_on_bad_records = fail_on_bad_records
         self.encoding = encoding
 
-    def validate(self, file_system: FileSystem | None = None) -> None:
-        """Raises: InputNotFoundError: ``path`` does not exist."""
-        list_input_files(self.path, file_system or FileSystem())
-
-    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        return _JsonLinesReader(self, list_input_files(self.path, ctx.file_system), ctx)
+    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
+        return _JsonLinesReader(self, files, ctx)
 
 
 class _JsonLinesReader(_BlockReader):
@@ -203,7 +199,7 @@ def _pq():
     return pq
 
 
-class ParquetSource(Source):
+class ParquetSource(PathSource):
     """Records from Parquet files (pyarrow), split among subtasks by row group.
 
     Mirrors Flink's ``FileSource`` with a Parquet ``BulkFormat``. The row groups of all
@@ -244,12 +240,8 @@ class ParquetSource(Source):
         self.record_type = record_type
         self.batch_rows = batch_rows
 
-    def validate(self, file_system: FileSystem | None = None) -> None:
-        """Raises: InputNotFoundError: ``path`` does not exist."""
-        list_input_files(self.path, file_system or FileSystem())
-
-    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        return _ParquetReader(self, list_input_files(self.path, ctx.file_system), ctx)
+    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
+        return _ParquetReader(self, files, ctx)
 
 
 class _ParquetReader(SourceReader):
