@@ -10,10 +10,11 @@ one. :class:`SplitWatermarks` is that logic without I/O or clocks (times come in
   back; its next record makes it active again;
 * a finished split drops out;
 * the subtask's watermark is the minimum over its active splits and only moves forward;
-* the subtask is idle when all its splits are idle, or when it has no split for ``d`` (or, when
-  the strategy sets no idleness, as soon as it has none): a subtask of an unbounded job that was
-  given no split (fewer files, shards or partitions than subtasks) does not stall event time
-  downstream.
+* the subtask is idle when all its splits are idle, or when it has had no split for ``d``. As in
+  Flink, without ``with_idleness`` a subtask without splits is never idle: it may still be given
+  one (a split assigned late, a partition discovered later), whose records would otherwise be
+  late; a job with fewer splits than subtasks needs ``with_idleness`` for event time to advance
+  before the input ends.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class SplitWatermarks:
                     s.idle = True
         active = [sid for sid, s in self.splits.items() if not s.idle]
         if not self.splits:
-            now_idle = now_ms - self._empty_since >= (idle_ms or 0)
+            now_idle = idle_ms is not None and now_ms - self._empty_since >= idle_ms
         else:
             now_idle = not active
         status = None
