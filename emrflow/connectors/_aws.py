@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from abc import abstractmethod
 from typing import Any, Callable, TypeVar
 
 from emrflow.connectors._options import check_int
@@ -241,9 +242,9 @@ class AwsSinkWriter(SinkWriter):
         """The record being written, for messages."""
         return f"record {self._index} of subtask {self._ctx.subtask_index}"
 
+    @abstractmethod
     def flush(self) -> None:
         """Send every buffered record; return when AWS has written them all."""
-        raise NotImplementedError
 
     def snapshot_state(self, checkpoint_id: int) -> None:
         """Flush at the barrier: every record before it is written when the checkpoint completes."""

@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import time
+from abc import abstractmethod
 from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
@@ -284,9 +285,9 @@ class PathSource(Source):
     def create_reader(self, ctx: SubtaskContext) -> SourceReader:
         return self.create_path_reader(list_input_files(self.path, ctx.file_system), ctx)
 
+    @abstractmethod
     def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
         """Return the reader of subtask ``ctx.subtask_index`` over ``files`` (URIs, by name)."""
-        raise NotImplementedError
 
 
 class TextFileSource(PathSource):
@@ -756,13 +757,13 @@ class _PartWriter(SinkWriter):
         return self._checkpointing and (raw.written >= self._max_bytes
                                         or time.monotonic() - opened >= self._max_age_s)
 
+    @abstractmethod
     def _roll_all(self) -> None:
         """Close every open in-progress file and append its names to ``self._closed``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _listing(self) -> list[tuple[str, str]]:
         """``(directory uri, file name)`` of the files a restore looks at for stale ones."""
-        raise NotImplementedError
 
     def _delete_unpublished(self, in_progress: list[str], discard_pending: bool) -> None:
         """Delete the ``in_progress`` files, the files rolled since the last checkpoint and,
