@@ -42,6 +42,7 @@ import csv
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -196,22 +197,29 @@ class TreeRss:
         return self.peak
 
 
-def run_emrflow(job: str, parallelism: int, args: list[str]) -> tuple[float, float, int]:
-    """Run ``emrflow run``; return (job runtime s, wall s, peak tree RSS bytes)."""
+def run_emrflow(job: str, parallelism: int, args: list[str]) -> tuple[float, float, int, float]:
+    """Run ``emrflow run``; return (job runtime s, wall s, peak tree RSS bytes, CPU s of the tree).
+
+    The CPU seconds (user + system) are those of every process of the run that was waited for
+    (client, JobManager, TaskManagers, slots): ``RUSAGE_CHILDREN`` before and after.
+    """
     out = tempfile.mkdtemp(prefix="emrflow-bench-")
     cmd = [sys.executable, "-m", "emrflow.cli", "run", "-p", str(parallelism), job, *args,
            "--output", os.path.join(out, "o")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     rss = TreeRss(proc.pid)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     peak = rss.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"emrflow failed ({proc.returncode}):\n{stderr}")
     m = re.search(r"Job Runtime: (\d+) ms", stderr)
-    return (int(m.group(1)) / 1000 if m else wall), wall, peak
+    return (int(m.group(1)) / 1000 if m else wall), wall, peak, cpu
 
 
 SUMMARY: list[tuple[str, float, float, float, float, int]] = []
@@ -225,11 +233,11 @@ def bench(name: str, job: str, args: list[str], plain, path: str, repeat: int) -
     rates = {}
     peaks = []
     for p in (1, 2):
-        job_s, wall, peak = min((run_emrflow(job, p, args) for _ in range(repeat)), key=lambda r: r[0])
+        job_s, wall, peak, cpu = min((run_emrflow(job, p, args) for _ in range(repeat)), key=lambda r: r[0])
         rates[p] = (n / job_s, n / wall)
         peaks.append(peak)
         print(f"emrflow p={p}     : {n / job_s / 1e6:6.2f} M rec/s job, {n / wall / 1e6:6.2f} M rec/s wall "
-              f"(job {job_s:.2f} s, wall {wall:.2f} s), peak RSS {peak / 2**20:.0f} MiB")
+              f"(job {job_s:.2f} s, wall {wall:.2f} s, CPU {cpu:.2f} s), peak RSS {peak / 2**20:.0f} MiB")
     print(f"p=1 / plain     : {rates[1][0] / plain_rate:.2f} job, {rates[1][1] / plain_rate:.2f} wall"
           "   (target >= 0.5)")
     print(f"p=2 / p=1       : {rates[2][0] / rates[1][0]:.2f} job, {rates[2][1] / rates[1][1]:.2f} wall"

@@ -123,7 +123,7 @@ def source_run(endpoint: str, stream: str, total: int, p: int) -> tuple[int, int
                 r.add_splits(ctx.inbox[i])
                 ctx.inbox[i] = []
             n += sum(len(b.records) for b in r.poll(0.05))
-    calls = sum(r.get_records_calls for r in readers)
+    calls = sum(r.get_records_calls.get_count() for r in readers)
     for r in readers:
         r.close()
     enum.close()

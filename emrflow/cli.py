@@ -39,10 +39,10 @@ class _Progress:
     @staticmethod
     def summary(status: dict) -> str:
         vertices = status.get("vertices", [])
-        rin = sum(v["operators"][0]["records_in"] for v in vertices if v["operators"]
-                  and not v["name"].startswith("Source"))
-        rout = sum(o["records_out"] for v in vertices for o in v["operators"][:1]
-                   if v["name"].startswith("Source"))
+        rin = sum(v["operators"][0]["records_in"] for v in vertices
+                  if v["operators"] and not v.get("is_source"))
+        rout = sum(v["operators"][0]["records_out"] for v in vertices
+                   if v["operators"] and v.get("is_source"))
         done = sum(s == ExecutionState.FINISHED for v in vertices for s in v["subtask_states"])
         total = sum(len(v["subtask_states"]) for v in vertices)
         return (f"{status['state']}  {status['duration_ms'] / 1000:6.1f} s  "

@@ -21,7 +21,9 @@ from emrflow.errors import ConfigError, ConnectorError
 
 T = TypeVar("T")
 
-#: botocore's own attempts for a whole request (throttling, 5xx, connection errors).
+#: botocore's own retries of a whole request (throttling, 5xx, connection errors) after the first
+#: attempt: botocore's ``Config(retries={"max_attempts": n})`` counts retries, so 5 means at most
+#: 6 requests (the ``AWS_MAX_ATTEMPTS`` variable and ``total_max_attempts`` count the first one too).
 CLIENT_MAX_ATTEMPTS = 5
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from emrflow.config import Configuration
+from emrflow.connectors.metric_group import MetricGroup
 from emrflow.fs import FileSystem
 
 
@@ -42,6 +43,13 @@ class SubtaskContext:
         job_id: the job's id (32 hex characters), ``""`` if unknown.
         file_system: the job's :class:`~emrflow.fs.FileSystem` (its ``s3.*`` options); file
             sources and sinks read and write through it.
+        send_split_request: ``() -> None``: a split reader asks its enumerator for a split
+            (Flink's ``SourceReaderContext.sendSplitRequest``): the JobManager calls the
+            enumerator's ``handle_split_request(subtask_index)``, after ``add_reader`` if the
+            reader has not registered yet; does nothing for other readers and writers.
+        metric_group: the operator subtask's :class:`~emrflow.connectors.metric_group.MetricGroup`
+            (Flink's ``SourceReaderContext.metricGroup()`` / ``SinkWriter.InitContext.metricGroup()``):
+            counters and gauges registered there are served by the REST API and Prometheus.
     """
 
     operator_name: str
@@ -53,6 +61,8 @@ class SubtaskContext:
     checkpointing: bool = False
     job_id: str = ""
     file_system: FileSystem = field(default_factory=FileSystem)
+    send_split_request: Callable[[], None] = lambda: None
+    metric_group: MetricGroup = field(default_factory=MetricGroup)
 
 
 class SourceReader(ABC):

@@ -154,14 +154,18 @@ def send_with_retries(send: Callable[[list], dict], table: str, requests: list, 
 class DynamoDbWriter(_aws.AwsSinkWriter):
     """One subtask's writer of a :class:`DynamoDbSink` (buffer, de-duplicate, batch, retry).
 
-    Attributes:
-        items_written: items DynamoDB accepted (after de-duplication).
-        items_deduplicated: items replaced in the buffer by a later item with the same key.
-        items_retried: write requests sent again because DynamoDB left them unprocessed.
-        requests: ``BatchWriteItem`` requests sent, retries included.
+    The counters are on the operator's metric group (``ctx.metric_group``; REST and Prometheus,
+    see ``docs/connectors.md``) and logged (INFO) when the writer finishes.
 
-    The runtime has no metric hook for sinks yet: these counters stay on the writer and are
-    logged (INFO) when the writer finishes.
+    Attributes:
+        items_written: counter ``numRecordsSend`` (Flink's): items DynamoDB accepted (after
+            de-duplication).
+        items_deduplicated: counter ``numRecordsDeduplicated``: items replaced in the buffer by a
+            later item with the same key.
+        items_retried: counter ``numRecordsOutErrors`` (Flink's): write requests sent again
+            because DynamoDB left them unprocessed.
+        requests: counter ``numBatchWriteItemRequests``: ``BatchWriteItem`` requests sent,
+            retries included.
     """
 
     def __init__(self, sink: DynamoDbSink, ctx: SubtaskContext):
@@ -173,7 +177,11 @@ class DynamoDbWriter(_aws.AwsSinkWriter):
         self._item = sink.item
         self._pending: dict[tuple, dict] = {}  # primary key -> serialized item, oldest first
         self._oldest = 0.0
-        self.items_written = self.items_deduplicated = self.items_retried = self.requests = 0
+        group = ctx.metric_group
+        self.items_written = group.counter("numRecordsSend")
+        self.items_deduplicated = group.counter("numRecordsDeduplicated")
+        self.items_retried = group.counter("numRecordsOutErrors")
+        self.requests = group.counter("numBatchWriteItemRequests")
 
     def _describe_key(self) -> list[str]:
         table = _aws.call_existing(self._client, self._resource, "DescribeTable",
@@ -212,7 +220,7 @@ class DynamoDbWriter(_aws.AwsSinkWriter):
             if not pending:
                 self._oldest = time.monotonic()
             if pending.pop(key, None) is not None:
-                self.items_deduplicated += 1
+                self.items_deduplicated.inc()
             pending[key] = av
             if len(pending) >= self._sink.batch_size:
                 self._send_batch()
@@ -224,13 +232,13 @@ class DynamoDbWriter(_aws.AwsSinkWriter):
         keys = list(pending)[: self._sink.batch_size]
         requests = [{"PutRequest": {"Item": pending.pop(k)}} for k in keys]
         self._oldest = time.monotonic()
-        self.items_retried += send_with_retries(self._call, self._table, requests, self._sink.max_attempts,
-                                                self._backoff)
-        self.items_written += len(requests)
+        self.items_retried.inc(send_with_retries(self._call, self._table, requests, self._sink.max_attempts,
+                                                 self._backoff))
+        self.items_written.inc(len(requests))
 
     def _call(self, requests: list) -> dict:
         from botocore.exceptions import BotoCoreError, ClientError
-        self.requests += 1
+        self.requests.inc()
         try:
             return self._client.batch_write_item(RequestItems={self._table: requests})
         except (ClientError, BotoCoreError) as exc:
@@ -259,5 +267,5 @@ class DynamoDbWriter(_aws.AwsSinkWriter):
 
     def _log(self) -> None:
         log.info("%s subtask %d: %d items written, %d de-duplicated in the buffer, %d retried, %d requests",
-                 self._resource, self._ctx.subtask_index, self.items_written, self.items_deduplicated,
-                 self.items_retried, self.requests)
+                 self._resource, self._ctx.subtask_index, self.items_written.get_count(),
+                 self.items_deduplicated.get_count(), self.items_retried.get_count(), self.requests.get_count())

@@ -1,11 +1,17 @@
-"""Files: line and CSV sources split by byte range, text and CSV part-file sinks.
+"""Files: the text line and CSV formats of :class:`~emrflow.connectors.monitoring.FileSource`, text and
+CSV part-file sinks.
 
-Sources mirror Flink's ``FileSource`` with a ``TextLineInputFormat`` (and a CSV
-format on top of it): a path is a file or a directory (its regular files whose
-names do not start with ``.`` or ``_``, sorted by name). Each file is cut into
-``parallelism`` byte ranges of near-equal size; subtask ``i`` reads range ``i``
-of every file, and a line belongs to the range its first byte lies in (Hadoop's
-``LineRecordReader`` rule), so every line is read exactly once at any parallelism.
+:class:`TextLineFormat` and :class:`CsvFormat` are record formats of the one file source (a
+FLIP-27 split source, Flink's ``FileSource`` with a ``TextLineInputFormat`` / ``CsvReaderFormat``);
+:class:`TextFileSource` and :class:`CsvSource` build a bounded one. A path is a file or a
+directory (its regular files whose names do not start with ``.`` or ``_``, sorted by name). The
+split enumerator (in the JobManager) cuts each file into ``parallelism`` byte ranges of
+near-equal size (:func:`split_range`); range ``i`` of every file is a split of subtask ``i``, and
+a line belongs to the range its first byte lies in (Hadoop's ``LineRecordReader`` rule), so every
+line is read exactly once at any parallelism. A split
+(:class:`~emrflow.connectors.monitoring.FileSplit`) carries the byte offset of its next line and
+the number of lines before it, so it resumes there after a restore (at any parallelism) and a bad
+line is reported with its file and line number.
 
 Reading is block-wise: a reader cuts the file into blocks of whole lines of
 about :data:`BLOCK_BYTES` bytes and does the per-line work (decoding, splitting,
@@ -53,7 +59,8 @@ from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from emrflow import fs
-from emrflow.connectors.base import Sink, SinkWriter, Source, SourceReader, SubtaskContext
+from emrflow.connectors.base import Sink, SinkWriter, SubtaskContext
+from emrflow.connectors.monitoring import FileFormat, FileSource, FileSplit
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
 from emrflow.fs import FileSystem
 
@@ -146,88 +153,57 @@ def _line_blocks(f: BinaryIO, start: int, end: int, block_bytes: int = BLOCK_BYT
             i = 0
 
 
-class _Split:
-    """A subtask's byte range of one file, with the line number of its first line (found lazily)."""
-
-    def __init__(self, path: str, parallelism: int, index: int, file_system: FileSystem):
-        self.path = path
-        self.file_system = file_system
-        self.start, self.end = split_range(file_system.size(path), parallelism, index)
-        self._first_line: int | None = None
-
-    def first_line_number(self) -> int:
-        """Return the 1-based line number (in the file) of the first line starting in the range."""
-        if self._first_line is None:
-            self._first_line = 1
-            if self.start > 0:  # n newlines before byte start - 1: it is on line n + 1,
-                n, left = 0, self.start - 1  # and the first line starting after it is n + 2
-                with self.file_system.open_input(self.path) as f:
-                    while left > 0 and (data := f.read(min(left, _READ_BYTES))):
-                        n += data.count(b"\n")
-                        left -= len(data)
-                self._first_line = n + 2
-        return self._first_line
-
-
 def _check_encoding(encoding: str) -> None:
     if not "a\n".encode(encoding).endswith(b"a\n"):  # also raises LookupError for unknown names
         raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; files are split at b'\\n'")
 
 
-class _BlockReader(SourceReader):
-    """Reads the blocks of one subtask's ranges of a list of files; closes the open file in close()."""
+class _BlockReader:
+    """Reads the blocks of :class:`~emrflow.connectors.monitoring.FileSplit`\\ s (byte ranges of files) for
+    a line format; :meth:`read_split` yields one batch per block and sets the split's position
+    (offset, line) before it yields."""
 
-    checkpointable = True
-
-    def __init__(self, files: list[str], ctx: SubtaskContext, encoding: str,
-                 fail_on_bad_records: bool | None = None):
-        self._splits = [_Split(f, ctx.parallelism, ctx.subtask_index, ctx.file_system) for f in files]
+    def __init__(self, ctx: SubtaskContext, encoding: str, fail_on_bad_records: bool | None = None):
         self._ctx = ctx
         self._encoding = encoding
         #: a bad record fails the job (the source's option, else ``emrflow.bad-records.fail``)
         self._fail = (bool(ctx.config.get("emrflow.bad-records.fail")) if fail_on_bad_records is None
                       else fail_on_bad_records)
-        self._file: BinaryIO | None = None
         self._reached = [0]
-        #: (split number, file offset to continue at, lines of the split before it)
-        self._position: tuple[int, int | None, int] = (0, None, 0)
 
-    def _bad(self, split: _Split, index_in_split: int, reason: str) -> None:
-        line = split.first_line_number() + index_in_split
+    def _bad(self, split: FileSplit, index_in_split: int, reason: str) -> None:
+        line = split.first_line_number(self._ctx.file_system) + index_in_split
         if self._fail:
             raise BadRecordError(split.path, line, reason) from None
         self._ctx.report_bad_record(split.path, line, reason)
 
-    def _resume(self) -> Iterator[tuple[int, _Split, int | None, int]]:
-        """Yield ``(n, split, start offset or None, first line index)`` from the restored position."""
-        first, offset, index = self._position
-        for n, split in enumerate(self._splits):
-            if n >= first:
-                yield n, split, offset if n == first else None, index if n == first else 0
-
-    def _blocks(self, split: _Split, start: int | None = None) -> Iterator[bytes]:
-        start = split.start if start is None else start
-        if start >= split.end:
+    def _blocks(self, split: FileSplit) -> Iterator[bytes]:
+        start = split.start if split.offset is None else split.offset
+        if start >= split.stop:
             return
-        with split.file_system.open_input(split.path) as f:
-            self._file = f
-            try:
-                yield from _line_blocks(f, start, split.end, BLOCK_BYTES, self._reached)
-            finally:
-                self._file = None
+        with self._ctx.file_system.open_input(split.path) as f:
+            yield from _line_blocks(f, start, split.stop, BLOCK_BYTES, self._reached)
 
-    def snapshot_position(self) -> tuple[str, int, int, int]:
-        """``(first file, split number, offset, line index)`` after the last batch yielded."""
-        n, offset, index = self._position
-        return (self._splits[0].path if self._splits else "", n, offset, index)
+    def read_split(self, split: FileSplit) -> Iterator[list]:
+        """Yield the records of ``split`` from its position, a batch per block (see the class)."""
+        raise NotImplementedError  # pragma: no cover - every format's reader defines it
 
-    def restore_position(self, position: tuple) -> None:
-        """Continue at a position from :meth:`snapshot_position` (same files, same parallelism)."""
-        first, n, offset, index = position
-        if self._splits and first != self._splits[0].path:
-            raise ValueError(f"the restored read position is for {first}, this source reads "
-                             f"{self._splits[0].path}")
-        self._position = (n, offset, index)
+    def _convert(self, block: bytes, split: FileSplit, index: int) -> list:
+        """The records of a block whose first line is line ``index`` of ``split``: by ``_fast`` (C speed,
+        raises if any line is bad), else line by line by ``_slow``, which reports the bad lines."""
+        try:
+            batch = self._fast(block)
+        except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
+            batch = None
+        if batch is None:  # outside the except clause: a BadRecordError has no internal cause
+            batch = self._slow(block, split, index)
+        return batch
+
+    def _fast(self, block: bytes) -> list:
+        raise NotImplementedError  # pragma: no cover - formats with _convert define it
+
+    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
+        raise NotImplementedError  # pragma: no cover - formats with _convert define it
 
     def _decode_lines(self, block: bytes) -> list[str]:
         """Decode a block and split it into lines without ``\\n`` / ``\\r\\n`` terminators."""
@@ -241,61 +217,55 @@ class _BlockReader(SourceReader):
         return lines
 
     def close(self) -> None:
-        f = self._file
-        if f is not None:
-            self._file = None
-            f.close()
+        """Nothing to release: a split's file is closed with its :meth:`read_split` iterator."""
 
 
 class _TextReader(_BlockReader):
-    def read_batches(self) -> Iterator[list]:
+    def read_split(self, split: FileSplit) -> Iterator[list]:
         decode, reached = self._decode_lines, self._reached
-        for n, split, start, index in self._resume():
-            # index: line index within the range of the block's first line
-            for block in self._blocks(split, start):
-                try:
-                    lines = decode(block)
-                except UnicodeDecodeError as e:
-                    line = split.first_line_number() + index + block.count(b"\n", 0, e.start)
-                    raise BadRecordError(split.path, line,
-                                         f"could not decode line as {self._encoding}: {e.reason}") from None
-                index += len(lines)
-                self._position = (n, reached[0], index)
-                if lines:
-                    yield lines
-            self._position = (n + 1, None, 0)
+        index = split.line  # line index within the range of the block's first line
+        for block in self._blocks(split):
+            try:
+                lines = decode(block)
+            except UnicodeDecodeError as e:
+                line = split.first_line_number(self._ctx.file_system) + index + block.count(b"\n", 0, e.start)
+                raise BadRecordError(split.path, line,
+                                     f"could not decode line as {self._encoding}: {e.reason}") from None
+            index += len(lines)
+            split.offset, split.line = reached[0], index
+            if lines:
+                yield lines
 
 
-class PathSource(Source):
-    """A bounded source over a file, or every file of a directory (``path``; local or ``s3://``).
+class TextLineFormat(FileFormat):
+    """Each line a ``str`` without its terminator (Flink's ``TextLineInputFormat``); lines end at
+    ``"\\n"``, a ``"\\r"`` before it is dropped too. A line that cannot be decoded fails the job
+    with :class:`~emrflow.errors.BadRecordError` naming its file and line.
 
-    Subclasses say how to read the listed files in :meth:`create_path_reader`.
+    Args:
+        encoding: ASCII-compatible text encoding of the files.
+
+    Raises:
+        ValueError: the encoding is not ASCII-compatible (LookupError: unknown).
     """
 
-    path: str
+    name = "text"
 
-    def validate(self, file_system: FileSystem | None = None) -> None:
-        """Check that ``path`` exists (finishing a commit a killed writer of it left decided).
+    def __init__(self, encoding: str = "utf-8"):
+        _check_encoding(encoding)
+        self.encoding = encoding
 
-        Raises:
-            InputNotFoundError: ``path`` does not exist.
-        """
-        list_input_files(self.path, file_system or FileSystem())
-
-    def create_reader(self, ctx: SubtaskContext) -> SourceReader:
-        return self.create_path_reader(list_input_files(self.path, ctx.file_system), ctx)
-
-    @abstractmethod
-    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
-        """Return the reader of subtask ``ctx.subtask_index`` over ``files`` (URIs, by name)."""
+    def create_reader(self, ctx: SubtaskContext) -> _TextReader:
+        return _TextReader(ctx, self.encoding)
 
 
-class TextFileSource(PathSource):
+class TextFileSource(FileSource):
     """The lines of a file, or of every file in a directory, without line terminators.
 
-    Mirrors Flink's ``FileSource.forRecordStreamFormat(new TextLineInputFormat(), path)``;
-    files are split among subtasks by byte range (see the module docstring). Lines
-    end at ``"\\n"``; a ``"\\r"`` before it is dropped too.
+    Mirrors Flink's ``FileSource.forRecordStreamFormat(new TextLineInputFormat(), path)``: a bounded
+    :class:`~emrflow.connectors.monitoring.FileSource` with a :class:`TextLineFormat`; files are
+    split among subtasks by byte range (see the module docstring). Lines end at ``"\\n"``; a
+    ``"\\r"`` before it is dropped too.
 
     A line that cannot be decoded fails the job with :class:`~emrflow.errors.BadRecordError`.
 
@@ -308,15 +278,9 @@ class TextFileSource(PathSource):
     """
 
     default_name = "Text File Source"
-    max_parallelism = None
 
     def __init__(self, path: str, encoding: str = "utf-8"):
-        _check_encoding(encoding)
-        self.path = path
-        self.encoding = encoding
-
-    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
-        return _TextReader(files, ctx, self.encoding)
+        super().__init__(path, TextLineFormat(encoding))
 
 
 # -- CSV -----------------------------------------------------------------------------------
@@ -388,7 +352,7 @@ class _ArrowCsv:
     otherwise, and no ``int`` text but hex (200,000 random short strings).
     """
 
-    def __init__(self, source: "CsvSource", n: int):
+    def __init__(self, source: "CsvFormat", n: int):
         import pyarrow as pa  # lazily: only readers that use it pay for the import
         import pyarrow.csv as pa_csv
 
@@ -411,7 +375,7 @@ class _ArrowCsv:
         self._quote = q.encode(source.encoding) if q is not None else None
 
     @staticmethod
-    def usable(source: "CsvSource") -> bool:
+    def usable(source: "CsvFormat") -> bool:
         """Whether a source's schema and dialect can be read by pyarrow exactly."""
         types = source.types
         return (types is not None and all(t in (int, float, str, bool) for t in types)
@@ -456,10 +420,11 @@ class _ArrowCsv:
         return [list(islice(rows, c)) for c in counts]
 
 
-class CsvSource(PathSource):
-    """Tuples from CSV files, split among subtasks like :class:`TextFileSource`.
+class CsvFormat(FileFormat):
+    """Tuples from CSV lines (Flink's ``CsvReaderFormat``); files are split among subtasks like
+    :class:`TextLineFormat`'s.
 
-    Mirrors Flink's ``FileSource`` with a ``CsvReaderFormat``; a record is one line
+    A record is one line
     (quoted fields cannot span lines). With ``types`` of only ``int``, ``float``,
     ``str`` and ``bool`` (not all ``str``), a one-byte delimiter and UTF-8, ASCII,
     Latin-1 or cp1252, runs of lines without the quote character are parsed by
@@ -470,7 +435,6 @@ class CsvSource(PathSource):
     lines are skipped.
 
     Args:
-        path: a file or a directory of files.
         delimiter: one-character field separator (``"^"`` for ``Movie^User^Rating^Timestamp``).
         header: the first line of every file is a header and is skipped (its
             contents are not used).
@@ -494,10 +458,9 @@ class CsvSource(PathSource):
             (or is a line break, or the same).
     """
 
-    default_name = "CSV Source"
-    max_parallelism = None
+    name = "CSV"
 
-    def __init__(self, path: str, delimiter: str = ",", header: bool = False,
+    def __init__(self, delimiter: str = ",", header: bool = False,
                  names: Sequence[str] | None = None, types: Sequence[Any] | None = None,
                  quote_char: str | None = '"', fail_on_bad_records: bool | None = None,
                  encoding: str = "utf-8"):
@@ -509,7 +472,6 @@ class CsvSource(PathSource):
         if any(f is not None and not len(f) for f in (names, types)) or not all(map(callable, types or [])):
             raise ValueError(f"names and types need at least one field, types must be callable: {types!r}")
         _check_encoding(encoding)
-        self.path = path
         self.delimiter = delimiter
         self.header = header
         self.names = list(names) if names is not None else None
@@ -524,13 +486,36 @@ class CsvSource(PathSource):
         fields = self.types if self.types is not None else self.names
         return len(fields) if fields is not None else None
 
-    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
-        return _CsvReader(self, files, ctx)
+    def create_reader(self, ctx: SubtaskContext) -> "_CsvReader":
+        return _CsvReader(self, ctx)
+
+
+class CsvSource(FileSource):
+    """Tuples from CSV files, split among subtasks like :class:`TextFileSource`: a bounded
+    :class:`~emrflow.connectors.monitoring.FileSource` with a :class:`CsvFormat` (whose options,
+    and what they do, are listed there; they read as attributes of the source).
+
+    Args:
+        path: a file or a directory of files.
+        delimiter, header, names, types, quote_char, fail_on_bad_records, encoding: see :class:`CsvFormat`.
+
+    Raises:
+        ValueError: see :class:`CsvFormat`.
+    """
+
+    default_name = "CSV Source"
+
+    def __init__(self, path: str, delimiter: str = ",", header: bool = False,
+                 names: Sequence[str] | None = None, types: Sequence[Any] | None = None,
+                 quote_char: str | None = '"', fail_on_bad_records: bool | None = None,
+                 encoding: str = "utf-8"):
+        super().__init__(path, CsvFormat(delimiter, header, names, types, quote_char, fail_on_bad_records,
+                                         encoding))
 
 
 class _CsvReader(_BlockReader):
-    def __init__(self, source: CsvSource, files: list[str], ctx: SubtaskContext):
-        super().__init__(files, ctx, source.encoding, source.fail_on_bad_records)
+    def __init__(self, source: CsvFormat, ctx: SubtaskContext):
+        super().__init__(ctx, source.encoding, source.fail_on_bad_records)
         self._src = source
         self._n = source.num_fields
         if self._n is not None:
@@ -541,44 +526,34 @@ class _CsvReader(_BlockReader):
         self._split_fields = operator.methodcaller("split", source.delimiter)
         self._arrow = _ArrowCsv(source, self._n) if self._n is not None and _ArrowCsv.usable(source) else None
 
-    def read_batches(self) -> Iterator[list]:
+    def read_split(self, split: FileSplit) -> Iterator[list]:
         header, reached = self._src.header, self._reached
-        for n, split, start, index in self._resume():
-            # index: line index within the range of the block's first line
-            run: list[tuple[bytes, int, int, int]] = []  # blocks not converted: (block, end, index, lines)
-            size = 0
-            for block in self._blocks(split, start):
-                if header and index == 0 and split.start == 0:
-                    nl = block.find(b"\n")
-                    block = block[nl + 1:] if nl >= 0 else b""
-                    index = 1
-                lines = block.count(b"\n")
-                run.append((block, reached[0], index, lines))
-                index += lines
-                size += len(block)
-                if self._arrow is None or size >= _ARROW_BYTES:
-                    yield from self._convert_run(run, n, split)
-                    run, size = [], 0
-            yield from self._convert_run(run, n, split)
-            self._position = (n + 1, None, 0)
+        index = split.line  # line index within the range of the block's first line
+        run: list[tuple[bytes, int, int, int]] = []  # blocks not converted: (block, end, index, lines)
+        size = 0
+        for block in self._blocks(split):
+            if header and index == 0 and split.start == 0:
+                nl = block.find(b"\n")
+                block = block[nl + 1:] if nl >= 0 else b""
+                index = 1
+            lines = block.count(b"\n")
+            run.append((block, reached[0], index, lines))
+            index += lines
+            size += len(block)
+            if self._arrow is None or size >= _ARROW_BYTES:
+                yield from self._convert_run(run, split)
+                run, size = [], 0
+        yield from self._convert_run(run, split)
 
-    def _convert_run(self, run: list[tuple[bytes, int, int, int]], n: int, split: _Split) -> Iterator[list]:
+    def _convert_run(self, run: list[tuple[bytes, int, int, int]], split: FileSplit) -> Iterator[list]:
         """Yield the batch of each block of a run, by pyarrow if it can, else block by block;
         after each, the read position is just after that block, as if read alone."""
         batches = None
         if self._arrow is not None and run:
             batches = self._arrow.batches([r[0] for r in run], [r[3] for r in run])
         for k, (block, reached, index, lines) in enumerate(run):
-            if batches is not None:
-                batch = batches[k]
-            else:
-                try:
-                    batch = self._fast(block)
-                except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
-                    batch = None
-                if batch is None:  # outside the except clause: a BadRecordError has no internal cause
-                    batch = self._slow(block, split, index)
-            self._position = (n, reached, index + lines)
+            batch = batches[k] if batches is not None else self._convert(block, split, index)
+            split.offset, split.line = reached, index + lines
             if batch:
                 yield batch
 
@@ -622,7 +597,7 @@ class _CsvReader(_BlockReader):
             return None
         return flat
 
-    def _slow(self, block: bytes, split: _Split, index: int) -> list:
+    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
         """Convert a block line by line, reporting (or raising on) its bad lines."""
         out = []
         raw_lines = block.split(b"\n")

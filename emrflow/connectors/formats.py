@@ -1,12 +1,14 @@
 """File formats beside text and CSV: JSON lines and Parquet; bucketing of file sinks by event time.
 
-* :class:`JsonLinesSource` reads one JSON object per line, split among subtasks by byte range
-  exactly as :class:`~emrflow.connectors.files.TextFileSource` (a line belongs to the range its
-  first byte lies in); a line that is not a JSON object is a bad record reported as
-  ``file:line: reason`` (``emrflow.bad-records.*``), as a bad CSV line is.
+* :class:`JsonLinesFormat` (bounded: :class:`JsonLinesSource`) reads one JSON object per line, a
+  record format of :class:`~emrflow.connectors.monitoring.FileSource` split by byte range exactly
+  as text lines (a line belongs to the range its first byte lies in); a line that is not a JSON
+  object is a bad record reported as ``file:line: reason`` (``emrflow.bad-records.*``), as a bad
+  CSV line is.
 * :class:`JsonLinesFileSink` writes ``json.dumps(record)`` lines through the part-file machinery
   of :class:`~emrflow.connectors.files.FileSink` (two-phase commit, rolling, exactly once).
-* :class:`ParquetSource` reads Parquet files with pyarrow, split among subtasks by row group;
+* :class:`ParquetFormat` (bounded: :class:`ParquetSource`) reads Parquet files with pyarrow, split
+  among subtasks by row group (:class:`ParquetSplit`);
   :class:`ParquetFileSink` writes one Parquet file per part file (Flink's bulk format: a
   Parquet file cannot be appended to once closed, so it rolls at every checkpoint as with
   Flink's ``OnCheckpointRollingPolicy``).
@@ -30,25 +32,25 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from emrflow import fs
-from emrflow.connectors.base import SinkWriter, SourceReader, SubtaskContext
+from emrflow.connectors.base import SinkWriter, SubtaskContext
 from emrflow.connectors.files import (
     _WRITE_BUFFER,
     FileSink,
-    PathSource,
     WriteMode,
     _BlockReader,
     _check_encoding,
     _PartWriter,
-    _Split,
 )
+from emrflow.connectors.monitoring import FileFormat, FileSource, FileSplit
 from emrflow.errors import BadRecordError
 from emrflow.fs import FileSystem
 
-__all__ = ["JsonLinesSource", "JsonLinesFileSink", "ParquetSource", "ParquetFileSink",
-           "DateTimeBucketAssigner", "check_bucket"]
+__all__ = ["JsonLinesSource", "JsonLinesFormat", "JsonLinesFileSink", "ParquetSource", "ParquetFormat",
+           "ParquetSplit", "ParquetFileSink", "DateTimeBucketAssigner", "check_bucket"]
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
                bool: "boolean", type(None): "null"}
@@ -56,10 +58,10 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
 
 # -- JSON lines ------------------------------------------------------------------------------
 
-class JsonLinesSource(PathSource):
-    """Dicts from JSON lines files (one JSON object per line), split like :class:`TextFileSource`.
+class JsonLinesFormat(FileFormat):
+    """Dicts from JSON lines (one JSON object per line), split like :class:`~emrflow.connectors.files.TextLineFormat`.
 
-    Mirrors Flink's ``FileSource`` with a JSON lines ``StreamFormat``. Files are cut into
+    A JSON lines ``StreamFormat`` of Flink's ``FileSource``. Files are cut into
     byte ranges, one per subtask, and a line belongs to the range its first byte lies in, so
     every line is read exactly once at any parallelism; the read position (file, byte offset,
     line) is checkpointed. Lines are parsed a block at a time (``json.loads`` mapped over
@@ -69,6 +71,30 @@ class JsonLinesSource(PathSource):
     (``[1, 2]``, ``3``) or cannot be decoded is a bad record: skipped, counted and reported
     through ``ctx.report_bad_record`` as ``file:line: reason`` (1-based line of the file),
     subject to ``emrflow.bad-records.max-ratio`` / ``.max-count``; or fatal.
+
+    Args:
+        fail_on_bad_records: raise :class:`~emrflow.errors.BadRecordError` on the first bad
+            line; ``None`` follows the ``emrflow.bad-records.fail`` option.
+        encoding: ASCII-compatible text encoding of the files (JSON lines are UTF-8).
+
+    Raises:
+        ValueError: the encoding is not ASCII-compatible (LookupError: unknown).
+    """
+
+    name = "JSON lines"
+
+    def __init__(self, fail_on_bad_records: bool | None = None, encoding: str = "utf-8"):
+        _check_encoding(encoding)
+        self.fail_on_bad_records = fail_on_bad_records
+        self.encoding = encoding
+
+    def create_reader(self, ctx: SubtaskContext) -> "_JsonLinesReader":
+        return _JsonLinesReader(self, ctx)
+
+
+class JsonLinesSource(FileSource):
+    """Dicts from JSON lines files: a bounded :class:`~emrflow.connectors.monitoring.FileSource` with a
+    :class:`JsonLinesFormat` (see there for splitting and bad lines).
 
     Args:
         path: a file or a directory of files (names starting with ``.`` or ``_`` are skipped),
@@ -87,39 +113,25 @@ class JsonLinesSource(PathSource):
     """
 
     default_name = "JSON Lines Source"
-    max_parallelism = None
 
     def __init__(self, path: str, fail_on_bad_records: bool | None = None, encoding: str = "utf-8"):
-        _check_encoding(encoding)
-        self.path = path
-        self.fail_on_bad_records = fail_on_bad_records
-        self.encoding = encoding
-
-    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
-        return _JsonLinesReader(self, files, ctx)
+        super().__init__(path, JsonLinesFormat(fail_on_bad_records, encoding))
 
 
 class _JsonLinesReader(_BlockReader):
-    def __init__(self, source: JsonLinesSource, files: list[str], ctx: SubtaskContext):
-        super().__init__(files, ctx, source.encoding, source.fail_on_bad_records)
+    def __init__(self, source: JsonLinesFormat, ctx: SubtaskContext):
+        super().__init__(ctx, source.encoding, source.fail_on_bad_records)
         self._loads = json.JSONDecoder().decode
 
-    def read_batches(self) -> Iterator[list]:
+    def read_split(self, split: FileSplit) -> Iterator[list]:
         reached = self._reached
-        for n, split, start, index in self._resume():
-            # index: line index within the range of the block's first line
-            for block in self._blocks(split, start):
-                try:
-                    batch = self._fast(block)
-                except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
-                    batch = None
-                if batch is None:  # outside the except clause: a BadRecordError has no internal cause
-                    batch = self._slow(block, split, index)
-                index += block.count(b"\n")
-                self._position = (n, reached[0], index)
-                if batch:
-                    yield batch
-            self._position = (n + 1, None, 0)
+        index = split.line  # line index within the range of the block's first line
+        for block in self._blocks(split):
+            batch = self._convert(block, split, index)
+            index += block.count(b"\n")
+            split.offset, split.line = reached[0], index
+            if batch:
+                yield batch
 
     def _fast(self, block: bytes) -> list:
         lines = self._decode_lines(block)
@@ -130,7 +142,7 @@ class _JsonLinesReader(_BlockReader):
             raise ValueError("not only objects")
         return records
 
-    def _slow(self, block: bytes, split: _Split, index: int) -> list:
+    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
         out = []
         raw_lines = block.split(b"\n")
         if not raw_lines[-1]:
@@ -199,14 +211,36 @@ def _pq():
     return pq
 
 
-class ParquetSource(PathSource):
-    """Records from Parquet files (pyarrow), split among subtasks by row group.
+@dataclass
+class ParquetSplit:
+    """Row groups of one Parquet file (all of them by default), with the position after the records read.
 
-    Mirrors Flink's ``FileSource`` with a Parquet ``BulkFormat``. The row groups of all
-    files, in file order (``path``'s files sorted by name), are dealt round-robin: row group
-    ``k`` goes to subtask ``k % parallelism``, so subtasks beyond the number of row groups
-    read nothing. The read position (row group, rows of it already emitted) is
-    checkpointed, so a restore continues at the record after the checkpoint.
+    Attributes:
+        path: the file's URI.
+        row_groups: the row groups to read, in order; ``None``: every row group of the file.
+        group: index into the split's row groups of the one being read.
+        rows: rows of that row group already emitted.
+    """
+
+    path: str
+    row_groups: tuple[int, ...] | None = None
+    group: int = 0
+    rows: int = 0
+
+    @property
+    def split_id(self) -> str:
+        """The file's URI for a whole file, else ``<uri>#<first row group>``."""
+        return self.path if self.row_groups is None else f"{self.path}#{self.row_groups[0]}"
+
+
+class ParquetFormat(FileFormat):
+    """Records from Parquet files (pyarrow): Flink's Parquet ``BulkFormat``.
+
+    A bounded source deals the row groups of all files, in file order (``path``'s files sorted by
+    name), round-robin: row group ``k`` goes to subtask ``k % parallelism``, so subtasks beyond the
+    number of row groups read nothing; a subtask's row groups of one file are one split. A monitored
+    source reads each new file as one split. The read position (row group, rows of it already
+    emitted) is checkpointed, so a restore continues at the record after the checkpoint.
 
     Records are dicts ``{column: value}`` (``record_type="dict"``, the default) or tuples
     in column order (``record_type="tuple"``), with Python values as pyarrow's
@@ -214,7 +248,6 @@ class ParquetSource(PathSource):
     dicts for structs, ``None`` for nulls).
 
     Args:
-        path: a Parquet file or a directory of them, local or ``s3://``.
         columns: the columns to read, in this order; ``None``: all.
         record_type: ``"dict"`` or ``"tuple"``.
         batch_rows: records per batch handed to the runtime.
@@ -223,11 +256,9 @@ class ParquetSource(PathSource):
         ValueError: bad ``record_type``, ``columns`` or ``batch_rows`` (the message names it).
     """
 
-    default_name = "Parquet Source"
-    max_parallelism = None
+    name = "Parquet"
 
-    def __init__(self, path: str, columns: Sequence[str] | None = None, record_type: str = "dict",
-                 batch_rows: int = 1024):
+    def __init__(self, columns: Sequence[str] | None = None, record_type: str = "dict", batch_rows: int = 1024):
         if record_type not in ("dict", "tuple"):
             raise ValueError(f"record_type must be 'dict' or 'tuple', got {record_type!r}")
         if columns is not None and (isinstance(columns, str) or not columns
@@ -235,25 +266,61 @@ class ParquetSource(PathSource):
             raise ValueError(f"columns must be a non-empty list of column names, got {columns!r}")
         if not isinstance(batch_rows, int) or batch_rows < 1:
             raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
-        self.path = path
         self.columns = list(columns) if columns is not None else None
         self.record_type = record_type
         self.batch_rows = batch_rows
 
-    def create_path_reader(self, files: list[str], ctx: SubtaskContext) -> SourceReader:
-        return _ParquetReader(self, files, ctx)
+    def bounded_splits(self, files: list[str], file_system: FileSystem, parallelism: int) -> list[tuple[int, Any]]:
+        """Row group ``k`` of all files to subtask ``k % parallelism``; one split per file and subtask
+        (a file whose footer cannot be read is one split, so its reader reports it)."""
+        out: list[tuple[int, Any]] = []
+        k = 0
+        for path in files:
+            try:
+                with file_system.open_input(path) as f:
+                    groups = _pq().ParquetFile(f).metadata.num_row_groups
+            except Exception:  # noqa: BLE001 - pyarrow's ArrowInvalid and OSError: the reader reports it
+                out.append((k % parallelism, ParquetSplit(path)))
+                continue
+            for i in range(parallelism):
+                mine = tuple(range((i - k) % parallelism, groups, parallelism))
+                if mine:
+                    out.append((i, ParquetSplit(path, mine)))
+            k += groups
+        return out
+
+    def file_split(self, path: str) -> ParquetSplit:
+        return ParquetSplit(path)
+
+    def create_reader(self, ctx: SubtaskContext) -> "_ParquetReader":
+        return _ParquetReader(self, ctx)
 
 
-class _ParquetReader(SourceReader):
-    """Reads this subtask's row groups; position: (row group number among mine, rows emitted of it)."""
+class ParquetSource(FileSource):
+    """Records from Parquet files (pyarrow), split among subtasks by row group: a bounded
+    :class:`~emrflow.connectors.monitoring.FileSource` with a :class:`ParquetFormat` (see there).
 
-    checkpointable = True
+    Args:
+        path: a Parquet file or a directory of them, local or ``s3://``.
+        columns, record_type, batch_rows: see :class:`ParquetFormat`.
 
-    def __init__(self, source: ParquetSource, files: list[str], ctx: SubtaskContext):
+    Raises:
+        ValueError: see :class:`ParquetFormat`.
+    """
+
+    default_name = "Parquet Source"
+
+    def __init__(self, path: str, columns: Sequence[str] | None = None, record_type: str = "dict",
+                 batch_rows: int = 1024):
+        super().__init__(path, ParquetFormat(columns, record_type, batch_rows))
+
+
+class _ParquetReader:
+    """Reads :class:`ParquetSplit`\\ s a record batch at a time; keeps the last file open."""
+
+    def __init__(self, source: ParquetFormat, ctx: SubtaskContext):
         self._src = source
-        self._files = files
         self._ctx = ctx
-        self._position = (0, 0)
         self._open: tuple[str, Any, Any] | None = None  # (path, file object, ParquetFile)
 
     def _parquet_file(self, path: str):
@@ -269,32 +336,22 @@ class _ParquetReader(SourceReader):
         self._open = (path, f, pf)
         return pf
 
-    def _units(self) -> list[tuple[str, int]]:
-        """This subtask's ``(file, row group)`` pairs, in order."""
-        me, p, k, units = self._ctx.subtask_index, self._ctx.parallelism, 0, []
-        for path in self._files:
-            groups = self._parquet_file(path).metadata.num_row_groups
-            first = (me - k) % p  # my first row group of this file
-            units += [(path, g) for g in range(first, groups, p)]
-            k += groups
-        return units
-
-    def read_batches(self) -> Iterator[list]:
+    def read_split(self, split: ParquetSplit) -> Iterator[list]:
+        """Yield the records of ``split`` from its position; sets it before each yield."""
         src = self._src
         as_dicts = src.record_type == "dict"
-        first, done = self._position
-        units = self._units()
-        for u in range(first, len(units)):
-            path, group = units[u]
-            pf = self._parquet_file(path)
-            if src.columns is not None:
-                missing = [c for c in src.columns if c not in pf.schema_arrow.names]
-                if missing:
-                    raise BadRecordError(path, 0, f"no column(s) {missing} in the file; it has "
-                                         f"{pf.schema_arrow.names}")
-            skip = done if u == first else 0
+        pf = self._parquet_file(split.path)
+        if src.columns is not None:
+            missing = [c for c in src.columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise BadRecordError(split.path, 0, f"no column(s) {missing} in the file; it has "
+                                     f"{pf.schema_arrow.names}")
+        groups = split.row_groups if split.row_groups is not None else range(pf.metadata.num_row_groups)
+        first = split.group
+        for u in range(first, len(groups)):
+            skip = split.rows if u == first else 0
             emitted = 0
-            for rb in pf.iter_batches(batch_size=src.batch_rows, row_groups=[group], columns=src.columns,
+            for rb in pf.iter_batches(batch_size=src.batch_rows, row_groups=[groups[u]], columns=src.columns,
                                       use_threads=False):
                 if skip:
                     if skip >= rb.num_rows:
@@ -307,21 +364,10 @@ class _ParquetReader(SourceReader):
                 else:
                     records = list(zip(*(c.to_pylist() for c in rb.columns)))
                 emitted += len(records)
-                self._position = (u, emitted)
+                split.group, split.rows = u, emitted
                 if records:
                     yield records
-            self._position = (u + 1, 0)
-
-    def snapshot_position(self) -> tuple:
-        """``(first file, row group number among this subtask's, rows of it emitted)``."""
-        return (self._files[0] if self._files else "", *self._position)
-
-    def restore_position(self, position: tuple) -> None:
-        """Continue at a position from :meth:`snapshot_position` (same files, same parallelism)."""
-        first, u, done = position
-        if self._files and first != self._files[0]:
-            raise ValueError(f"the restored read position is for {first}, this source reads {self._files[0]}")
-        self._position = (u, done)
+            split.group, split.rows = u + 1, 0
 
     def close(self) -> None:
         if self._open is not None:

@@ -277,6 +277,10 @@ class _JdbcWriter(SinkWriter):
         self._recovered = not self._exactly
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        #: counter ``numRecordsSend`` (Flink's): rows upserted (into the open transaction with exactly-once)
+        self.rows_written = ctx.metric_group.counter("numRecordsSend")
+        #: counter ``numRetries``: statements run again after a lost connection
+        self.retries = ctx.metric_group.counter("numRetries")
         try:
             self._connection()       # fail at start: unreachable server, missing table, ...
             self._check_target()
@@ -352,6 +356,7 @@ class _JdbcWriter(SinkWriter):
                 delay = min(sink.retry_backoff_ms * (2 ** attempt), 10_000) / 1000.0
                 log.warning("JdbcSink %s: %s failed (%s); retry %d of %d in %.1f s", self._target,
                             what, str(exc).strip() or type(exc).__name__, attempt + 1, sink.max_retries, delay)
+                self.retries.inc()
                 if reconnect:
                     self._drop(which)
                 time.sleep(delay)
@@ -482,6 +487,7 @@ class _JdbcWriter(SinkWriter):
                 with self._conn.transaction():
                     self._upsert(rows)
             self._retrying(f"upserting {len(rows)} rows", write)
+            self.rows_written.inc(len(rows))
             self._buffer.clear()
 
     def _flush_periodically(self) -> None:
@@ -521,6 +527,7 @@ class _JdbcWriter(SinkWriter):
             self._begin()
             self._upsert(list(movable.values()))
         self._retrying(f"upserting {len(movable)} rows", write)
+        self.rows_written.inc(len(movable))
         for k, r in movable.items():
             self._txn.pop(k, None)
             self._txn[k] = r

@@ -253,9 +253,16 @@ class _Deliveries:
 class KafkaWriter(SinkWriter):
     """One subtask's writer of a :class:`KafkaSink` (see the module docs for the protocol).
 
+    The counters are on the operator's metric group (``ctx.metric_group``; REST and Prometheus,
+    see ``docs/connectors.md``).
+
     Attributes:
-        records_written: records Kafka acknowledged (delivery reports without error).
-        records_recovered: records of pending checkpoints produced again by :meth:`restore_state`.
+        records_written: counter ``numRecordsSend`` (Flink's): records Kafka acknowledged
+            (delivery reports without error).
+        records_failed: counter ``numRecordsOutErrors`` (Flink's): delivery reports with an error
+            (the job fails at the next flush).
+        records_recovered: counter ``numRecordsRecovered``: records of pending checkpoints
+            produced again by :meth:`restore_state`.
     """
 
     def __init__(self, sink: KafkaSink, ctx: SubtaskContext):
@@ -270,8 +277,10 @@ class KafkaWriter(SinkWriter):
         self._servers = sink.properties["bootstrap.servers"]
         self._marker_topic: str = sink.marker_topic or ""
         self._reports = _Deliveries()
-        self.records_written = 0
-        self.records_recovered = 0
+        group = ctx.metric_group
+        self.records_written = group.counter("numRecordsSend")
+        self.records_failed = group.counter("numRecordsOutErrors")
+        self.records_recovered = group.counter("numRecordsRecovered")
         self._pending: list[_Pending] = []
         self._current: list = []          # exactly-once with checkpoints: records since the last barrier
         self._current_produced = False    # ... all of them are in the open transaction
@@ -317,8 +326,9 @@ class KafkaWriter(SinkWriter):
 
     def _on_delivery(self, err, msg) -> None:
         if err is None:
-            self.records_written += 1
+            self.records_written.inc()
             return
+        self.records_failed.inc()
         r = self._reports
         r.failed += 1
         r.topics.add(msg.topic())
@@ -535,7 +545,7 @@ class KafkaWriter(SinkWriter):
                 self._txn_call("begin_transaction", producer.begin_transaction)
                 self._produce(producer, records)
                 self._commit_with_marker(producer, cid, group, marker_topic)
-                self.records_recovered += len(records)
+                self.records_recovered.inc(len(records))
                 log.info("%s: recovered checkpoint %d of %s: %d records produced again (marker was %d)",
                          self._sink.owner, cid, tid, len(records), committed)
             if producer is not self._producer and hasattr(producer, "close"):
@@ -605,7 +615,7 @@ class KafkaWriter(SinkWriter):
             except Exception:  # noqa: BLE001 - best effort
                 pass
         log.info("%s subtask %d: %d records acknowledged, %d recovered", self._sink.owner,
-                 self._ctx.subtask_index, self.records_written, self.records_recovered)
+                 self._ctx.subtask_index, self.records_written.get_count(), self.records_recovered.get_count())
 
 
 def _default_prefix(ctx: SubtaskContext) -> str:

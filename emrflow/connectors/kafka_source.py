@@ -540,11 +540,19 @@ class KafkaSplitEnumerator(SplitEnumerator):
 class KafkaSplitReader(SplitReader):
     """Reads the partitions assigned to one source subtask with one ``Consumer`` (manual assignment).
 
+    Its metrics are on the operator's metric group (``ctx.metric_group``; REST and Prometheus,
+    see ``docs/connectors.md``), named as Flink's ``KafkaSourceReader`` names them.
+
     Attributes:
-        records_read: records returned by :meth:`poll` (bad records not counted).
-        bad_records: records the deserializer could not turn.
-        commits_succeeded: offset commits on checkpoint completion the brokers accepted.
-        commits_failed: offset commits that failed (logged; they do not fail the job).
+        records_read: records returned by :meth:`poll` (bad records not counted); an int.
+        bad_records: counter ``numRecordsInErrors``: records the deserializer could not turn.
+        commits_succeeded: counter ``KafkaSourceReader.commitsSucceeded``: offset commits on
+            checkpoint completion the brokers accepted.
+        commits_failed: counter ``KafkaSourceReader.commitsFailed``: offset commits that failed
+            (logged; they do not fail the job).
+        committed_offsets: ``{(topic, partition): offset}`` the brokers accepted last; with the
+            next offset to read per partition, the gauges
+            ``KafkaSourceReader.topic.<t>.partition.<p>.committedOffset`` and ``...currentOffset``.
     """
 
     def __init__(self, source: KafkaSource, ctx: SubtaskContext):
@@ -557,7 +565,12 @@ class KafkaSplitReader(SplitReader):
         self._pending_commits: dict[int, list[tuple[str, int, int]]] = {}
         fail = source.fail_on_bad_records
         self._fail_bad = bool(ctx.config.get("emrflow.bad-records.fail")) if fail is None else fail
-        self.records_read = self.bad_records = self.commits_succeeded = self.commits_failed = 0
+        self.records_read = 0
+        self.bad_records = ctx.metric_group.counter("numRecordsInErrors")
+        self._metrics = ctx.metric_group.add_group("KafkaSourceReader")
+        self.commits_succeeded = self._metrics.counter("commitsSucceeded")
+        self.commits_failed = self._metrics.counter("commitsFailed")
+        self.committed_offsets: dict[tuple[str, int], int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -579,11 +592,19 @@ class KafkaSplitReader(SplitReader):
 
     def add_splits(self, splits: list) -> None:
         """Read these partitions too, each from the offset its split carries."""
+        for s in splits:
+            self._register_gauges((s.topic, s.partition))
         if self._consumer is None:
             for s in splits:
                 self.splits[(s.topic, s.partition)] = copy.copy(s)
             return
         self._add([copy.copy(s) for s in splits])
+
+    def _register_gauges(self, key: tuple[str, int]) -> None:
+        group = self._metrics.add_group("topic", key[0]).add_group("partition", key[1])
+        splits, committed = self.splits, self.committed_offsets
+        group.gauge("currentOffset", lambda: getattr(splits.get(key), "offset", None))
+        group.gauge("committedOffset", lambda: committed.get(key))
 
     def _add(self, splits: list[KafkaPartitionSplit]) -> None:
         ck = _client()
@@ -684,7 +705,7 @@ class KafkaSplitReader(SplitReader):
         return [b for b in out.values() if b.records or b.finished]
 
     def _bad(self, split: KafkaPartitionSplit, offset: int, reason: str) -> None:
-        self.bad_records += 1
+        self.bad_records.inc()
         if self._fail_bad:
             raise BadRecordError(split.split_id, offset, reason)
         self._ctx.report_bad_record(split.split_id, offset, reason)
@@ -721,15 +742,17 @@ class KafkaSplitReader(SplitReader):
         try:
             self._consumer.commit(offsets=[ck.TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=True)
         except ck.KafkaException as exc:
-            self.commits_failed += 1
+            self.commits_failed.inc()
             log.warning("%s subtask %d: committing the offsets of checkpoint %d to group %r failed: %s",
                         self._source.owner, self._ctx.subtask_index, checkpoint_id, self._source.group_id, exc)
 
     def _on_commit(self, err, partitions) -> None:
         if err is None and not any(tp.error for tp in partitions):
-            self.commits_succeeded += 1
+            self.commits_succeeded.inc()
+            for tp in partitions:
+                self.committed_offsets[(tp.topic, tp.partition)] = tp.offset
             return
-        self.commits_failed += 1
+        self.commits_failed.inc()
         log.warning("%s subtask %d: committing offsets to group %r failed: %s", self._source.owner,
                     self._ctx.subtask_index, self._source.group_id,
                     err if err is not None else [str(tp.error) for tp in partitions if tp.error])

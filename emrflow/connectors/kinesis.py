@@ -191,16 +191,19 @@ def put_with_retries(put: Callable[[list], dict], stream: str, entries: list[dic
 class KinesisWriter(_aws.AwsSinkWriter):
     """One subtask's writer of a :class:`KinesisSink`.
 
-    Attributes:
-        records_written: records Kinesis acknowledged.
-        records_retried: records sent again after a partial failure.
-        records_throttled: record results with ``ProvisionedThroughputExceededException``.
-        requests: ``PutRecords`` requests sent, retries included.
-        peak_in_flight_bytes: the most bytes in flight at once (<= ``max_buffered_bytes``
-            unless one request alone is larger).
+    The counters are on the operator's metric group (``ctx.metric_group``; REST and Prometheus,
+    see ``docs/connectors.md``) and logged (INFO) when the writer finishes.
 
-    The runtime has no metric hook for sinks yet: these counters stay on the writer and are
-    logged (INFO) when the writer finishes.
+    Attributes:
+        records_written: counter ``numRecordsSend`` (Flink's): records Kinesis acknowledged.
+        bytes_written: counter ``numBytesSend`` (Flink's): their bytes, data plus partition key.
+        records_retried: counter ``numRecordsOutErrors`` (Flink's): failed entries of a partial
+            failure, each sent again.
+        records_throttled: counter ``numThrottledRecords``: of those, the ones rejected with
+            ``ProvisionedThroughputExceededException``.
+        requests: counter ``numPutRecordsRequests``: ``PutRecords`` requests sent, retries included.
+        peak_in_flight_bytes: the most bytes in flight at once (<= ``max_buffered_bytes``
+            unless one request alone is larger); an int.
     """
 
     def __init__(self, sink: KinesisSink, ctx: SubtaskContext):
@@ -217,7 +220,12 @@ class KinesisWriter(_aws.AwsSinkWriter):
         self._in_flight_bytes = 0
         self._futures: list[concurrent.futures.Future] = []
         self._error: BaseException | None = None
-        self.records_written = self.records_retried = self.records_throttled = self.requests = 0
+        group = ctx.metric_group
+        self.records_written = group.counter("numRecordsSend")
+        self.bytes_written = group.counter("numBytesSend")
+        self.records_retried = group.counter("numRecordsOutErrors")
+        self.records_throttled = group.counter("numThrottledRecords")
+        self.requests = group.counter("numPutRecordsRequests")
         self.peak_in_flight_bytes = 0
 
     def _check_stream(self) -> None:
@@ -284,9 +292,10 @@ class KinesisWriter(_aws.AwsSinkWriter):
             retried, throttled = put_with_retries(self._put, self._stream, entries, self._sink.max_attempts,
                                                   self._backoff)
             with self._cond:
-                self.records_written += len(entries)
-                self.records_retried += retried
-                self.records_throttled += throttled
+                self.records_written.inc(len(entries))
+                self.bytes_written.inc(nbytes)
+                self.records_retried.inc(retried)
+                self.records_throttled.inc(throttled)
         except BaseException as exc:  # noqa: BLE001 - handed to the task thread
             with self._cond:
                 if self._error is None:
@@ -299,7 +308,7 @@ class KinesisWriter(_aws.AwsSinkWriter):
     def _put(self, entries: list[dict]) -> dict:
         from botocore.exceptions import BotoCoreError, ClientError
         with self._cond:
-            self.requests += 1
+            self.requests.inc()
         try:
             return self._client.put_records(StreamName=self._stream, Records=entries)
         except (ClientError, BotoCoreError) as exc:
@@ -341,5 +350,5 @@ class KinesisWriter(_aws.AwsSinkWriter):
     def _close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("%s subtask %d: %d records written, %d retried, %d throttled, %d requests",
-                 self._resource, self._ctx.subtask_index, self.records_written, self.records_retried,
-                 self.records_throttled, self.requests)
+                 self._resource, self._ctx.subtask_index, self.records_written.get_count(),
+                 self.records_retried.get_count(), self.records_throttled.get_count(), self.requests.get_count())

@@ -26,15 +26,16 @@ them is new. A shard already read from continues ``AFTER_SEQUENCE_NUMBER`` of it
 **Reader** (:class:`KinesisShardReader`, one per source subtask): a ``GetRecords`` loop per
 shard, at most one call per shard every ``get_records_interval_ms`` (Kinesis allows 5 per
 second per shard), up to ``max_records_per_get`` records per call; ``MillisBehindLatest`` is
-kept per shard (:attr:`KinesisShardReader.millis_behind_latest`). An expired shard iterator
+kept per shard (:attr:`KinesisShardReader.millis_behind_latest`, the metric
+``shardId.<shard>.millisBehindLatest``). An expired shard iterator
 (``ExpiredIteratorException``, after 5 minutes) is replaced by a new one ``AFTER_SEQUENCE_NUMBER``
 of the last record read (``iterators_renewed``). Throttling (``ProvisionedThroughputExceededException``,
 ``LimitExceededException``) backs off that shard alone, exponentially with jitter from
 ``initial_backoff_ms`` to ``max_backoff_ms``, without limit (it is Kinesis's backpressure),
-counted in ``throttled``; other transient failures (``InternalFailure``, HTTP 5xx, connection
-errors) are retried the same way up to ``max_attempts`` times in a row, then the job fails
-naming the stream and shard. botocore's own retries are off for the reader's client so that one
-throttled shard does not stall the others.
+counted in the metric ``numThrottledRequests`` (and the wait in ``backoffTimeMs``); other
+transient failures (``InternalFailure``, HTTP 5xx, connection errors) are retried the same way
+up to ``max_attempts`` times in a row, then the job fails naming the stream and shard. botocore's own
+retries are off for the reader's client so that one throttled shard does not stall the others.
 
 **Checkpoints** (exactly once with an exactly-once sink): :meth:`KinesisShardReader.snapshot_state`
 holds each shard's last sequence number after the records the last ``poll`` returned; the
@@ -67,8 +68,7 @@ event time::
 shard does not hold it back once ``with_idleness`` marks it idle.)
 
 Not done: enhanced fan-out (``SubscribeToShard``), reading several streams in one source,
-``AT_SEQUENCE_NUMBER`` as a start position, metrics beyond the reader's counters (logged at
-INFO when the reader closes).
+``AT_SEQUENCE_NUMBER`` as a start position.
 """
 
 from __future__ import annotations
@@ -472,18 +472,25 @@ class _Shard:
 class KinesisShardReader(SplitReader):
     """One subtask's reader of a :class:`KinesisSource`: a ``GetRecords`` loop per shard.
 
-    Attributes:
-        records_read: records returned by :meth:`poll` (bad records not counted).
-        bad_records: records the deserializer could not turn.
-        get_records_calls: ``GetRecords`` calls made (failed ones included).
-        throttled: calls answered ``ProvisionedThroughputExceededException`` or
-            ``LimitExceededException`` (each followed by a backoff of that shard).
-        transient_errors: calls that failed otherwise and were retried.
-        iterators_renewed: expired shard iterators replaced (``ExpiredIteratorException``).
-        millis_behind_latest: per shard, ``MillisBehindLatest`` of its last ``GetRecords``.
+    Its metrics are on the operator's metric group (``ctx.metric_group``; REST and Prometheus,
+    see ``docs/connectors.md``); the counters are also attributes, and are logged (INFO) when
+    the reader closes.
 
-    The runtime has no metric hook for sources yet: these stay on the reader and are logged
-    (INFO) when it closes.
+    Attributes:
+        records_read: records returned by :meth:`poll` (bad records not counted); an int.
+        bad_records: counter ``numRecordsInErrors``: records the deserializer could not turn.
+        get_records_calls: counter ``numGetRecordsRequests``: ``GetRecords`` calls made (failed
+            ones included).
+        throttled: counter ``numThrottledRequests``: ``GetRecords`` or ``GetShardIterator`` calls
+            answered ``ProvisionedThroughputExceededException`` or ``LimitExceededException``
+            (each followed by a backoff of that shard).
+        backoff_ms: counter ``backoffTimeMs``: milliseconds of backoff scheduled after throttled
+            or failed calls (summed over shards, which back off independently).
+        transient_errors: counter ``numTransientErrors``: calls that failed otherwise and were retried.
+        iterators_renewed: counter ``numIteratorsRenewed``: expired shard iterators replaced
+            (``ExpiredIteratorException``).
+        millis_behind_latest: per shard, ``MillisBehindLatest`` of its last ``GetRecords``; the
+            gauge ``shardId.<shard>.millisBehindLatest`` (Flink's name), gone once the shard is finished.
     """
 
     def __init__(self, source: KinesisSource, ctx: SubtaskContext):
@@ -500,8 +507,14 @@ class KinesisShardReader(SplitReader):
         self._fail_bad = bool(ctx.config.get("emrflow.bad-records.fail")) if fail is None else fail
         concurrent = ctx.config.get("execution.checkpointing.max-concurrent-checkpoints")
         self._max_concurrent = int(concurrent) if concurrent else 1
-        self.records_read = self.bad_records = self.get_records_calls = 0
-        self.throttled = self.transient_errors = self.iterators_renewed = 0
+        self.records_read = 0
+        group = self._metrics = ctx.metric_group
+        self.bad_records = group.counter("numRecordsInErrors")
+        self.get_records_calls = group.counter("numGetRecordsRequests")
+        self.throttled = group.counter("numThrottledRequests")
+        self.backoff_ms = group.counter("backoffTimeMs")
+        self.transient_errors = group.counter("numTransientErrors")
+        self.iterators_renewed = group.counter("numIteratorsRenewed")
         self.millis_behind_latest: dict[str, int] = {}
 
     # -- splits --------------------------------------------------------------------------
@@ -519,6 +532,11 @@ class KinesisShardReader(SplitReader):
                 self._report.append(split.split_id)
             else:
                 self._shards[split.split_id] = _Shard(split)
+                self._register_lag(split.split_id)
+
+    def _register_lag(self, shard_id: str) -> None:
+        lags = self.millis_behind_latest
+        self._metrics.add_group("shardId", shard_id).gauge("millisBehindLatest", lambda: lags.get(shard_id))
 
     def notify_no_more_splits(self) -> None:
         self._no_more = True
@@ -570,18 +588,18 @@ class KinesisShardReader(SplitReader):
         try:
             if shard.iterator is None:
                 shard.iterator = self._iterator(split)
-            self.get_records_calls += 1
+            self.get_records_calls.inc()
             resp = self._client.get_records(ShardIterator=shard.iterator, Limit=s.max_records_per_get)
         except ClientError as exc:
             code = _aws.error_code(exc)
             if code == "ExpiredIteratorException":
-                self.iterators_renewed += 1
+                self.iterators_renewed.inc()
                 shard.iterator = None          # re-get AFTER_SEQUENCE_NUMBER of the last record read
                 shard.next_at = 0.0
                 return None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             if code in THROTTLING_CODES:
-                self.throttled += 1
+                self.throttled.inc()
                 self._back_off(shard)
                 return None
             if code in TRANSIENT_CODES or status >= 500:
@@ -628,12 +646,14 @@ class KinesisShardReader(SplitReader):
 
     def _back_off(self, shard: _Shard) -> None:
         shard.failures += 1
-        shard.next_at = time.monotonic() + self._backoff.delay_s(shard.failures)
+        delay_s = self._backoff.delay_s(shard.failures)
+        self.backoff_ms.inc(round(delay_s * 1000))
+        shard.next_at = time.monotonic() + delay_s
 
     def _transient(self, shard: _Shard, exc: BaseException) -> None:
         s = self._source
         shard.transient += 1
-        self.transient_errors += 1
+        self.transient_errors.inc()
         if shard.transient >= s.max_attempts:
             raise ConnectorError(f"{s.resource} shard {shard.split.split_id}: GetRecords failed {shard.transient} "
                                  f"times in a row (max_attempts={s.max_attempts}): {exc}", s.resource) from exc
@@ -660,7 +680,7 @@ class KinesisShardReader(SplitReader):
         return out
 
     def _bad(self, split: KinesisShardSplit, sequence_number: str, reason: str) -> None:
-        self.bad_records += 1
+        self.bad_records.inc()
         where = f"{split.stream_name}/{split.split_id}"
         if self._fail_bad:
             raise BadRecordError(where, int(sequence_number), reason)
@@ -693,7 +713,8 @@ class KinesisShardReader(SplitReader):
     def close(self) -> None:
         """Log the counters; drop the client."""
         self._client = None
-        log.info("%s subtask %d: %d records read, %d bad, %d GetRecords calls, %d throttled, %d transient "
-                 "errors, %d iterators renewed", self._source.resource, self._ctx.subtask_index, self.records_read,
-                 self.bad_records, self.get_records_calls, self.throttled, self.transient_errors,
-                 self.iterators_renewed)
+        log.info("%s subtask %d: %d records read, %d bad, %d GetRecords calls, %d throttled (%d ms backoff), "
+                 "%d transient errors, %d iterators renewed", self._source.resource, self._ctx.subtask_index,
+                 self.records_read, self.bad_records.get_count(), self.get_records_calls.get_count(),
+                 self.throttled.get_count(), self.backoff_ms.get_count(), self.transient_errors.get_count(),
+                 self.iterators_renewed.get_count())

@@ -11,6 +11,14 @@ A :class:`SplitSource` has two halves:
   per split: the subtask's watermark is the minimum over its active splits, and a split that
   is idle (``WatermarkStrategy.with_idleness``) does not hold it back.
 
+Enumerators push splits (assign as they discover them, on :meth:`SplitEnumerator.add_reader`)
+or readers pull them: a reader calls ``ctx.send_split_request()`` (its
+:class:`~emrflow.connectors.base.SubtaskContext`; Flink's ``sendSplitRequest``) when it wants
+work, and the runtime calls :meth:`SplitEnumerator.handle_split_request` with its subtask index,
+which typically assigns it one split or signals that no more come (Flink's ``FileSource``). A
+request a reader sends before it registered (from :meth:`SplitReader.start`) is delivered right
+after ``add_reader``; one from an attempt that is gone is dropped (the restarted reader asks again).
+
 A split is any picklable object with a ``split_id`` (``str``) attribute that is stable for
 the life of the input (a shard id, ``"topic-3"``, a file's URI). A split carries its read
 position: :meth:`SplitReader.snapshot_state` returns the reader's splits with the positions
@@ -20,14 +28,44 @@ Checkpoints (exactly once): the runtime snapshots the enumerator (its unassigned
 whatever discovery state it keeps) at the moment it triggers a checkpoint, and split
 assignments travel to the source subtasks in order with the checkpoint triggers; so a split
 is either in the enumerator's state (not yet assigned when the checkpoint was triggered) or
-in exactly one reader's state (assigned before), never both and never neither. On a restart
-the enumerator is restored from the checkpoint's state (:meth:`SplitSource.restore_enumerator`)
-and every reader gets the splits of the readers' states that :func:`split_owner` gives it,
-so a restore at another parallelism (from a savepoint) keeps every split exactly once.
+in exactly one reader's state (assigned before), never both and never neither. This holds
+whatever made the enumerator assign: discovery, ``add_reader``, ``add_splits_back`` or a
+reader's split request. A request only leads to a call of the enumerator; the assignment it
+makes goes through :meth:`SplitEnumeratorContext.assign_splits` under the enumerator's lock,
+which the checkpoint's snapshot also takes, and travels on the slot's one connection like any
+other; an assignment in answer to a request of a reader that restarts meanwhile is kept by the
+JobManager and given back (below), never sent to the new attempt unasked.
+
+Restarts (Flink's failover of source coordinators):
+
+* a restart of the whole job (a lost TaskManager, ``failover-strategy: full``, a job with one
+  pipelined region) closes the enumerator and restores it from the checkpoint's state
+  (:meth:`SplitSource.restore_enumerator`; a fresh one without a checkpoint), and every reader
+  gets the splits of the readers' states that :func:`split_owner` gives it, so a restore at
+  another parallelism (from a savepoint) keeps every split exactly once;
+* a restart of the pipelined region of the source (a failed task, region failover in a job of
+  several regions) keeps the enumerator running, as Flink does: its context forgets the
+  region's readers (assigning to them raises), the restarted readers get their splits from
+  the checkpoint restored, and the enumerator gets back, per subtask,
+  :meth:`SplitEnumerator.add_splits_back`, every split it assigned after that checkpoint was
+  triggered (the JobManager sees every assignment and keeps those no completed checkpoint
+  covers); then ``add_reader`` as the readers register again. Each split is again in exactly
+  one place: a reader's restored state (assigned before the trigger) or the enumerator
+  (assigned after, given back; or never assigned). Records of splits read since the
+  checkpoint are read again, as are the downstream operators' states of the region restored,
+  so keyed state and exactly-once sinks see every record once. What the enumerator learned
+  since the checkpoint (``handle_splits_finished``) it keeps: the restored readers may read
+  again, and report again, a split it knows finished, so an enumerator that orders splits
+  (Kinesis: child shards after their parents) may hand out a child while the parent's tail is
+  read again. If the region restores another checkpoint than the last completed
+  one (the latter was found corrupt), or the enumerator itself failed, it is closed and
+  restored from that checkpoint instead.
 
 A bounded source is the special case whose enumerator calls
 :meth:`SplitEnumeratorContext.signal_no_more_splits` once everything is assigned; a subtask
-ends when it has no more splits coming and its reader has finished all it was given.
+ends when it has no more splits coming and its reader has finished all it was given. Every file
+source is one (:class:`~emrflow.connectors.monitoring.FileSource`: byte ranges or Parquet row
+groups, each subtask's assigned when its reader registers).
 """
 
 from __future__ import annotations
@@ -137,10 +175,21 @@ class SplitEnumerator(ABC):
         """Start discovery (called once, before any reader registers)."""
 
     def add_reader(self, subtask: int) -> None:
-        """The reader of ``subtask`` registered (at its start, and again after a restart)."""
+        """The reader of ``subtask`` registered (at its start, and again after a restart).
+
+        After a region restart the enumerator is not reset (see the module docstring): a bounded
+        source must tell a re-registered reader again that no more splits come, if so.
+        """
 
     def handle_split_request(self, subtask: int) -> None:
-        """The reader of ``subtask`` asks for a split (pull-based sources, e.g. files)."""
+        """The reader of ``subtask`` asks for a split (pull-based sources, e.g. files): its reader
+        called ``ctx.send_split_request()``. Called after :meth:`add_reader` for that reader, so
+        assigning to ``subtask`` here is allowed; answer with a split, or with
+        :meth:`SplitEnumeratorContext.signal_no_more_splits` when none is left.
+
+        Args:
+            subtask: the asking reader's subtask index.
+        """
 
     def handle_splits_finished(self, subtask: int, split_ids: list[str]) -> None:
         """The reader of ``subtask`` finished these splits: its :meth:`SplitReader.poll` returned
@@ -162,8 +211,17 @@ class SplitEnumerator(ABC):
         """
 
     def add_splits_back(self, splits: list, subtask: int) -> None:
-        """Splits assigned to ``subtask`` after the last completed checkpoint come back after
-        its failure; assign them again (to any reader)."""
+        """Splits assigned to ``subtask`` after the checkpoint its region restarts from come back
+        (they are in no restored reader's state): assign them again, to any registered reader.
+
+        Called when the region of the source restarts without resetting the enumerator, before
+        the restarted readers register again (so usually keep them until :meth:`add_reader` or a
+        split request); each split as it was assigned (its position then).
+
+        Args:
+            splits: the splits, in the order they were assigned.
+            subtask: the subtask they had been assigned to.
+        """
 
     @abstractmethod
     def snapshot_state(self, checkpoint_id: int) -> Any:

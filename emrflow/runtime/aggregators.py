@@ -7,6 +7,7 @@ with tight loops (C-level where possible); the DataStream API's ``reduce``,
 
 from __future__ import annotations
 
+import operator
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from typing import Any, Callable
 
@@ -126,15 +127,14 @@ class CompareAggregator(Aggregator):
         self.is_min = spec.kind in ("min", "min_by")
         self.by = spec.kind.endswith("_by")
         self.first = spec.first
-
-    def _better(self, new: Any, old: Any) -> bool:
-        if self.is_min:
-            return new < old or (not self.first and self.by and new == old)
-        return new > old or (not self.first and self.by and new == old)
+        # new replaces old when better(new, old): strictly, or on a tie for min_by/max_by(first=False)
+        ties = not self.first and self.by
+        self.better = (operator.le if ties else operator.lt) if self.is_min else \
+            (operator.ge if ties else operator.gt)
 
     def fold_emit(self, table: dict, keys: list, records: list) -> list:
-        get_acc, get, better = table.get, self.get, self._better
-        by, replace = self.by, self.replace
+        get_acc, get, better, by, replace = table.get, self.get, self.better, self.by, self.replace
+        fast = getattr(get, "fast", get)  # the C itemgetter; ``get`` explains a record without the field
         out = []
         append = out.append
         for k, r in zip(keys, records):
@@ -142,8 +142,11 @@ class CompareAggregator(Aggregator):
             if acc is _MISSING:
                 acc = r
             else:
-                v = get(r)
-                if better(v, get(acc)):
+                try:
+                    v, old = fast(r), fast(acc)
+                except (TypeError, KeyError, IndexError):
+                    v, old = get(r), get(acc)
+                if better(v, old):
                     acc = r if by else replace(acc, v)
             table[k] = acc
             append(acc)

@@ -12,7 +12,10 @@ Prometheus reporter names them:
   ``flink_taskmanager_job_task_operator_currentInputWatermark``;
 * ``flink_jobmanager_numRegisteredTaskManagers``, ``flink_jobmanager_taskSlotsTotal``,
   ``flink_jobmanager_taskSlotsAvailable``, ``flink_jobmanager_numRunningJobs``;
-* ``flink_taskmanager_Status_ProcessTree_RssBytes`` and ``..._CpuPercent`` per TaskManager.
+* ``flink_taskmanager_Status_ProcessTree_RssBytes`` and ``..._CpuPercent`` per TaskManager;
+* ``flink_taskmanager_job_task_operator_<name>``: what a source reader or sink writer registered on
+  its metric group (:mod:`emrflow.connectors.metric_group`), with the operator's labels plus one
+  label per key-value group (``..._KafkaSourceReader_topic_partition_currentOffset{topic=,partition=}``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def _collector(jm):
             wm = GaugeMetricFamily("flink_taskmanager_job_task_operator_currentInputWatermark",
                                    "The subtask's input watermark (ms; Long.MIN_VALUE before the first)",
                                    labels=task_labels)
+            # a connector metric named like one of the runtime's (numRecordsIn...) is left out
+            connector: dict[str, GaugeMetricFamily | None] = {f.name: None for f in (rin, rout, rin_s, rout_s, late)}
             overview = jm.query.overview()
             for job in jm.query.jobs():
                 for v in job.topology["vertices"]:
@@ -59,6 +64,8 @@ def _collector(jm):
                             rout.add_metric(labels, b)
                             rin_s.add_metric(labels, ra)
                             rout_s.add_metric(labels, rb)
+                            _add_connector_metrics(connector, op_labels, labels,
+                                                   m.get("connector", {}).get(o["id"], ()))
                         tl = [job.id, job.name, v["name"], str(i)]
                         busy.add_metric(tl, r.get("busy_ms_per_s", 0.0))
                         wm.add_metric(tl, m.get("watermark", -(2**63)))
@@ -82,8 +89,25 @@ def _collector(jm):
                 rss.add_metric([tm.id], tm.rss_bytes)
                 cpu.add_metric([tm.id], tm.cpu_percent)
             yield from (rin, rout, rin_s, rout_s, late, busy, bp, wm, tms, total, free, running, rss, cpu)
+            yield from (f for f in connector.values() if f is not None)
 
     return JobManagerCollector()
+
+
+def _add_connector_metrics(families: dict, op_labels: list[str], labels: list[str], samples) -> None:
+    """Add a connector's metric group samples (REST id, name, labels, value) to ``families`` by name."""
+    from prometheus_client.core import GaugeMetricFamily
+    for _rest, prom, extra, value in samples:
+        if not isinstance(value, (int, float)):
+            continue  # Prometheus takes numbers only (Flink's reporter skips other gauges too)
+        name = f"flink_taskmanager_job_task_operator_{prom}"
+        if name not in families:
+            families[name] = GaugeMetricFamily(
+                name, f"Connector metric {prom} (emrflow.connectors.metric_group)",
+                labels=op_labels + [k for k, _ in extra])
+        family = families[name]
+        if family is not None:  # None: one of the runtime's own names
+            family.add_metric(labels + [v for _, v in extra], value)
 
 
 def start_prometheus_endpoint(jm, port: int, host: str = "127.0.0.1") -> int:

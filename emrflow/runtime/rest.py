@@ -10,6 +10,11 @@ Served by Flask on waitress in a thread of the JobManager process. Endpoints
 * ``POST /jobs/{jobid}/savepoints``, ``POST /jobs/{jobid}/stop``,
   ``GET /jobs/{jobid}/savepoints/{triggerid}``: trigger a savepoint (and stop), follow it (Flink's);
 * ``GET /jobs/{jobid}/checkpoints``: checkpoint counts and the latest completed one (Flink's);
+* ``GET /jobs/{jobid}/vertices/{vertexid}/metrics``, ``.../subtasks/metrics`` (aggregated over
+  subtasks: ``agg=min,max,avg,sum``, ``subtasks=0,2-3``) and ``.../subtasks/{index}/metrics``: the
+  operators' metrics, ``numRecordsIn``/``numRecordsOut`` and those connectors register
+  (:mod:`emrflow.connectors.metric_group`), listed without ``get``, with values for ``get=id,id``
+  (Flink's);
 * ``POST /jobs``: submit a job (emrflow's own: a JSON body with the job's topology and
   its base64 cloudpickled JobGraph, which only the TaskManagers unpickle);
 * ``DELETE /cluster``: shut the cluster down (Flink's);
@@ -37,6 +42,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import threading
 import time
 import uuid
@@ -228,6 +234,65 @@ def vertex_details(jm, job, vertex: dict) -> dict:
                          "metrics": _subtask_metrics(job, vertex["id"], i, head, tail)})
     return {"id": str(vertex["id"]), "name": vertex["name"], "parallelism": vertex["parallelism"],
             "maxParallelism": vertex["max_parallelism"], "now": _ms(time.time()), "subtasks": subtasks}
+
+
+#: Flink's MetricQueryService replaces these characters of an operator's name in metric ids
+_METRIC_ID_INVALID = re.compile(r"[ .:,]")
+_AGGREGATES = ("min", "max", "avg", "sum")
+
+
+def operator_metrics(job, vertex: dict, i: int) -> dict[str, Any]:
+    """Subtask ``i``'s operator metrics as Flink's REST ids: ``<operator>.<metric>`` to value.
+
+    Every operator of the chain has ``numRecordsIn`` and ``numRecordsOut``; a source reader or sink
+    writer adds what it registered on its metric group (:mod:`emrflow.connectors.metric_group`).
+    """
+    m = job.metrics.get((vertex["id"], i), {})
+    out: dict[str, Any] = {}
+    for o in vertex["operators"]:
+        name = _METRIC_ID_INVALID.sub("_", o["name"])
+        out[f"{name}.numRecordsIn"], out[f"{name}.numRecordsOut"] = m.get("operators", {}).get(o["id"], (0, 0))
+        for rest_id, _prom, _labels, value in m.get("connector", {}).get(o["id"], ()):
+            out[f"{name}.{rest_id}"] = value
+    return out
+
+
+def metric_values(values: dict[str, Any], get: str | None) -> list[dict]:
+    """Flink's answer to ``.../metrics[?get=a,b]``: the ids, or the requested ones with their values (strings)."""
+    if get is None:
+        return [{"id": k} for k in values]
+    return [{"id": k, "value": str(values[k])} for k in get.split(",") if k in values]
+
+
+def aggregated_metrics(per_subtask: list[dict[str, Any]], get: str | None, agg: str | None) -> list[dict]:
+    """Flink's ``.../subtasks/metrics[?get=a,b&agg=min,max,avg,sum]``: each metric over the subtasks."""
+    ids = list(dict.fromkeys(k for values in per_subtask for k in values))
+    if get is None:
+        return [{"id": k} for k in ids]
+    wanted = [a for a in (agg or ",".join(_AGGREGATES)).split(",") if a in _AGGREGATES]
+    out = []
+    for k in get.split(","):
+        xs = [values[k] for values in per_subtask
+              if isinstance(values.get(k), (int, float)) and not isinstance(values.get(k), bool)]
+        if xs:
+            stats = {"min": min(xs), "max": max(xs), "avg": sum(xs) / len(xs), "sum": sum(xs)}
+            out.append({"id": k, **{a: stats[a] for a in wanted}})
+    return out
+
+
+def _subtask_list(text: str | None, parallelism: int) -> list[int]:
+    """Flink's ``subtasks`` parameter (``0,2-3``); every subtask if absent.
+
+    Raises:
+        ValueError: not a list of indices and ranges.
+    """
+    if not text:
+        return list(range(parallelism))
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return [i for i in dict.fromkeys(out) if 0 <= i < parallelism]
 
 
 def job_exceptions(jm, job) -> dict:
@@ -455,13 +520,39 @@ def create_app(jm, token: str | None = None):
             "latest": {"completed": stats(c.latest), "savepoint": stats(c.latest_savepoint)},
             "summary": {"directory": c.directory}})
 
-    @app.get("/jobs/<jobid>/vertices/<vertexid>")
-    def vertex(jobid, vertexid):
+    def find_vertex(jobid: str, vertexid: str):
         job = find_job(jobid)
         for v in job.topology["vertices"]:
             if str(v["id"]) == vertexid:
-                return jsonify(vertex_details(jm, job, v))
+                return job, v
         abort(404)
+
+    @app.get("/jobs/<jobid>/vertices/<vertexid>")
+    def vertex(jobid, vertexid):
+        return jsonify(vertex_details(jm, *find_vertex(jobid, vertexid)))
+
+    @app.get("/jobs/<jobid>/vertices/<vertexid>/metrics")
+    def vertex_metrics(jobid, vertexid):
+        job, v = find_vertex(jobid, vertexid)
+        values = {f"{i}.{k}": x for i in range(v["parallelism"]) for k, x in operator_metrics(job, v, i).items()}
+        return jsonify(metric_values(values, request.args.get("get")))
+
+    @app.get("/jobs/<jobid>/vertices/<vertexid>/subtasks/metrics")
+    def subtasks_metrics(jobid, vertexid):
+        job, v = find_vertex(jobid, vertexid)
+        try:
+            subtasks = _subtask_list(request.args.get("subtasks"), v["parallelism"])
+        except ValueError:
+            return jsonify(errors=["subtasks must be a list of subtask indices and ranges, e.g. 0,2-3"]), 400
+        return jsonify(aggregated_metrics([operator_metrics(job, v, i) for i in subtasks],
+                                          request.args.get("get"), request.args.get("agg")))
+
+    @app.get("/jobs/<jobid>/vertices/<vertexid>/subtasks/<int:subtaskindex>/metrics")
+    def subtask_metrics(jobid, vertexid, subtaskindex):
+        job, v = find_vertex(jobid, vertexid)
+        if subtaskindex >= v["parallelism"]:
+            abort(404)
+        return jsonify(metric_values(operator_metrics(job, v, subtaskindex), request.args.get("get")))
 
     @app.get("/jobs/<jobid>/exceptions")
     def exceptions(jobid):

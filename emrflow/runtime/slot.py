@@ -14,6 +14,7 @@ Run as ``python -m emrflow.runtime.slot``; the cluster secret comes from the
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -139,6 +140,7 @@ class SlotProcess:
             return
         dep = _Deployment(job=job, attempt=attempt,
                           slot_addresses={int(k): tuple(v) for k, v in slot_addresses.items()})
+        tune_gc()
         with self._lock:
             self.deployments[job_id] = dep
         self._start_tasks(job_id, dep, subtasks, attempt, restore)
@@ -172,9 +174,11 @@ class SlotProcess:
                               restore=StateReader(dep.file_system, restore) if restore else None,
                               acknowledge=lambda _j=job_id, _a=attempt, **kw: self._acknowledge(_j, _a, **kw),
                               register_reader=lambda _j=job_id, _a=attempt, _v=vertex_id, _i=index:
-                                  self._register_reader(_j, _a, _v, _i),
+                                  self._reader_event("reader_registered", _j, _a, _v, _i),
                               report_splits_finished=lambda ids, _j=job_id, _a=attempt, _v=vertex_id, _i=index:
-                                  self._report_splits_finished(_j, _a, _v, _i, ids))
+                                  self._reader_event("splits_finished", _j, _a, _v, _i, split_ids=list(ids)),
+                              request_split=lambda _j=job_id, _a=attempt, _v=vertex_id, _i=index:
+                                  self._reader_event("split_request", _j, _a, _v, _i))
             dep.tasks[(vertex_id, index)] = task
             started.append(task)
         for task in started:
@@ -280,21 +284,14 @@ class SlotProcess:
         except rpc.ConnectionClosed:
             pass
 
-    def _register_reader(self, job_id: str, attempt: int, vertex: int, subtask: int) -> None:
-        """A SplitSource's reader started: the JobManager tells its enumerator (``add_reader``)."""
+    def _reader_event(self, msg: str, job_id: str, attempt: int, vertex: int, subtask: int, **body) -> None:
+        """A SplitSource's reader event for its enumerator, from the task's thread:
+        ``reader_registered`` (the reader started: ``add_reader``), ``split_request``
+        (``handle_split_request``) or ``splits_finished`` (``split_ids``: ``handle_splits_finished``).
+        Sent on the same connection as checkpoint acknowledgements (:meth:`_acknowledge`), so a
+        report arrives before the acknowledgement of any later snapshot of the subtask."""
         try:
-            self.conn.send("reader_registered", job_id=job_id, vertex=vertex, subtask=subtask, attempt=attempt)
-        except rpc.ConnectionClosed:
-            pass
-
-    def _report_splits_finished(self, job_id: str, attempt: int, vertex: int, subtask: int,
-                                split_ids: list[str]) -> None:
-        """A SplitSource's reader finished these splits: the JobManager calls its enumerator's
-        ``handle_splits_finished``. Sent on the same connection as checkpoint acknowledgements
-        (:meth:`_acknowledge`), so it arrives before the acknowledgement of any later snapshot."""
-        try:
-            self.conn.send("splits_finished", job_id=job_id, vertex=vertex, subtask=subtask, attempt=attempt,
-                           split_ids=list(split_ids))
+            self.conn.send(msg, job_id=job_id, vertex=vertex, subtask=subtask, attempt=attempt, **body)
         except rpc.ConnectionClosed:
             pass
 
@@ -305,7 +302,8 @@ class SlotProcess:
         dep = self.deployments.get(job_id)
         task = dep.tasks.get((vertex, subtask)) if dep is not None else None
         if task is None or task.attempt != attempt or task.state not in _NOT_STARTED_OR_RUNNING:
-            return  # a failover is under way: the restored enumerator assigns them again
+            return  # a failover is under way: the JobManager gives them back (add_splits_back), or
+            #         the enumerator restored from the checkpoint assigns them again
         if splits is not None:
             task.control.put(("splits", splits))
         if no_more:
@@ -372,6 +370,29 @@ class SlotProcess:
                         self.conn.send("metrics", job_id=job_id, tasks=running, attempt=dep.attempt)
                     except rpc.ConnectionClosed:
                         return
+
+
+#: gen-0 threshold of a slot process (CPython's default is 700)
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for record processing.
+
+    Records are tuples and lists made and dropped by the batch (no cycles), so the
+    default gen-0 threshold (700 allocations) runs thousands of collections per
+    second that find nothing, and promotes records of batches in flight to older
+    generations that are scanned again. A threshold of :data:`GC_GEN0_THRESHOLD` lets a
+    batch die before it is looked at; ``gc.freeze()`` moves what exists after a
+    deployment (modules, the job graph, user code) out of the collector's reach.
+    Called on every deployment: what an earlier job left (its classes are cycles) is
+    unfrozen and collected first, so a long-lived slot does not keep it.
+    Reference counting, which frees nearly everything, is unaffected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,10 @@ completion notices, in the order the JobManager sent them), cancellation, one
 of the splits the poll returned finished to the JobManager (the enumerator's
 ``handle_splits_finished``), timers and buffer flushes. It ends when the reader
 :meth:`~emrflow.connectors.splits.SplitReader.is_finished` (a bounded source), or when the task
-is cancelled (an unbounded one).
+is cancelled (an unbounded one). A reader's ``ctx.send_split_request()`` sends ``split_request``
+to the JobManager at once, from whatever thread calls it (the enumerator's
+``handle_split_request``; a request sent from ``start()``, before the registration, is kept by the
+JobManager until after ``add_reader``).
 
 The finished splits are reported on the slot's one connection to the JobManager, from the task
 thread, right after the poll: every snapshot this subtask takes later is acknowledged (from the
@@ -53,7 +56,7 @@ def run_split_source(task: "StreamTask", head: Any, node: Any) -> None:
         Cancelled: the task was cancelled.
     """
     from emrflow.runtime.operators.basic import TimestampsOperator
-    reader = node.function.create_split_reader(task._subtask_context(node.name))
+    reader = node.function.create_split_reader(task._subtask_context(node))
     task._split_reader = reader
     nxt = head.next_operators
     stamps = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], TimestampsOperator) else None
@@ -136,13 +139,21 @@ def restored_splits(state: Any, uid: str, subtask: int, parallelism: int) -> lis
     Args:
         state: the task's :class:`~emrflow.runtime.checkpoint.StateReader`.
         uid: the source operator's state id.
+
+    Raises:
+        ValueError: the state is a read position of a file source of an earlier version (not splits).
     """
     found = state.all_parts(uid)
     if found is None:
         return []
     out = []
     for _old, data in found:
-        for split in cloudpickle.loads(data).get("splits", []):
+        snap = cloudpickle.loads(data)
+        if "position" in snap and "splits" not in snap:  # a bounded file source before it had splits
+            raise ValueError(f"the state of source {uid!r} is a read position of an earlier emrflow "
+                             "version's file source, which cannot be turned into splits; restoring it "
+                             "would read the input again: rerun the job without this checkpoint")
+        for split in snap.get("splits", []):
             if split_owner(split.split_id, parallelism) == subtask:
                 out.append(split)
     return out

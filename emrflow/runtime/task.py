@@ -29,6 +29,7 @@ from emrflow.api.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from emrflow.api.functions import RuntimeContext
 from emrflow.config_views import BadRecordsConfig, CheckpointConfig, NetworkConfig
 from emrflow.connectors.base import SubtaskContext, abort_writer
+from emrflow.connectors.metric_group import MetricGroup
 from emrflow.fs import FileSystem
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime import checkpoint as chk
@@ -85,7 +86,8 @@ class StreamTask:
                  cancel: threading.Event, restore: "chk.StateReader | None" = None,
                  acknowledge: Callable[..., None] | None = None,
                  register_reader: Callable[[], None] | None = None,
-                 report_splits_finished: Callable[[list[str]], None] | None = None):
+                 report_splits_finished: Callable[[list[str]], None] | None = None,
+                 request_split: Callable[[], None] | None = None):
         self.job = job
         self.vertex = vertex
         self.subtask_index = subtask_index
@@ -123,9 +125,13 @@ class StreamTask:
         self._register_reader = register_reader or (lambda: None)
         #: tells the JobManager which splits a poll() returned finished (before any later checkpoint ack)
         self._report_splits_finished = report_splits_finished or (lambda split_ids: None)
+        #: a split reader asks the JobManager for a split (SubtaskContext.send_split_request)
+        self._request_split = request_split or (lambda: None)
         self._split_reader: Any = None
         self._split_stamps: Any = None
         self._restored_splits: list | None = None
+        #: operator id -> the metric group its source reader or sink writer registers on
+        self.metric_groups: dict[int, MetricGroup] = {}
 
     @property
     def label(self) -> str:
@@ -134,7 +140,8 @@ class StreamTask:
 
     # -- metrics -------------------------------------------------------------
     def metrics(self) -> dict:
-        """Return this subtask's counters (records per operator, busy and back-pressured time)."""
+        """Return this subtask's counters (records per operator, busy and back-pressured time) and, under
+        ``"connector"``, each source reader's or sink writer's metric group snapshot by operator id."""
         ops = {op_id: (op.records_in, op.output.records_out if op.output else 0)
                for op_id, op in self.operators.items()}
         head = self.operators.get(self.vertex.head)
@@ -144,7 +151,8 @@ class StreamTask:
                 "bad_record_samples": list(self.bad_record_samples),
                 "busy_s": self.busy_s,
                 "watermark": head.current_watermark if head is not None else MIN_WATERMARK,
-                "backpressured_s": sum(w.backpressured_s for w in self.writers.values())}
+                "backpressured_s": sum(w.backpressured_s for w in self.writers.values()),
+                "connector": {op_id: g.snapshot() for op_id, g in list(self.metric_groups.items())}}
 
     def _report_bad_record(self, path: str, line: int, reason: str) -> None:
         self.bad_records += 1
@@ -152,19 +160,22 @@ class StreamTask:
             self.bad_record_samples.append(f"{path}:{line}: {reason}")
 
     # -- set-up ----------------------------------------------------------------
-    def _subtask_context(self, name: str) -> SubtaskContext:
-        return SubtaskContext(operator_name=name, subtask_index=self.subtask_index,
+    def _subtask_context(self, node: Any) -> SubtaskContext:
+        """The context of the reader or writer of ``node`` (an operator of the chain), with its metric group."""
+        group = self.metric_groups[node.id] = MetricGroup()
+        return SubtaskContext(operator_name=node.name, subtask_index=self.subtask_index,
                               parallelism=self.vertex.parallelism, attempt=self.attempt,
                               config=self.job.config, report_bad_record=self._report_bad_record,
                               checkpointing=self.periodic, job_id=self.job.job_id,
-                              file_system=self.file_system)
+                              file_system=self.file_system, metric_group=group,
+                              send_split_request=self._request_split)
 
     def _build_chain(self) -> None:
         v = self.vertex
         for op_id, node in v.operators.items():
             writer = None
             if node.kind == T.SINK:
-                writer = node.function.create_writer(self._subtask_context(node.name))
+                writer = node.function.create_writer(self._subtask_context(node))
                 self.sink_writers.append(writer)
             self.operators[op_id] = create_operator(node, self.job.batch, v.max_parallelism, writer,
                                                     self.job.config)
@@ -267,7 +278,7 @@ class StreamTask:
             from emrflow.runtime.split_task import run_split_source
             run_split_source(self, head, node)
             return
-        reader = node.function.create_reader(self._subtask_context(node.name))
+        reader = node.function.create_reader(self._subtask_context(node))
         streaming = not self.job.batch
         timer = FlushTimer(self.network.buffer_timeout_ms)
         cancel = self.cancel

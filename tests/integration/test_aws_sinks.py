@@ -20,12 +20,14 @@ import os
 import random
 import threading
 import time
+import urllib.request
 import uuid
 
 import boto3
 import pytest
 from conftest_emr import MotoRelay, aws_env, moto_endpoint  # noqa: F401  (moto server fixtures)
 from test_checkpoints import checkpointed_run, kill_after_first_checkpoint, running, start, wait_for
+from test_standalone import Cluster, cli, get
 
 from emrflow.connectors import _aws
 from emrflow.connectors.base import SubtaskContext
@@ -40,7 +42,11 @@ pytestmark = [pytest.mark.integration,
 
 JOB = os.path.join(ROOT, "tests", "jobs", "aws_sinks_job.py")
 SPREAD = 37  # as in the job: key k is item (pk "k<k % 37>", sk k // 37)
-CTX = SubtaskContext(operator_name="sink", subtask_index=0, parallelism=1)
+
+
+def new_ctx() -> SubtaskContext:
+    """A writer's context, with a metric group of its own (counters start at 0)."""
+    return SubtaskContext(operator_name="sink", subtask_index=0, parallelism=1)
 
 
 # -- servers, tables, streams --------------------------------------------------------------
@@ -190,15 +196,50 @@ def run_job(tmp_path, *args: str, env_extra: dict | None = None, p: str = "2"):
 
 # -- jobs ----------------------------------------------------------------------------------
 def test_job_upserts_the_last_item_per_key_and_writes_every_record_once(tmp_path, dynamodb, kinesis, relay):
-    """One job, p=2, no failure: the table equals the last value per key; the stream holds every
-    serialized record exactly once, in the shard its partition key hashes to. 40 keys: about 20
-    per sink subtask, so most updates of a key are merged in the writer's buffer."""
+    """One job, p=2, no failure, on a standalone cluster: the table equals the last value per key;
+    the stream holds every serialized record exactly once, in the shard its partition key hashes
+    to. 40 keys: about 20 per sink subtask, so most updates of a key are merged in the writer's
+    buffer. The sinks' metrics, read back from the JobManager's REST API and Prometheus endpoint
+    after the job finished, agree with the stream and with what the relay saw on the wire."""
     count, keys = 3000, 40
     table, stream = new_table(dynamodb), new_stream(kinesis)
-    rc, err = run_job(tmp_path, "--count", str(count), "--keys", str(keys), "--table", table,
-                      "--stream", stream, "--endpoint-url", relay.url)
-    assert rc == 0, err
+    c = Cluster(str(tmp_path / "cluster"), taskmanagers=1, slots=2, extra=("-D", "metrics.reporter.prom.port=0"))
+    try:
+        job_id = cli("run", "-d", "-p", "2", "-m", c.rest, JOB, "--count", str(count), "--keys", str(keys),
+                     "--table", table, "--stream", stream, "--endpoint-url", relay.url,
+                     workdir=c.workdir).stdout.split()[-1]
+        wait_for(lambda: get(c.rest, f"/jobs/{job_id}")["state"] in ("FINISHED", "FAILED"), 90, "the job's end")
+        details = get(c.rest, f"/jobs/{job_id}")
+        assert details["state"] == "FINISHED", get(c.rest, f"/jobs/{job_id}/exceptions")["root-exception"]
+        sinks = next(v for v in details["vertices"] if {"kinesis", "dynamodb"} <= {o["name"] for o in v["operators"]})
+        base = f"/jobs/{job_id}/vertices/{sinks['id']}"
+        ids = {m["id"] for m in get(c.rest, f"{base}/metrics")}
+        assert {"0.kinesis.numRecordsSend", "1.dynamodb.numRecordsOutErrors", "1.kinesis.numBytesSend"} <= ids
+        names = ["kinesis.numRecordsSend", "kinesis.numBytesSend", "kinesis.numRecordsOutErrors",
+                 "kinesis.numPutRecordsRequests", "dynamodb.numRecordsSend", "dynamodb.numBatchWriteItemRequests",
+                 "dynamodb.numRecordsOutErrors", "count.numRecordsOut"]
+        total = {m["id"]: m["sum"] for m in get(c.rest, f"{base}/subtasks/metrics?get={','.join(names)}&agg=sum")}
+        per_subtask = [int(m["value"]) for i in (0, 1)
+                       for m in get(c.rest, f"{base}/subtasks/{i}/metrics?get=kinesis.numRecordsSend")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{c.info['metrics_port']}/metrics", timeout=10) as r:
+            prometheus = [line for line in r.read().decode().splitlines()
+                          if line.startswith("flink_taskmanager_job_task_operator_numRecordsSend{")
+                          and f'job_id="{job_id}"' in line and 'operator_name="kinesis"' in line]
+    finally:
+        assert not c.stop()
     check_wire(relay)
+    puts, batch_writes = relay.bodies("PutRecords"), relay.bodies("BatchWriteItem")
+    in_stream = len(read_stream(kinesis, stream))
+    assert in_stream == count
+    assert total == {"kinesis.numRecordsSend": in_stream, "count.numRecordsOut": count,
+                     "kinesis.numBytesSend": sum(len(base64.b64decode(r["Data"])) + len(r["PartitionKey"])
+                                                 for body in puts for r in body["Records"]),
+                     "kinesis.numRecordsOutErrors": 0, "kinesis.numPutRecordsRequests": len(puts),
+                     "dynamodb.numRecordsSend": sum(len(b) for body in batch_writes
+                                                    for b in body["RequestItems"].values()),
+                     "dynamodb.numBatchWriteItemRequests": len(batch_writes), "dynamodb.numRecordsOutErrors": 0}
+    assert len(per_subtask) == 2 and sum(per_subtask) == in_stream and min(per_subtask) > 0
+    assert len(prometheus) == 2 and sum(float(line.rsplit(" ", 1)[1]) for line in prometheus) == in_stream
     got = scan(dynamodb, table)
     want = reference_items(count, keys)
     assert len(got) == keys
@@ -252,11 +293,11 @@ def test_dynamodb_batches_of_25_distinct_keys_last_write_wins(dynamodb, moto_end
     rng = random.Random(5)
     records = [{"pk": f"u{rng.randrange(80)}", "v": i, "f": i / 3} for i in range(500)]
     with RecordingProxy(moto_endpoint) as proxy:
-        writer = DynamoDbSink(table, endpoint_url=proxy.url).create_writer(CTX)
+        writer = DynamoDbSink(table, endpoint_url=proxy.url).create_writer(new_ctx())
         for i in range(0, len(records), 100):
             writer.write_batch(records[i:i + 100])
         writer.snapshot_state(1)  # a checkpoint flushes everything
-        assert writer.requests == len(proxy.bodies("BatchWriteItem"))
+        assert writer.requests.get_count() == len(proxy.bodies("BatchWriteItem"))
     batches = [b["RequestItems"][table] for b in proxy.bodies("BatchWriteItem")]
     assert batches and all(1 <= len(b) <= 25 for b in batches)
     for b in batches:  # DynamoDB refuses two writes to one key in a batch (moto does not check it)
@@ -271,7 +312,7 @@ def test_dynamodb_batches_of_25_distinct_keys_last_write_wins(dynamodb, moto_end
 
 def test_dynamodb_item_without_key_attribute_or_not_a_dict(dynamodb, moto_endpoint):
     table = new_table(dynamodb)
-    writer = DynamoDbSink(table, endpoint_url=moto_endpoint).create_writer(CTX)
+    writer = DynamoDbSink(table, endpoint_url=moto_endpoint).create_writer(new_ctx())
     writer.write_batch([{"pk": "a", "sk": 1}, {"pk": "b", "sk": 2}])
     with pytest.raises(ConnectorError, match=rf"DynamoDB table '{table}': record 2 of subtask 0 lacks the key "
                                              r"attribute 'sk' \(the table's key is \['pk', 'sk'\]\)"):
@@ -284,9 +325,9 @@ def test_dynamodb_item_without_key_attribute_or_not_a_dict(dynamodb, moto_endpoi
 
 def test_missing_table_and_stream_errors_name_them(moto_endpoint):
     with pytest.raises(ConnectorError, match=r"DynamoDB table 'absent-table' does not exist in region us-east-1"):
-        DynamoDbSink("absent-table", endpoint_url=moto_endpoint).create_writer(CTX)
+        DynamoDbSink("absent-table", endpoint_url=moto_endpoint).create_writer(new_ctx())
     with pytest.raises(ConnectorError, match=r"Kinesis stream 'absent-stream' does not exist in region us-east-1"):
-        KinesisSink("absent-stream", str, endpoint_url=moto_endpoint).create_writer(CTX)
+        KinesisSink("absent-stream", str, endpoint_url=moto_endpoint).create_writer(new_ctx())
 
 
 def test_kinesis_requests_stay_within_limits_and_in_flight_bytes_are_bounded(kinesis, moto_endpoint):
@@ -299,7 +340,7 @@ def test_kinesis_requests_stay_within_limits_and_in_flight_bytes_are_bounded(kin
     with RecordingProxy(moto_endpoint, delay_s=0.03) as proxy:
         writer = KinesisSink(stream, lambda r: str(r["i"] % 50), max_batch_bytes=16 << 10,
                              max_buffered_bytes=48 << 10, max_in_flight_requests=8,
-                             endpoint_url=proxy.url).create_writer(CTX)
+                             endpoint_url=proxy.url).create_writer(new_ctx())
         writer.write_batch(records)
         writer.prepare_commit()
         writer.commit()
@@ -315,7 +356,8 @@ def test_kinesis_requests_stay_within_limits_and_in_flight_bytes_are_bounded(kin
 
 def test_kinesis_record_over_1_mib_is_an_error_naming_its_index(kinesis, moto_endpoint):
     stream = new_stream(kinesis, shards=1)
-    writer = KinesisSink(stream, lambda r: "p", serializer=lambda r: r, endpoint_url=moto_endpoint).create_writer(CTX)
+    writer = KinesisSink(stream, lambda r: "p", serializer=lambda r: r,
+                         endpoint_url=moto_endpoint).create_writer(new_ctx())
     exactly = b"x" * ((1 << 20) - 1)  # 1 MiB with the 1-byte partition key: Kinesis takes it
     writer.write_batch([b"a", exactly])
     with pytest.raises(ConnectorError, match=rf"Kinesis stream '{stream}': record 3 of subtask 0 is 1048577 bytes "

@@ -22,6 +22,7 @@ from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.formats import JsonLinesFileSink, JsonLinesSource, ParquetFileSink, ParquetSource
 from emrflow.fs import FileSystem
 from tests.conftest import ROOT
+from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:moto.*"),
@@ -161,8 +162,8 @@ def test_bucketed_sinks_and_sources_on_s3(tmp_path, aws, moto_endpoint):
                                      "json/b=3/part-0-2.jsonl"]
     got = []
     for b in (1, 2, 3):
-        reader = JsonLinesSource(f"{base}/json/b={b}").create_reader(ctx(0, 1))
-        got += [r for batch in reader.read_batches() for r in batch]
+        reader = subtask_reader(JsonLinesSource(f"{base}/json/b={b}"), ctx(0, 1))
+        got += [r for batch in polled_batches(reader) for r in batch]
         reader.close()
     assert sorted(r["i"] for r in got) == [0, 1, 2]
 
@@ -175,7 +176,7 @@ def test_bucketed_sinks_and_sources_on_s3(tmp_path, aws, moto_endpoint):
     assert keys(f"{base}/pq/") == ["pq/part-0-0.parquet", "pq/part-1-0.parquet"]
     ids = []
     for i in range(3):
-        reader = ParquetSource(f"{base}/pq", record_type="tuple").create_reader(ctx(i, 3))
-        ids += [t[0] for batch in reader.read_batches() for t in batch]
+        reader = subtask_reader(ParquetSource(f"{base}/pq", record_type="tuple"), ctx(i, 3))
+        ids += [t[0] for batch in polled_batches(reader) for t in batch]
         reader.close()
     assert sorted(ids) == list(range(100))

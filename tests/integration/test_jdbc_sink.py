@@ -131,6 +131,7 @@ def test_a_lost_connection_is_retried_and_the_open_transaction_replayed(postgres
     assert killed and all(ok for (ok,) in killed)
     w.write_batch([(k, 2) for k in range(20, 40)])
     state = w.snapshot_state(1)
+    assert w.retries.get_count() >= 1 and w.rows_written.get_count() >= 40   # numRetries, numRecordsSend
     assert query(postgres.dsn, f"SELECT count(*) FROM {pg_table}") == [(0,)]  # prepared, not committed
     assert [g for _, g in state["pending"]] == [g for (g,) in query(postgres.dsn, "SELECT gid FROM pg_prepared_xacts")]
     w.notify_checkpoint_complete(1)

@@ -133,7 +133,7 @@ def test_restore_commits_a_pre_committed_transaction_once(kafka_broker):
     w.write_batch(list(range(50, 60)))   # after the barrier: must never appear
     restored = _writer(sink, job, attempt=1)  # init_transactions fences w and aborts its transaction
     restored.restore_state([state])
-    assert restored.records_recovered == 50
+    assert restored.records_recovered.get_count() == 50
     restored.write_batch(list(range(50, 80)))
     restored.snapshot_state(2)
     restored.notify_checkpoint_complete(2)
@@ -143,7 +143,7 @@ def test_restore_commits_a_pre_committed_transaction_once(kafka_broker):
     # says checkpoint 1 committed, nothing is produced again
     again = _writer(sink, job, attempt=2)
     again.restore_state([state])
-    assert again.records_recovered == 0
+    assert again.records_recovered.get_count() == 0
     again.commit()
     assert read_topic(kafka_broker, topic) == reference(80)
 
@@ -158,6 +158,7 @@ def test_delivery_failure_fails_the_job_not_silently(kafka_broker):
     w.write_batch([10, 3_000_000])  # the broker's message.max.bytes is about 1 MiB
     with pytest.raises(ConnectorError, match=f"did not take 1 record.*{topic}"):
         w.snapshot_state(1)
+    assert (w.records_written.get_count(), w.records_failed.get_count()) == (1, 1)   # numRecordsSend, ...OutErrors
     w.abort()
 
 

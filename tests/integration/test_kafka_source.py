@@ -304,7 +304,8 @@ def test_offsets_committed_to_the_group_on_checkpoint_completion(kafka_broker):
     produce(kafka_broker, topic, [str(i) for i in range(200)])
     source = KafkaSource(topic, kafka_broker.bootstrap_servers, group_id=group)
     ctx = enumerate_splits(source, 1)
-    r = source.create_split_reader(reader_ctx(0, 1))
+    rctx = reader_ctx(0, 1)
+    r = source.create_split_reader(rctx)
     r.add_splits(ctx.assigned[0])
     r.start()
     drain(r, lambda g: len(g) >= 200)
@@ -312,8 +313,8 @@ def test_offsets_committed_to_the_group_on_checkpoint_completion(kafka_broker):
     assert snap == {(topic, 0): 100, (topic, 1): 100}
     r.notify_checkpoint_complete(7)
     deadline = time.monotonic() + 10
-    while r.commits_succeeded == 0:   # the commit callback is served by the next polls
-        assert time.monotonic() < deadline and r.commits_failed == 0
+    while r.commits_succeeded.get_count() == 0:   # the commit callback is served by the next polls
+        assert time.monotonic() < deadline and r.commits_failed.get_count() == 0
         r.poll(0.1)
     r.close()
     c = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})
@@ -321,6 +322,12 @@ def test_offsets_committed_to_the_group_on_checkpoint_completion(kafka_broker):
            for tp in c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)}
     c.close()
     assert got == snap
+    # Flink's KafkaSourceReader metrics: per partition the next offset to read and the offset the group has
+    metrics = {rest_id: value for rest_id, _, _, value in rctx.metric_group.snapshot()}
+    assert metrics["KafkaSourceReader.commitsSucceeded"] >= 1 and metrics["KafkaSourceReader.commitsFailed"] == 0
+    for (t, p), offset in got.items():
+        assert metrics[f"KafkaSourceReader.topic.{t}.partition.{p}.committedOffset"] == offset
+        assert metrics[f"KafkaSourceReader.topic.{t}.partition.{p}.currentOffset"] == 100
     # starting_offsets="committed" resumes there
     ctx = enumerate_splits(KafkaSource(topic, kafka_broker.bootstrap_servers, group_id=group,
                                        starting_offsets="committed"), 1)

@@ -202,8 +202,9 @@ class Harness:
         self.enum = (source.restore_enumerator(self.ctx, enum_state) if enum_state is not None
                      else source.create_enumerator(self.ctx))
         self.bad: list[tuple[str, int, str]] = []
-        self.readers = [source.create_split_reader(SubtaskContext(
-            "Kinesis Source", i, p, report_bad_record=lambda *a: self.bad.append(a))) for i in range(p)]
+        self.contexts = [SubtaskContext("Kinesis Source", i, p, report_bad_record=lambda *a: self.bad.append(a))
+                         for i in range(p)]
+        self.readers = [source.create_split_reader(ctx) for ctx in self.contexts]
         for split in reader_states:                      # the runtime's rule for restored split states
             self.readers[split_owner(split.split_id, p)].add_splits([split])
         self.enum.start()
@@ -214,6 +215,10 @@ class Harness:
         self.events: list[tuple] = []
         self.forward_finished = True
         self.held: list[tuple[int, str]] = []
+
+    def metric(self, rest_id: str) -> list:
+        """The value of the metric ``rest_id`` in each reader's metric group (absent ones left out)."""
+        return [v for ctx in self.contexts for rid, _, _, v in ctx.metric_group.snapshot() if rid == rest_id]
 
     def values(self) -> list[tuple]:
         return [tuple(v) for e in self.events if e[0] == "records" for v in e[3]]
@@ -305,7 +310,9 @@ def test_trim_horizon_reads_every_shard_once_balanced_with_paged_listing(kinesis
     assert sorted(sid for _, sid in h.ctx.assignments) == shard_ids(kinesis, stream)
     assert sorted(collections.Counter(i for i, _ in h.ctx.assignments).values()) == [1, 2]
     assert all(v == 0 for r in h.readers for v in r.millis_behind_latest.values())
-    assert sum(r.get_records_calls for r in h.readers) >= 8       # 300 records on 3 shards, 40 per call
+    for sid in shard_ids(kinesis, stream):                         # the gauges report the same
+        assert h.metric(f"shardId.{sid}.millisBehindLatest") == [0]
+    assert sum(r.get_records_calls.get_count() for r in h.readers) >= 8       # 300 records on 3 shards, 40 per call
     h.close()
 
 
@@ -474,19 +481,25 @@ def test_throttling_expired_iterators_and_failures_are_retried_per_shard(kinesis
                              (5, 500, "InternalFailure")],
               "GetShardIterator": [(2, 400, "LimitExceededException")]}
     with FaultProxy(moto_endpoint, faults) as proxy:
-        source = source_for(stream, proxy.url, max_records_per_get=20, initial_backoff_ms=1, max_backoff_ms=20)
+        source = source_for(stream, proxy.url, max_records_per_get=20, initial_backoff_ms=2, max_backoff_ms=20)
         h = Harness(source, 2)
         h.run_until(lambda: len(h.values()) >= len(want), timeout_s=25)
         h.step()
         assert collections.Counter(h.values()) == collections.Counter(want)
         assert in_key_order(h.values())
-        total = lambda attr: sum(getattr(r, attr) for r in h.readers)  # noqa: E731
+        total = lambda attr: sum(getattr(r, attr).get_count() for r in h.readers)  # noqa: E731
         got = proxy.injected
         assert got["ProvisionedThroughputExceededException"] and got["ExpiredIteratorException"]
         assert got["InternalFailure"] and got["LimitExceededException"]
         assert total("throttled") == got["ProvisionedThroughputExceededException"] + got["LimitExceededException"]
         assert total("iterators_renewed") == got["ExpiredIteratorException"]
         assert total("transient_errors") == got["InternalFailure"]
+        # the same counts on the metric groups; each throttled or failed call backed off its
+        # shard for 1 to 20 ms (half to all of initial_backoff_ms=2, doubling up to max_backoff_ms=20)
+        throttled, failed = sum(h.metric("numThrottledRequests")), sum(h.metric("numTransientErrors"))
+        assert throttled == total("throttled") and failed == got["InternalFailure"]
+        assert sum(h.metric("numGetRecordsRequests")) == sum(n for a, n in proxy.calls.items() if a == "GetRecords")
+        assert throttled + failed <= sum(h.metric("backoffTimeMs")) <= 20 * (throttled + failed)
         after = [b for a, b in proxy.requests if a == "GetShardIterator"
                  and b.get("ShardIteratorType") == "AFTER_SEQUENCE_NUMBER"]
         assert after and all(b["StartingSequenceNumber"] for b in after)
@@ -516,7 +529,7 @@ def test_bad_records_are_reported_with_shard_and_sequence_number_or_fatal(kinesi
     assert all(abs(r.arrival_timestamp_ms - time.time() * 1000) < 60_000 for r in got)
     assert [(p, n) for p, n, _ in h.bad] == [(f"{stream}/{shard}", int(bad))]
     assert "cannot deserialize" in h.bad[0][2]
-    assert h.readers[0].bad_records == 1
+    assert h.readers[0].bad_records.get_count() == 1
     h.close()
     h = Harness(source_for(stream, moto_endpoint, fail_on_bad_records=True), 1)
     with pytest.raises(BadRecordError, match=rf"{stream}/{shard}:{bad}: cannot deserialize"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -33,7 +34,7 @@ def test_documented_routes_are_the_served_routes():
     app = create_app(jm=None)
     served = set()
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <int:name> -> {name}
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served.add((path, method.lower()))
     documented = {(path, method) for path, item in load_spec()["paths"].items()
@@ -77,6 +78,12 @@ def test_responses_match_the_documented_schemas(tmp_path):
                                ("/jobs/overview", "/jobs/overview"),
                                ("/jobs/{jobid}", f"/jobs/{done}"), ("/jobs/{jobid}", f"/jobs/{running}"),
                                ("/jobs/{jobid}/vertices/{vertexid}", f"/jobs/{running}/vertices/{vertex}"),
+                               ("/jobs/{jobid}/vertices/{vertexid}/metrics",
+                                f"/jobs/{running}/vertices/{vertex}/metrics?get=0.slow_map.numRecordsIn"),
+                               ("/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics",
+                                f"/jobs/{running}/vertices/{vertex}/subtasks/metrics?get=slow_map.numRecordsIn"),
+                               ("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics",
+                                f"/jobs/{running}/vertices/{vertex}/subtasks/1/metrics"),
                                ("/jobs/{jobid}/exceptions", f"/jobs/{done}/exceptions"),
                                ("/jobs/{jobid}/execution-result", f"/jobs/{done}/execution-result"),
                                ("/jobs/{jobid}/execution-result", f"/jobs/{running}/execution-result"),

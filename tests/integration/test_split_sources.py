@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:werkzeug.*")]
 
 JOB = os.path.join(ROOT, "tests", "jobs", "monitored_count.py")
+PULL_JOB = os.path.join(ROOT, "tests", "jobs", "pull_count.py")
 
 
 def drop(directory: str, name: str, numbers: range) -> None:
@@ -76,6 +77,69 @@ def test_monitored_directory_with_a_taskmanager_kill_is_exactly_once(tmp_path):
     assert "restarting in" in stderr, stderr
     assert got == want, (f"{len(set(want) - set(got))} lines lost, "
                          f"{sum(n - 1 for n in got.values() if n > 1)} duplicated")
+
+
+def test_monitored_json_lines_and_parquet_directories_pick_up_new_files(tmp_path):
+    """One job watching a text, a JSON lines and a Parquet directory (FileSource with each format) while
+    files land in all three: the committed counts equal the reference of every record once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    dirs = {k: str(tmp_path / k) for k in ("text", "json", "parquet")}
+    for d in dirs.values():
+        os.makedirs(d)
+    out, ckdir = str(tmp_path / "out"), str(tmp_path / "checkpoints")
+    keys, per_file, numbers = 20, 700, []
+
+    def land(kind: str, name: str) -> None:
+        rows = range(len(numbers), len(numbers) + per_file)
+        numbers.extend(rows)
+        if kind == "text":
+            return drop(dirs["text"], name, rows)
+        tmp = os.path.join(dirs[kind], "." + name)
+        if kind == "json":
+            with open(tmp, "w") as f:
+                f.write("".join(json.dumps({"i": i, "pad": "x" * (i % 7)}) + "\n" for i in rows))
+        else:
+            pq.write_table(pa.table({"i": list(rows), "s": [str(i) for i in rows]}), tmp, row_group_size=300)
+        os.replace(tmp, os.path.join(dirs[kind], name))
+    for kind in dirs:
+        land(kind, "f-0")
+    args = [JOB, "--input", dirs["text"], "--json-input", dirs["json"], "--parquet-input", dirs["parquet"],
+            "--output", out, "--keys", str(keys), "--interval-ms", "100"]
+    with running(*checkpointed_run(out, ckdir, "-D", "execution.checkpointing.interval=300ms"), *args) as proc:
+        wait_for(lambda: completed_checkpoints(ckdir), 60, "the first checkpoint")
+        for n in range(1, 3):
+            for kind in ("json", "parquet"):
+                land(kind, f"f-{n}")
+            time.sleep(0.2)
+        want = reference(numbers, keys)
+        got = settled_output(proc, out, sum(want.values()), 90, 1.0)
+        cancel(proc, 60)
+    assert got == want, (f"{len(set(want) - set(got))} lines lost, "
+                         f"{sum(n - 1 for n in got.values() if n > 1)} duplicated")
+
+
+def test_pull_source_through_a_region_failure_and_a_taskmanager_kill_is_exactly_once(tmp_path):
+    """Readers that ask for one split at a time (handle_split_request): subtask 0 fails once after
+    the first checkpoint, so its region restarts and the splits assigned since the last completed
+    checkpoint go back to the enumerator (add_splits_back); then a TaskManager is killed (the
+    whole job restarts from a checkpoint). Both pipelines' committed output equals the reference."""
+    out, side, ckdir = str(tmp_path / "out"), str(tmp_path / "side"), str(tmp_path / "checkpoints")
+    marker = str(tmp_path / "splits-back")
+    count, side_count, keys = 4000, 300, 20
+    args = [PULL_JOB, "--output", out, "--side-output", side, "--count", str(count), "--keys", str(keys),
+            "--rate", "800", "--fail-region", "--marker", marker, "--side-count", str(side_count),
+            "--side-rate", "60"]
+    with running(*checkpointed_run(out, ckdir, "-D", "execution.checkpointing.interval=300ms"), *args) as proc:
+        wait_for(lambda: os.path.exists(marker), 60, "the region restart's add_splits_back")
+        time.sleep(0.3)  # the region runs again
+        kill_a_taskmanager(proc)
+        stderr = proc.communicate(timeout=90)[1]
+    assert proc.returncode == 0, stderr
+    assert "restarting the pipelined region" in stderr and "restarting in" in stderr, stderr
+    assert "add_splits_back: " in stderr, stderr
+    assert output_lines(out) == reference(range(count), keys)
+    assert output_lines(side) == reference(range(side_count), keys)
 
 
 def test_savepoint_then_restore_at_another_parallelism_reads_every_split_once(tmp_path):
@@ -135,15 +199,16 @@ def test_savepoint_then_restore_at_another_parallelism_reads_every_split_once(tm
 
 
 def test_event_time_is_per_split_so_interleaved_files_lose_no_record_as_late(tmp_path):
-    """Three files with ascending timestamps read interleaved by one subtask: with one watermark per
-    subtask the files behind the fastest would be late and dropped; per split, every window is complete."""
+    """Three files with ascending timestamps read one after the other by one subtask: with one watermark
+    per subtask the second and third files would be late and dropped; per split (a split assigned but
+    not started holds event time back), every window is complete."""
     from emrflow import RuntimeExecutionMode, StreamExecutionEnvironment
     from emrflow.api.eventtime import Time, WatermarkStrategy
     from emrflow.api.windowing import TumblingEventTimeWindows
-    from emrflow.connectors.monitoring import LINES_PER_POLL, FileSource
+    from emrflow.connectors.monitoring import FileSource
     src = tmp_path / "in"
     src.mkdir()
-    lines = 3 * LINES_PER_POLL  # each file takes three polls: the files' records interleave
+    lines = 6000  # each file takes many polls
     for f in range(3):
         drop(str(src), f"e-{f}", range(lines))  # timestamps 0, 10, 20, ... ms in every file
     from emrflow.config import Configuration
@@ -195,7 +260,8 @@ def test_file_source_lists_and_reads_an_s3_prefix(aws, moto_endpoint):
     reader = source.create_split_reader(SubtaskContext("files", 0, 1, file_system=file_system))
     reader.add_splits(ctx.assigned[0])
     reader.start()
-    got = reader.poll(0.01)
+    got = [r for _ in range(4) for r in reader.poll(0.01)]  # a file's block, then its end, per poll
     assert [(r.split_id.rsplit("/", 1)[1], r.records, r.finished) for r in got] == [
-        ("a.csv", [("x", "1"), ("y", "2")], True), ("b.csv", [("z", "3")], True)]
+        ("a.csv", [("x", "1"), ("y", "2")], False), ("a.csv", [], True),
+        ("b.csv", [("z", "3")], False), ("b.csv", [], True)]
     assert reader.snapshot_state(1) == []

@@ -1,7 +1,9 @@
 """A streaming job over a monitored directory, for the split-source tests: a running count per key.
 
 Watches ``--input`` for new files (``FileSource.monitor_continuously``); every line is an
-integer ``i`` with key ``i % --keys``; keeps a count per key in keyed state and writes one line
+integer ``i`` with key ``i % --keys`` (and, with ``--json-input`` / ``--parquet-input``, two more
+monitored directories of JSON lines / Parquet files whose records' ``"i"`` is that integer);
+keeps a count per key in keyed state and writes one line
 ``key,count`` per record with the exactly-once file sink. Whatever the failures, a correct
 run writes exactly the lines ``k,1 .. k,n_k`` for every key: a record read twice writes a
 count twice, a lost one leaves a count out.
@@ -44,6 +46,8 @@ def main() -> None:
     p.add_argument("--interval-ms", type=int, default=200, help="directory listing interval")
     p.add_argument("--source-parallelism", type=int, default=None)
     p.add_argument("--rate", type=float, default=0, help="records/s per subtask at most (0: no limit)")
+    p.add_argument("--json-input", help="a directory of JSON lines files {\"i\": ...} to watch too")
+    p.add_argument("--parquet-input", help="a directory of Parquet files with a column i to watch too")
     args = p.parse_args()
     keys = args.keys
     env = StreamExecutionEnvironment.get_execution_environment()
@@ -51,6 +55,15 @@ def main() -> None:
                             source_name="landing").uid("landing")
     if args.source_parallelism:
         lines = lines.set_parallelism(args.source_parallelism)
+    if args.json_input:
+        lines = lines.union(env.from_source(FileSource.for_json_lines(args.json_input)
+                                            .monitor_continuously(args.interval_ms), source_name="json")
+                            .uid("json").map(lambda r: r["i"]))
+    if args.parquet_input:
+        lines = lines.union(env.from_source(FileSource.for_parquet(args.parquet_input, columns=["i"],
+                                                                   record_type="tuple")
+                                            .monitor_continuously(args.interval_ms), source_name="parquet")
+                            .uid("parquet").map(lambda t: t[0]))
     (lines
         .map(Parse(keys, args.rate))
         .key_by(lambda k: k)

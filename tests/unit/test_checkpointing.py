@@ -7,6 +7,7 @@ import logging
 import os
 import random
 
+import cloudpickle
 import pytest
 
 from emrflow.api.eventtime import MAX_WATERMARK
@@ -26,6 +27,7 @@ from emrflow.runtime.restart import RestartStrategy
 from emrflow.runtime.state import create_backend
 from emrflow.runtime.task import _Alignment
 from emrflow.testing import CollectingTarget
+from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 # -- restart strategies ------------------------------------------------------------------------------
 
@@ -118,19 +120,18 @@ def test_file_readers_resume_exactly_after_the_snapshotted_batch(tmp_path, paral
     source = TextFileSource(str(tmp_path)) if kind == "text" else CsvSource(str(tmp_path), types=[int, str])
     for index in range(parallelism):
         ctx = SubtaskContext("src", index, parallelism)
-        full = [r for b in source.create_reader(ctx).read_batches() for r in b]
+        full = [r for b in polled_batches(subtask_reader(source, ctx)) for r in b]
         for stop_after in (0, 1, 3, 7):
-            reader = source.create_reader(ctx)
-            head, position = [], reader.snapshot_position()
-            for n, batch in enumerate(reader.read_batches()):
+            reader = subtask_reader(source, ctx)
+            head, position = [], reader.snapshot_state(0)
+            for n, batch in enumerate(polled_batches(reader)):
                 if n == stop_after:
                     break
                 head += batch
-                position = reader.snapshot_position()
+                position = reader.snapshot_state(0)
             reader.close()
-            resumed = source.create_reader(ctx)
-            resumed.restore_position(position)
-            rest = [r for b in resumed.read_batches() for r in b]
+            resumed = subtask_reader(source, ctx, cloudpickle.loads(cloudpickle.dumps(position)))
+            rest = [r for b in polled_batches(resumed) for r in b]
             assert head + rest == full, (index, stop_after)
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvSource
+from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="emrflow-hypothesis-"))
 
@@ -53,10 +54,10 @@ def read(source: CsvSource, parallelism: int) -> tuple[list, list]:
     out, bad = [], []
     for i in range(parallelism):
         ctx = SubtaskContext("src", i, parallelism, report_bad_record=lambda p, n, r: bad.append((p, n, r)))
-        reader = source.create_reader(ctx)
+        reader = subtask_reader(source, ctx)
         try:
-            for batch in reader.read_batches():
-                out.append((batch, reader.snapshot_position()))
+            for batch in polled_batches(reader):
+                out.append((batch, reader.snapshot_state(0)))
         finally:
             reader.close()
     return out, bad
@@ -159,15 +160,14 @@ def test_a_restored_position_continues_exactly(tmp_path):
             bad: list = []
             ctx = SubtaskContext("src", i, parallelism, report_bad_record=lambda *a, bad=bad: bad.append(a))
             with arrow_calls(True, arrow_bytes=2048) as calls:
-                reader = source.create_reader(ctx)
-                batches = [(b, reader.snapshot_position(), len(bad)) for b in reader.read_batches()]
+                reader = subtask_reader(source, ctx)
+                batches = [(b, reader.snapshot_state(0), len(bad)) for b in polled_batches(reader)]
             assert calls["parsed"] and calls["refused"] and bad
             for k in (0, len(batches) // 3, len(batches) - 2):
                 full_bad, bad[:] = bad[:], []
-                resumed = source.create_reader(ctx)
-                resumed.restore_position(batches[k][1])
+                resumed = subtask_reader(source, ctx, batches[k][1])
                 with arrow_calls(True, arrow_bytes=2048):
-                    rest = list(resumed.read_batches())
+                    rest = list(polled_batches(resumed))
                 assert rest == [b for b, _, _ in batches[k + 1:]], (parallelism, i, k)
                 assert bad == full_bad[batches[k][2]:], (parallelism, i, k)  # same lines, same numbers
                 bad[:] = full_bad

@@ -15,6 +15,7 @@ from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvFileSink, CsvSource, TextFileSink, TextFileSource, WriteMode, parse_bool
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
 from emrflow.fs import FileSystem
+from tests.unit.test_split_runtime import RecordingContext, polled_batches, subtask_reader
 
 
 def read_all(source, parallelism: int, bad: list | None = None, config: dict | None = None) -> list:
@@ -23,9 +24,9 @@ def read_all(source, parallelism: int, bad: list | None = None, config: dict | N
     for i in range(parallelism):
         ctx = SubtaskContext("src", i, parallelism, config=Configuration(config or {}),
                              report_bad_record=lambda p, n, r: bad.append((p, n, r)) if bad is not None else None)
-        reader = source.create_reader(ctx)
+        reader = subtask_reader(source, ctx)
         try:
-            for batch in reader.read_batches():
+            for batch in polled_batches(reader):
                 assert isinstance(batch, list) and batch
                 out.extend(batch)
         finally:
@@ -99,8 +100,8 @@ def test_missing_input(tmp_path):
         with pytest.raises(InputNotFoundError, match="input path does not exist: .*nope") as info:
             src.validate()
         assert info.value.path == missing
-        with pytest.raises(InputNotFoundError):
-            src.create_reader(SubtaskContext("s", 0, 1))
+        with pytest.raises(InputNotFoundError):  # the enumerator lists the input in the JobManager
+            src.create_enumerator(RecordingContext(1, readers={0})).start()
     assert TextFileSource.default_name == "Text File Source" and CsvSource.default_name == "CSV Source"
     assert TextFileSource.max_parallelism is None and CsvSource.max_parallelism is None
 
@@ -109,15 +110,22 @@ def test_reader_close_releases_the_file_mid_read(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "BLOCK_BYTES", 8)
     path = tmp_path / "t.txt"
     path.write_text("".join(f"line {i}\n" for i in range(1000)))
-    reader = TextFileSource(str(path)).create_reader(SubtaskContext("s", 0, 1))
-    batches = reader.read_batches()
-    first = next(batches)
+
+    def open_fds() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                    out.append(fd)
+            except OSError:  # the listing's own descriptor, closed meanwhile
+                pass
+        return out
+    reader = subtask_reader(TextFileSource(str(path)), SubtaskContext("s", 0, 1))
+    first = next(polled_batches(reader))
     assert first[0] == "line 0"
-    f = reader._file
-    assert f is not None and not f.closed
+    assert open_fds()
     reader.close()
-    assert f.closed
-    batches.close()
+    assert not open_fds()
 
 
 def test_undecodable_line_fails_with_its_line_number(tmp_path):

@@ -29,6 +29,7 @@ from emrflow.connectors.formats import (
 from emrflow.errors import BadRecordError
 from emrflow.fs import FileSystem
 from tests.unit.test_files import block_sizes, read_all  # noqa: F401  (block_sizes: a fixture)
+from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 
 def ctx(i: int, p: int, bad: list | None = None, checkpointing: bool = False, job_id: str = "",
@@ -104,15 +105,14 @@ def test_json_lines_position_restores_after_the_last_batch(tmp_path, monkeypatch
     for p in (1, 2):
         got = []
         for i in range(p):
-            reader = source.create_reader(ctx(i, p))
-            it = reader.read_batches()
+            reader = subtask_reader(source, ctx(i, p))
+            it = polled_batches(reader)
             for _ in range(5):
                 got += next(it)
-            position = reader.snapshot_position()
+            position = reader.snapshot_state(0)
             reader.close()
-            again = source.create_reader(ctx(i, p))
-            again.restore_position(cloudpickle.loads(cloudpickle.dumps(position)))
-            for batch in again.read_batches():
+            again = subtask_reader(source, ctx(i, p), cloudpickle.loads(cloudpickle.dumps(position)))
+            for batch in polled_batches(again):
                 got += batch
             again.close()
         assert sorted(r["i"] for r in got) == list(range(500))
@@ -177,8 +177,8 @@ def test_parquet_source_row_groups_are_dealt_round_robin(tmp_path):
     write_parquet_dir(tmp_path / "in", n_files=2, rows=300, group=100)  # 3 + 2 row groups
     per = [len(read_all(ParquetSource(str(tmp_path / "in")), 1))]
     for i in range(2):
-        reader = ParquetSource(str(tmp_path / "in")).create_reader(ctx(i, 2))
-        per.append(sum(map(len, reader.read_batches())))
+        reader = subtask_reader(ParquetSource(str(tmp_path / "in")), ctx(i, 2))
+        per.append(sum(map(len, polled_batches(reader))))
         reader.close()
     assert per == [500, 300, 200]  # groups 0, 2, 4 (100 + 100 + 100) and 1, 3 (100 + 100)
 
@@ -189,15 +189,14 @@ def test_parquet_source_position_restores_mid_row_group(tmp_path):
     for p in (1, 3):
         got = []
         for i in range(p):
-            reader = source.create_reader(ctx(i, p))
-            it = reader.read_batches()
+            reader = subtask_reader(source, ctx(i, p))
+            it = polled_batches(reader)
             for _ in range(11):  # 11 * 33 rows: into the second row group
                 got += next(it, [])
-            position = reader.snapshot_position()
+            position = reader.snapshot_state(0)
             reader.close()
-            again = source.create_reader(ctx(i, p))
-            again.restore_position(position)
-            for batch in again.read_batches():
+            again = subtask_reader(source, ctx(i, p), position)
+            for batch in polled_batches(again):
                 got += batch
             again.close()
         assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows)

@@ -89,6 +89,24 @@ def test_states_are_strings_with_flinks_public_names():
     assert ExecutionState("DEPLOYING") is ExecutionState.DEPLOYING and not ExecutionState.RUNNING.is_terminal
 
 
+def test_status_marks_source_vertices_whatever_their_names_for_the_clis_progress_line():
+    from emrflow.cli import _Progress
+    from emrflow.runtime.jobmanager.query import describe
+    d = Driver()
+    topo = topology()
+    topo["vertices"][0]["name"] = "Ratings -> Map"  # a user-named source chain
+    topo["vertices"][0]["operators"][0]["kind"] = "source"
+    d.feed(m.SubmitJob(topo, b"graph"))
+    d.all_tasks("RUNNING")
+    # vertex 0's source emitted 7 + 5 records, vertex 1's first operator took in 4 + 6
+    d.feed(m.MetricsReported("job1", {"0.0": {"operators": {0: (0, 7)}}, "0.1": {"operators": {0: (0, 5)}},
+                                      "1.0": {"operators": {10: (4, 4)}}, "1.1": {"operators": {10: (6, 6)}}}))
+    status = describe(d.job(), d.now + 1e9)
+    assert [v["is_source"] for v in status["vertices"]] == [True, False]
+    line = _Progress.summary(status)
+    assert "source records 12 " in line and "records into operators 10 " in line, line
+
+
 # -- scheduling and the end-of-job commit ------------------------------------------------------------
 def test_submit_waits_for_slots_deploys_runs_commits_and_finishes():
     d = Driver(slots=0)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvSource, TextFileSource
 from emrflow.errors import BadRecordError
+from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 # hypothesis keeps its example database and caches under ./.hypothesis: not in the checkout
 hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="emrflow-hypothesis-"))
@@ -42,9 +43,9 @@ def read_all(source, path: str, parallelism: int) -> tuple[list, list]:
     rows, bad = [], []
     for i in range(parallelism):
         ctx = SubtaskContext("src", i, parallelism, report_bad_record=lambda p, n, r: bad.append((p, n, r)))
-        reader = source.create_reader(ctx)
+        reader = subtask_reader(source, ctx)
         try:
-            for batch in reader.read_batches():
+            for batch in polled_batches(reader):
                 rows.extend(batch)
         finally:
             reader.close()

@@ -4,8 +4,10 @@ reader, and the redistribution of split states on restore."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
+import threading
 
 import cloudpickle
 import pytest
@@ -113,7 +115,9 @@ def test_restart_resets_the_enumerator_from_the_restored_plan_and_drops_stale_as
     assert of(d.feed(m.ReaderRegistered("job1", 0, 0, attempt=1)), m.EnumeratorCall)[0].generation == 1
 
 
-def test_region_failover_pauses_then_resets_only_the_failed_regions_enumerator():
+def test_region_failover_of_a_failed_enumerator_resets_only_that_regions_enumerator():
+    """An enumerator that raised is reset from the checkpoint when its region restarts (its own
+    state is suspect); the enumerator of the other region goes on."""
     d = Driver()
     t = topology(config=CKP | FIXED, checkpointing=True, vertices=((0, 2), (1, 2), (2, 2), (3, 2)),
                  edges=((0, 1), (2, 3)))
@@ -123,19 +127,82 @@ def test_region_failover_pauses_then_resets_only_the_failed_regions_enumerator()
     d.all_tasks("RUNNING")
     d.feed(m.ReaderRegistered("job1", 2, 0))
     d.feed(m.ReaderRegistered("job1", 0, 0))
-    d.feed(m.TaskStateChanged("job1", 3, 1, "FAILED", failure={"message": "boom", "traceback": ""}))
-    assert d.feed(m.SplitsAssigned("job1", 2, 0, {0: b"s"})) == []  # its region restarts: paused
+    (forget,) = of(d.feed(m.EnumeratorFailed("job1", 2, 0, "boom")), m.EnumeratorCall)
+    assert (forget.vertex, forget.method, forget.arg) == (2, "subtasks_reset", (0, 1))
+    assert sends(d.feed(m.SplitsAssigned("job1", 2, 0, {0: b"s"})), "add_splits") == []  # its region restarts
     assert sends(d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"s"})), "add_splits")  # the other region goes on
-    for k in [(2, 0), (2, 1), (3, 0)]:
+    for k in [(2, 0), (2, 1), (3, 0), (3, 1)]:
         d.feed(m.TaskStateChanged("job1", *k, "CANCELED"))
     d.feed(m.TasksAborted("tm1/0", "job1"))
-    (timer,) = of(d.feed(m.TasksAborted("tm1/1", "job1")), m.StartTimer)
+    assert of(d.feed(m.TasksAborted("tm1/1", "job1")), m.StartTimer) == []  # the enumerator has not forgotten
+    (timer,) = of(d.feed(m.EnumeratorCallDone("job1", 2, forget.call_id)), m.StartTimer)
     (plan,) = of(d.feed(timer.event, dt=2.0), m.PlanRestore)
     out = d.feed(m.RestorePlanned("job1", None, region=plan.region, token=plan.token))
     (reset,) = of(out, m.ResetEnumerators)
     assert (reset.generation, reset.vertices) == (1, ((2, "b"),))
+    assert [c for c in of(out, m.EnumeratorCall) if c.method == "add_splits_back"] == []
     assert d.feed(m.SplitsAssigned("job1", 2, 0, {0: b"s"})) == []  # the old enumerator's: dropped
     assert of(d.feed(m.ReaderRegistered("job1", 2, 0, attempt=1)), m.EnumeratorCall)[0].generation == 1
+
+
+def test_region_failover_gives_the_splits_assigned_after_the_last_completed_checkpoint_back():
+    """Flink's regional failover of source subtasks: the enumerator is not reset; it forgets the
+    region's readers, and once they are redeployed from checkpoint n it gets back, per subtask, the
+    splits assigned after n's triggers (add_splits_back), also those assigned while the region was
+    going down; the readers get those assigned before from their checkpointed states."""
+    d = Driver()
+    t = split_topology(config=CKP | FIXED, checkpointing=True, vertices=((0, 2), (1, 2), (2, 1)), edges=((0, 1),))
+    d.feed(m.SubmitJob(t, b"graph"))
+    d.all_tasks("RUNNING")
+    d.feed(m.ReaderRegistered("job1", 0, 0))
+    d.feed(m.ReaderRegistered("job1", 0, 1))
+    d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"a"}))            # before checkpoint 1's triggers
+    start_checkpoint(d, 1)
+    d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"b", 1: b"c"}))   # after them: not in its reader states
+    assert of(acknowledge_all(d, 0, 1), m.WriteCheckpointMetadata)
+    d.feed(m.CheckpointMetadataWritten("job1", 1))
+    assert d.job().checkpoints.completed == 1
+    d.feed(m.SplitsAssigned("job1", 0, 0, {1: b"d"}))
+    out = d.feed(m.TaskStateChanged("job1", 1, 0, "FAILED", failure={"message": "boom", "traceback": ""}))
+    assert of(out, m.ResetEnumerators) == []
+    (forget,) = of(out, m.EnumeratorCall)
+    assert (forget.vertex, forget.generation, forget.method, forget.arg) == (0, 0, "subtasks_reset", (0, 1))
+    # an assignment the enumerator made before it forgot the readers is kept, not sent
+    assert sends(d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"e"})), "add_splits") == []
+    assert d.feed(m.SplitRequested("job1", 0, 1, attempt=0)) == []   # the old attempt asks: dropped
+    for k in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        d.feed(m.TaskStateChanged("job1", *k, "CANCELED"))
+    d.feed(m.EnumeratorCallDone("job1", 0, forget.call_id))
+    d.feed(m.TasksAborted("tm1/0", "job1"))
+    (timer,) = of(d.feed(m.TasksAborted("tm1/1", "job1")), m.StartTimer)
+    (plan,) = of(d.feed(timer.event, dt=2.0), m.PlanRestore)
+    restore = {"path": "/chk/job1/chk-1", "checkpoint_id": 1, "operators": {}, "enumerators": {"files": "e"}}
+    out = d.feed(m.RestorePlanned("job1", restore, region=plan.region, token=plan.token))
+    assert of(out, m.ResetEnumerators) == []
+    back = of(out, m.EnumeratorCall)
+    assert [(c.vertex, c.generation, c.method, c.arg) for c in back] == [
+        (0, 0, "add_splits_back", (0, (b"b", b"e"))), (0, 0, "add_splits_back", (1, (b"c", b"d")))]
+    assert out.index(back[-1]) < out.index(sends(out, "deploy_tasks")[0])
+    # the enumerator (still attempt 0's) hears of the new readers and assigns to them
+    assert of(d.feed(m.ReaderRegistered("job1", 0, 0, attempt=1)), m.EnumeratorCall) == [
+        m.EnumeratorCall("job1", 0, 0, "add_reader", 0)]
+    d.all_tasks("RUNNING", attempt=1)
+    assert sends(d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"b"})), "add_splits")[0].body["attempt"] == 1
+
+
+def test_split_requests_become_handle_split_request_calls_after_the_readers_registration():
+    d = Driver()
+    running_split_job(d)
+    assert d.feed(m.SplitRequested("job1", 1, 0)) == []            # not a split source vertex
+    assert d.feed(m.SplitRequested("job1", 0, 0, attempt=3)) == []  # another attempt
+    assert d.feed(m.SplitRequested("job1", 0, 0)) == []             # asked in start(), before registering
+    assert of(d.feed(m.ReaderRegistered("job1", 0, 0)), m.EnumeratorCall) == [
+        m.EnumeratorCall("job1", 0, 0, "add_reader", 0), m.EnumeratorCall("job1", 0, 0, "handle_split_request", 0)]
+    assert of(d.feed(m.SplitRequested("job1", 0, 0)), m.EnumeratorCall) == [
+        m.EnumeratorCall("job1", 0, 0, "handle_split_request", 0)]
+    # the answer travels as every assignment: to the asking subtask's slot
+    (send,) = sends(d.feed(m.SplitsAssigned("job1", 0, 0, {0: b"s"})), "add_splits")
+    assert (send.slot_id, send.body["subtask"]) == ("tm1/0", 0)
 
 
 def test_job_end_closes_the_enumerators():
@@ -284,8 +351,9 @@ def test_no_watermarks_strategy_tracks_idleness_only():
 class RecordingContext(SplitEnumeratorContext):
     """A stand-in for the JobManager's context: records assignments, runs nothing periodically."""
 
-    def __init__(self, parallelism, readers=()):
+    def __init__(self, parallelism, readers=(), file_system=None):
         self._p = parallelism
+        self._fs = file_system or FileSystem()
         self.readers = set(readers)
         self.assigned: dict[int, list] = {}
         self.no_more: list[int] = []
@@ -293,7 +361,7 @@ class RecordingContext(SplitEnumeratorContext):
 
     parallelism = property(lambda self: self._p)
     config = property(lambda self: None)
-    file_system = property(lambda self: FileSystem())
+    file_system = property(lambda self: self._fs)
 
     def registered_readers(self):
         return set(self.readers)
@@ -308,6 +376,29 @@ class RecordingContext(SplitEnumeratorContext):
 
     def call_periodically(self, fn, interval_ms):
         self.periodic.append((fn, interval_ms))
+
+
+def subtask_reader(source, ctx, splits=None):
+    """The started split reader of subtask ``ctx.subtask_index`` of a bounded source with the splits
+    its enumerator assigns it (or ``splits``, restored ones), then "no more splits"."""
+    if splits is None:
+        ectx = RecordingContext(ctx.parallelism, readers={ctx.subtask_index}, file_system=ctx.file_system)
+        source.create_enumerator(ectx).start()
+        assert ectx.no_more == [ctx.subtask_index]
+        splits = ectx.assigned.get(ctx.subtask_index, [])
+    reader = source.create_split_reader(ctx)
+    reader.add_splits(copy.deepcopy(splits))
+    reader.notify_no_more_splits()
+    reader.start()
+    return reader
+
+
+def polled_batches(reader):
+    """Poll a bounded split reader until it is finished; yield each non-empty list of records."""
+    while not reader.is_finished():
+        for sr in reader.poll(0):
+            if sr.records:
+                yield sr.records
 
 
 def write(path, lines):
@@ -357,14 +448,14 @@ def test_bounded_file_source_signals_no_more_splits_and_reader_ends(tmp_path):
     r.add_splits(ctx.assigned[0])
     r.notify_no_more_splits()
     r.start()
-    (got,) = r.poll(0.01)
-    assert got.records == [("x", "1"), ("y", "2")] and got.finished and r.is_finished()
+    got = r.poll(0.01) + r.poll(0.01)  # a block per poll, then the split's end
+    assert got[0].records == [("x", "1"), ("y", "2")] and got[-1].finished and r.is_finished()
 
 
 def test_reader_resumes_at_the_checkpointed_line(tmp_path, monkeypatch):
-    from emrflow.connectors import monitoring
+    from emrflow.connectors import files
     from emrflow.connectors.base import SubtaskContext
-    monkeypatch.setattr(monitoring, "LINES_PER_POLL", 3)
+    monkeypatch.setattr(files, "BLOCK_BYTES", 5)  # blocks of three 2-byte lines
     path = str(tmp_path / "f.txt")
     write(path, range(7))
     source = FileSource.for_text_lines(path)
@@ -376,8 +467,125 @@ def test_reader_resumes_at_the_checkpointed_line(tmp_path, monkeypatch):
     r.close()
     r2 = source.create_split_reader(SubtaskContext("src", 0, 1))
     r2.add_splits([snap])
-    rest = r2.poll(0.01) + r2.poll(0.01)
+    rest = r2.poll(0.01) + r2.poll(0.01) + r2.poll(0.01)
     assert [x for sr in rest for x in sr.records] == ["3", "4", "5", "6"] and rest[-1].finished
+
+
+@pytest.mark.parametrize("kind", ["json", "parquet"])
+def test_monitored_json_lines_and_parquet_files_are_read_once_across_a_restore(tmp_path, monkeypatch, kind):
+    """New files found by later listings, a snapshot of enumerator and readers mid-file, a restore at
+    another parallelism: every record once, as ``json.loads`` / the rows written say."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from emrflow.connectors import files
+    from emrflow.connectors.base import SubtaskContext
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    d = tmp_path / "in"
+    d.mkdir()
+    want = []
+
+    def drop(name, n):
+        rows = [{"i": len(want) + k, "s": f"r{len(want) + k}"} for k in range(n)]
+        want.extend(rows)
+        tmp = d / ("." + name)
+        if kind == "json":
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            pq.write_table(pa.Table.from_pylist(rows), tmp, row_group_size=40)
+        os.replace(tmp, d / name)
+    source = (FileSource.for_json_lines(str(d)) if kind == "json" else FileSource.for_parquet(str(d), batch_rows=16))
+    source = source.monitor_continuously(100)
+
+    def reader_of(i, p, splits):
+        r = source.create_split_reader(SubtaskContext("src", i, p))
+        r.add_splits(copy.deepcopy(splits))
+        r.start()
+        return r
+
+    def drain(readers):
+        got = []
+        for r in readers:
+            while rs := r.poll(0):
+                got += [x for sr in rs for x in sr.records]
+        return got
+    drop("a", 100)
+    ctx = RecordingContext(2, readers={0, 1})
+    e = source.create_enumerator(ctx)
+    e.start()
+    drop("b", 120)
+    drop("c", 90)
+    ctx.periodic[0][0]()  # the next listing finds b and c
+    readers = [reader_of(i, 2, ctx.assigned.get(i, [])) for i in range(2)]
+    got = [x for r in readers for sr in r.poll(0) for x in sr.records]  # one batch each: files half read
+    states = [s for r in readers for s in r.snapshot_state(1)]
+    enum_state = pickle.loads(pickle.dumps(e.snapshot_state(1)))
+    for r in readers:  # the attempt fails here
+        r.close()
+    assert all((s.offset or 0) > 0 if kind == "json" else s.rows > 0 for s in states if s.split_id.endswith("/a"))
+    drop("d", 50)  # after the checkpoint: found by the restored enumerator
+    ctx3 = RecordingContext(3, readers={0, 1, 2})
+    e3 = source.restore_enumerator(ctx3, enum_state)
+    e3.start()
+    restored = [[s for s in states if split_owner(s.split_id, 3) == i] + ctx3.assigned.get(i, []) for i in range(3)]
+    readers = [reader_of(i, 3, restored[i]) for i in range(3)]
+    got += drain(readers)
+    for r in readers:
+        r.close()
+    assert sorted(got, key=lambda r: r["i"]) == want  # every record once, with its values
+
+
+def test_bounded_csv_restored_at_another_parallelism_reads_every_row_once_and_reports_its_lines(
+        tmp_path, monkeypatch):
+    """Byte-range splits of two files read in part at p=2, then restored at p=3 the way the runtime
+    hands split states out (``split_owner``): every row once; bad lines keep their file:line."""
+    import csv
+
+    from emrflow.connectors import files
+    from emrflow.connectors.base import SubtaskContext
+    from emrflow.connectors.files import CsvSource
+    monkeypatch.setattr(files, "BLOCK_BYTES", 64)
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in ("a.csv", "b.csv"):
+        (d / f).write_text("id,name\n" + "".join(f"{i},{f}-{i}\n" if i % 50 else f"{i}\n" for i in range(400)))
+    want, want_bad = [], []
+    for f in ("a.csv", "b.csv"):
+        with open(d / f, newline="") as fh:
+            for n, row in enumerate(csv.reader(fh), 1):
+                if n == 1:
+                    continue
+                if len(row) == 2:
+                    want.append((int(row[0]), row[1]))
+                else:
+                    want_bad.append((str(d / f), n, "expected 2 fields, got 1"))
+    source = CsvSource(str(d), header=True, types=[int, str], fail_on_bad_records=False)
+    bad: list = []
+
+    def ctx(i, p):
+        return SubtaskContext("src", i, p, report_bad_record=lambda *a: bad.append(a))
+    ectx = RecordingContext(2, readers={0, 1})
+    e = source.create_enumerator(ectx)
+    e.start()
+    assert sorted(ectx.no_more) == [0, 1] and sum(map(len, ectx.assigned.values())) == 4  # 2 files x 2 ranges
+    got, states = [], []
+    for i in range(2):
+        r = subtask_reader(source, ctx(i, 2), ectx.assigned[i])
+        batches = polled_batches(r)
+        for _ in range(3):
+            got += next(batches)
+        states += cloudpickle.loads(cloudpickle.dumps(r.snapshot_state(1)))
+        r.close()
+    assert [s.path for s in states if s.offset is not None] == [str(d / "a.csv")] * 2  # a.csv's ranges in part
+    assert e.snapshot_state(1)["pending"] == []  # every split was with a reader
+    for i in range(3):
+        mine = [s for s in states if split_owner(s.split_id, 3) == i]
+        for batch in polled_batches(subtask_reader(source, ctx(i, 3), mine)):
+            got += batch
+    assert sorted(got) == sorted(want)
+    assert sorted(bad) == sorted(want_bad)
 
 
 # -- restore: split states go to split_owner(id, new parallelism) ----------------------------------
@@ -439,10 +647,31 @@ def test_uid_and_parallelism_of_a_split_source_with_a_strategy_are_the_sources(t
     assert [o["kind"] for o in source_vertex["operators"]][:2] == ["source", "timestamps"]  # chained
 
 
+class RecordingFeed:
+    """The JobManager's ``_feed`` for :class:`SourceCoordinators` in a test: records the events;
+    answers an :class:`~m.EnumeratorsSnapshotted` with a trigger sent."""
+
+    def __init__(self):
+        self.events, self.fed = [], threading.Event()
+
+    def feed(self, event):
+        self.events.append(event)
+        self.fed.set()
+        return [m.SendToSlot("tm1/0", "trigger_checkpoint", {})] if isinstance(event, m.EnumeratorsSnapshotted) else []
+
+    def wait_for(self, kind, n=1):
+        """The first ``n`` events of type ``kind`` (waiting up to 10 s for them)."""
+        for _ in range(200):
+            found = [e for e in self.events if isinstance(e, kind)]
+            if len(found) >= n:
+                return found[:n]
+            self.fed.wait(0.05)
+            self.fed.clear()
+        raise AssertionError(f"no {kind.__name__} in {self.events}")
+
+
 def test_source_coordinators_run_the_enumerator_and_write_its_state_after_the_triggers(tmp_path):
     """The shell's side with a recording feed: reset, add_reader, assignment, snapshot, state file."""
-    import threading
-
     from emrflow import StreamExecutionEnvironment
     from emrflow.runtime.jobmanager.coordinators import SourceCoordinators
     from emrflow.testing import CollectSink
@@ -455,23 +684,9 @@ def test_source_coordinators_run_the_enumerator_and_write_its_state_after_the_tr
         .sink_to(CollectSink(str(tmp_path / "out")))
     graph = env.get_job_graph()
     (vertex,) = [v for v in graph.topology()["vertices"] if v.get("split_source")]
-    events, fed = [], threading.Event()
-    trigger = m.SendToSlot("tm1/0", "trigger_checkpoint", {})
-
-    def feed(event):
-        events.append(event)
-        fed.set()
-        return [trigger] if isinstance(event, m.EnumeratorsSnapshotted) else []
-
-    def wait_for(kind, n=1):
-        for _ in range(200):
-            found = [e for e in events if isinstance(e, kind)]
-            if len(found) >= n:
-                return found
-            fed.wait(0.05)
-            fed.clear()
-        raise AssertionError(f"no {kind.__name__} in {events}")
-    c = SourceCoordinators(feed)
+    rec = RecordingFeed()
+    events, wait_for = rec.events, rec.wait_for
+    c = SourceCoordinators(rec.feed)
     v = vertex["id"]
     c.perform(m.ResetEnumerators(graph.job_id, 0, ((v, "files"),), cloudpickle.dumps(graph)))
     c.perform(m.EnumeratorCall(graph.job_id, v, 0, "add_reader", 0))
@@ -484,7 +699,7 @@ def test_source_coordinators_run_the_enumerator_and_write_its_state_after_the_tr
     assert [type(e) for e in events[-2:]] == [m.EnumeratorsSnapshotted, m.EnumeratorStateWritten]
     assert written.entry["subtask"] == -1 and written.entry["enumerator"] == "files"
     with open(os.path.join(target, written.entry["file"]), "rb") as f:
-        assert cloudpickle.loads(f.read()) == {"seen": [str(src / "a")], "pending": []}
+        assert cloudpickle.loads(f.read()) == {"seen": [str(src / "a")], "listed": True, "pending": []}
     # a snapshot for an enumerator of another generation is declined
     c.perform(m.SnapshotEnumerators(graph.job_id, 2, target, ((v, 5),)))
     (_, declined) = wait_for(m.EnumeratorsSnapshotted, 2)
@@ -496,3 +711,37 @@ def test_source_coordinators_run_the_enumerator_and_write_its_state_after_the_tr
     assert [(e.vertex, e.call_id) for e in done] == [(v, 7), (v, 8)]
     assert not [e for e in events if isinstance(e, m.EnumeratorFailed)]
     c.perform(m.CloseEnumerators(graph.job_id))
+
+
+def test_source_coordinators_forget_reset_readers_and_take_splits_back(tmp_path, capsys):
+    """A split request becomes handle_split_request; after subtasks_reset the enumerator can no
+    longer assign to that reader (its assign_splits raises: the job fails over); add_splits_back
+    hands it the cloudpickled splits, which it assigns again to the reader that registers anew."""
+    from emrflow import StreamExecutionEnvironment
+    from emrflow.runtime.jobmanager.coordinators import SourceCoordinators
+    from emrflow.testing import CollectSink
+    from tests.jobs.pull_count import PullSource
+    env = StreamExecutionEnvironment.get_execution_environment()
+    env.set_parallelism(1)
+    env.from_source(PullSource(250, 100)).uid("pull").sink_to(CollectSink(str(tmp_path / "out")))
+    graph = env.get_job_graph()
+    (vertex,) = [v["id"] for v in graph.topology()["vertices"] if v.get("split_source")]
+    rec, job = RecordingFeed(), graph.job_id
+    c = SourceCoordinators(rec.feed)
+    c.perform(m.ResetEnumerators(job, 0, ((vertex, "pull"),), cloudpickle.dumps(graph)))
+    c.perform(m.EnumeratorCall(job, vertex, 0, "add_reader", 0))
+    c.perform(m.EnumeratorCall(job, vertex, 0, "handle_split_request", 0))
+    (first,) = rec.wait_for(m.SplitsAssigned)
+    assert [s.split_id for s in cloudpickle.loads(first.splits[0])] == ["range-0"]
+    c.perform(m.EnumeratorCall(job, vertex, 0, "subtasks_reset", (0,), 1))
+    c.perform(m.EnumeratorCall(job, vertex, 0, "handle_split_request", 0))  # of a forgotten reader
+    c.perform(m.EnumeratorCall(job, vertex, 0, "add_splits_back", (0, (first.splits[0],))))
+    (done,) = rec.wait_for(m.EnumeratorCallDone)
+    (failed,) = rec.wait_for(m.EnumeratorFailed)
+    assert done.call_id == 1 and "subtask(s) [0] of 'Source: Source' have no registered reader" in failed.message
+    c.perform(m.EnumeratorCall(job, vertex, 0, "add_reader", 0))
+    c.perform(m.EnumeratorCall(job, vertex, 0, "handle_split_request", 0))
+    (_, again) = rec.wait_for(m.SplitsAssigned, 2)
+    assert [(s.split_id, s.next) for s in cloudpickle.loads(again.splits[0])] == [("range-0", 0)]
+    assert "add_splits_back: 1 split(s) of subtask 0" in capsys.readouterr().err
+    c.perform(m.CloseEnumerators(job))

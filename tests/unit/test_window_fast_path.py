@@ -103,14 +103,15 @@ def _feed(op, recs, bound=20, batch=97):
         op.process_watermark(top - bound - 1)
 
 
-def _reference(recs, size, slide, kind, bound=20, batch=97):
+def _reference(recs, size, slide, kind, bound=20, batch=97, offset=0):
     """Plain Python: windows of each record that are not late when its batch arrives."""
     wm, top = -2**63, -2**62
     contents, late = defaultdict(list), []
     for i in range(0, len(recs), batch):
         b = recs[i:i + batch]
         for ts, v in b:
-            starts = [s for s in range(ts - ts % slide - size + slide, ts + 1, slide) if s <= ts < s + size]
+            last = ts - (ts - offset) % slide
+            starts = [s for s in range(last - size + slide, ts + 1, slide) if s <= ts < s + size]
             live = [s for s in starts if s + size - 1 > wm]
             if not live:
                 late.append((ts, v))
@@ -157,9 +158,9 @@ CASES = {  # name -> (WindowSpec arguments, takes the fast path)
 SIZES = {"tumbling": (100, 100), "sliding": (300, 100)}
 
 
-def _spec(case, size, slide):
-    assigner = (TumblingEventTimeWindows.of(size) if size == slide
-                else SlidingEventTimeWindows.of(size, slide))
+def _spec(case, size, slide, offset=0):
+    assigner = (TumblingEventTimeWindows.of(size, offset) if size == slide
+                else SlidingEventTimeWindows.of(size, slide, offset))
     return WindowSpec(assigner=assigner, late_tag="late", **CASES[case][0]())
 
 
@@ -183,6 +184,21 @@ def test_aligned_windows_match_reference(case, sizes, backend, budget):
     if budget == 1 and backend == "rocksdb":
         assert op.spilled_entries > 0 and not op._on_disk
         assert list(op.backend.items("window-contents")) == []  # fired windows leave nothing behind
+    op.close()
+
+
+@pytest.mark.parametrize("backend", ["hashmap", "rocksdb"])
+@pytest.mark.parametrize("case", ["count", "hand_count", "sum_values", "reduce"])
+def test_tumbling_windows_with_an_offset_match_reference(case, backend):
+    """Batches spanning several windows of an offset tumbling assigner: grouped by window start in C
+    (``_fold_tumbling``), a user's function folded in one pass, a window's records in arrival order."""
+    recs = _records(n=3000, disorder=150)  # a batch of 97 spans up to four windows of 100
+    op, sink, late = _aligned(_spec(case, 100, 100, offset=30), backend)
+    _feed(op, recs, bound=200)
+    op.process_watermark(MAX_WATERMARK)
+    expected, expected_late = _reference(recs, 100, 100, case, bound=200, offset=30)
+    assert sorted(sink.out, key=repr) == expected
+    assert sorted(late.out, key=repr) == expected_late
     op.close()
 
 

@@ -1,13 +1,15 @@
 """Split enumerators in the JobManager (Flink's ``SourceCoordinator``): the I/O side.
 
-The state machine (:mod:`.machine`) decides *when* an enumerator is reset, told of a reader,
-snapshotted or closed, and emits :class:`~.machine.ResetEnumerators`,
-:class:`~.machine.EnumeratorCall`, :class:`~.machine.SnapshotEnumerators` and
-:class:`~.machine.CloseEnumerators`; :class:`SourceCoordinators` performs them with user code
-(the :class:`~emrflow.connectors.splits.SplitSource` unpickled from the job) and feeds back
+The state machine (:mod:`.machine`) decides *when* an enumerator is reset, told of a reader, of
+a reader's split request or of its region's restart, given splits back, snapshotted or closed,
+and emits :class:`~.machine.ResetEnumerators`, :class:`~.machine.EnumeratorCall`,
+:class:`~.machine.SnapshotEnumerators` and :class:`~.machine.CloseEnumerators`;
+:class:`SourceCoordinators` performs them with user code (the
+:class:`~emrflow.connectors.splits.SplitSource` unpickled from the job) and feeds back
 :class:`~.machine.SplitsAssigned`, :class:`~.machine.EnumeratorsSnapshotted`,
 :class:`~.machine.EnumeratorStateWritten`, :class:`~.machine.EnumeratorCallDone` (after a
-``handle_splits_finished`` call, which the machine waits for before completing checkpoints) and
+``handle_splits_finished`` call, which the machine waits for before completing checkpoints, and
+after a ``subtasks_reset``, which a region restart waits for) and
 :class:`~.machine.EnumeratorFailed`.
 
 Threads and locks: every enumerator has one coordinator thread (calls are queued, so the shell
@@ -175,12 +177,17 @@ class _Coordinator:
             with self.lock:
                 if generation != self.generation or self.enumerator is None or self.ctx is None:
                     return
-                if method == "add_reader":
-                    self.ctx._readers.add(int(arg))
-                if method == "handle_splits_finished":
+                if method == "subtasks_reset":  # their region restarts: no more assignments to them
+                    self.ctx._readers.difference_update(int(i) for i in arg)
+                elif method == "handle_splits_finished":
                     subtask, split_ids = arg
                     self.enumerator.handle_splits_finished(int(subtask), list(split_ids))
+                elif method == "add_splits_back":
+                    subtask, blobs = arg
+                    self.enumerator.add_splits_back([s for b in blobs for s in cloudpickle.loads(b)], int(subtask))
                 else:
+                    if method == "add_reader":
+                        self.ctx._readers.add(int(arg))
                     getattr(self.enumerator, method)(arg)
         except Exception as exc:  # noqa: BLE001 - user code: the job fails over
             self.failed(generation, exc)

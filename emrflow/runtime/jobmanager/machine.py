@@ -119,10 +119,18 @@ class JobState:
     region_failover: bool = True         # jobmanager.execution.failover-strategy is region
     slot_deadline: float | None = None   # waiting for free slots until then (monotonic s)
     split_vertices: dict = field(default_factory=dict)  # SplitSource vertex -> its source's uid
-    enum_generation: dict = field(default_factory=dict)  # vertex -> attempt its enumerator was reset at (-1: paused)
+    enum_generation: dict = field(default_factory=dict)  # vertex -> attempt its enumerator was reset at
     readers: set = field(default_factory=set)            # (vertex, subtask) whose split reader registered
     enum_calls: dict = field(default_factory=dict)       # call id -> (vertex, subtask): handle_splits_finished
     #                                                      calls issued and not yet returned (SplitsFinished)
+    split_requests: set = field(default_factory=set)     # (vertex, subtask) that asked for a split before its
+    #                                                      reader registered: handle_split_request after add_reader
+    assigned: dict = field(default_factory=dict)         # (vertex, subtask) -> [(epoch, cloudpickled splits)]:
+    #                                                      assignments no completed checkpoint covers (add_splits_back)
+    trigger_epoch: int = 0                               # id of the last checkpoint whose triggers were sent
+    enum_base: dict = field(default_factory=dict)        # vertex -> id of the checkpoint (0: none) whose reader
+    #                                                      states plus `assigned` hold every split its running
+    #                                                      enumerator handed out; None: reset it on a restart
 
     @property
     def file_system(self) -> FileSystem:
@@ -354,6 +362,17 @@ class SplitsFinished(Event):
 
 
 @dataclass(frozen=True)
+class SplitRequested(Event):
+    """The split reader of a SplitSource's subtask asks for a split (``split_request`` from its slot,
+    Flink's ``RequestSplitEvent``)."""
+
+    job_id: str
+    vertex: int
+    subtask: int
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
 class EnumeratorCallDone(Event):
     """The :class:`EnumeratorCall` with ``call_id`` returned (or raised, or was skipped as stale)."""
 
@@ -536,11 +555,14 @@ class ResetEnumerators(Instruction):
 
 @dataclass(frozen=True)
 class EnumeratorCall(Instruction):
-    """Call ``method(arg)`` (``add_reader``, ``notify_checkpoint_complete``; for
-    ``handle_splits_finished`` ``arg`` is ``(subtask, [split id, ...])``) on the enumerator of
-    ``vertex`` if it is still the one of attempt ``generation``, in order with the other calls
-    and resets of that enumerator. With a ``call_id``, feed :class:`EnumeratorCallDone` once it
-    returned, raised or was skipped."""
+    """Call ``method(arg)`` (``add_reader``, ``handle_split_request`` with a subtask index,
+    ``notify_checkpoint_complete`` with a checkpoint id; for ``handle_splits_finished`` ``arg`` is
+    ``(subtask, [split id, ...])``, for ``add_splits_back`` ``(subtask, (cloudpickled list of
+    splits, ...))``) on the enumerator of ``vertex`` if it is still the one of attempt
+    ``generation``, in order with the other calls and resets of that enumerator.
+    ``subtasks_reset`` (``arg``: subtask indexes) calls no user code: the enumerator's context
+    forgets those readers (their region restarts), so it can no longer assign them splits.
+    With a ``call_id``, feed :class:`EnumeratorCallDone` once it returned, raised or was skipped."""
 
     job_id: str
     vertex: int
@@ -621,7 +643,8 @@ class JobManagerStateMachine:
             RestorePlanned: self._on_restore_planned, CommitRecordsWritten: self._on_commit_records,
             CommitFinished: self._on_commit_finished, ClusterShutdown: self._on_shutdown,
             ReaderRegistered: self._on_reader_registered, SplitsAssigned: self._on_splits_assigned,
-            SplitsFinished: self._on_splits_finished, EnumeratorCallDone: self._on_enumerator_call_done,
+            SplitsFinished: self._on_splits_finished, SplitRequested: self._on_split_requested,
+            EnumeratorCallDone: self._on_enumerator_call_done,
             EnumeratorsSnapshotted: self._on_enumerators_snapshotted,
             EnumeratorStateWritten: self._on_enumerator_state_written, EnumeratorFailed: self._on_enumerator_failed,
         }
@@ -1091,11 +1114,17 @@ class JobManagerStateMachine:
         assert job.restart is not None
         log.warning("job %s: %s; restarting the pipelined region %s in %.1f s (%s)", job.id,
                     failure.get("message"), sorted(region), pause, job.restart.describe())
-        job.region_restarts[region] = {"phase": RegionRestartPhase.CANCELLING, "pause": pause, "pending": set(),
-                                       "token": self._token()}
+        r = job.region_restarts[region] = {"phase": RegionRestartPhase.CANCELLING, "pause": pause,
+                                           "pending": set(), "calls": set(), "token": self._token()}
         for v in job.split_vertices:
-            if v in region:  # its enumerator's assignments are dropped until it is restored
-                job.enum_generation[v] = -1
+            if v in region:  # as Flink's subtaskFailed: the enumerator forgets the readers, is not reset
+                call_id = self._token()
+                r["calls"].add(_call_key(call_id))
+                indexes = tuple(sorted(i for (u, i) in job.tasks if u == v))
+                self._out.append(EnumeratorCall(job.id, v, job.enum_generation[v], "subtasks_reset", indexes,
+                                                call_id))
+        job.readers = {k for k in job.readers if k[0] not in region}
+        job.split_requests = {k for k in job.split_requests if k[0] not in region}
         self._abort_pending_checkpoints(job, "a region is restarting")
         subtasks = [k for k in job.tasks if k[0] in region]
         for s in job.slots:
@@ -1126,8 +1155,10 @@ class JobManagerStateMachine:
                 self._region_aborted(job, region)
 
     def _region_aborted(self, job: JobState, region: frozenset) -> None:
+        """Start the restart pause once the region's sinks aborted and its enumerators forgot its
+        readers (so no assignment to the old attempts can arrive after the redeployment)."""
         r = job.region_restarts[region]
-        if r["phase"] == RegionRestartPhase.ABORTING and not r["pending"]:
+        if r["phase"] == RegionRestartPhase.ABORTING and not r["pending"] and not r["calls"]:
             r["phase"] = RegionRestartPhase.WAITING
             self._out.append(StartTimer(r["pause"], RestartTimerFired(job.id, region, r["token"])))
 
@@ -1161,7 +1192,12 @@ class JobManagerStateMachine:
             return  # a full restart, a cancellation or the end of the job came first
         del job.region_restarts[e.region]
         self._next_attempt(job, plan, f"region {sorted(e.region)}")
-        self._reset_enumerators(job, [v for v in job.split_vertices if v in e.region], plan)
+        restored = plan["checkpoint_id"] if plan else 0
+        split_vertices = [v for v in job.split_vertices if v in e.region]
+        self._reset_enumerators(job, [v for v in split_vertices if job.enum_base.get(v) != restored], plan)
+        for v in split_vertices:
+            if job.enum_base.get(v) == restored:
+                self._add_splits_back(job, v)
         subtasks = [k for k in job.tasks if k[0] in e.region]
         for k in subtasks:
             job.tasks[k] = X.DEPLOYING
@@ -1194,6 +1230,7 @@ class JobManagerStateMachine:
         return p
 
     def _send_triggers(self, job: JobState, p: PendingCheckpoint, timestamp_ms: int) -> None:
+        job.trigger_epoch = p.id  # assignments from now on are not in this checkpoint's reader states
         for s in job.slots:
             self._send(s, "trigger_checkpoint", job_id=job.id, checkpoint_id=p.id,
                        timestamp_ms=timestamp_ms, target=p.target, savepoint=p.savepoint)
@@ -1270,6 +1307,7 @@ class JobManagerStateMachine:
                 self._send(s, "notify_checkpoint_complete", job_id=job.id, checkpoint_id=p.id)
             for v, gen in job.enum_generation.items():
                 self._out.append(EnumeratorCall(job.id, v, gen, "notify_checkpoint_complete", p.id))
+            self._checkpoint_covers_assignments(job, p.id)
         self._out.append(CheckpointDone(job.id, p.id, p.target, p.savepoint))
         log.info("job %s: %s %d complete (%d bytes, %d ms) at %s", job.id, meta["kind"], p.id,
                  meta["size_bytes"], meta["duration_ms"], p.target)
@@ -1283,21 +1321,54 @@ class JobManagerStateMachine:
             return
         for v in vertices:
             job.enum_generation[v] = job.attempt
+            job.enum_base[v] = restore["checkpoint_id"] if restore else 0
         job.readers = {k for k in job.readers if k[0] not in vertices}
+        job.split_requests = {k for k in job.split_requests if k[0] not in vertices}
+        job.assigned = {k: a for k, a in job.assigned.items() if k[0] not in vertices}
         job.enum_calls = {n: k for n, k in job.enum_calls.items() if k[0] not in vertices}  # stale: skipped
         self._out.append(ResetEnumerators(job.id, job.attempt, tuple((v, job.split_vertices[v]) for v in vertices),
                                           job.job_bytes, restore, job.file_system))
 
-    def _on_reader_registered(self, e: ReaderRegistered) -> None:
+    def _reader_job(self, e: ReaderRegistered | SplitsFinished | SplitRequested) -> JobState | None:
+        """The running job of a split reader's message, if it comes from the current attempt of a
+        SplitSource's subtask that is not done (else ``None``: a stale message, dropped)."""
         job = self.jobs.get(e.job_id)
         key = (e.vertex, e.subtask)
         if (job is None or job.state != J.RUNNING or e.vertex not in job.split_vertices
                 or e.attempt != job.task_attempts.get(key) or job.tasks.get(key) in TASK_TERMINAL):
+            return None
+        return job
+
+    def _on_reader_registered(self, e: ReaderRegistered) -> None:
+        job = self._reader_job(e)
+        if job is None:
             return
+        key = (e.vertex, e.subtask)
         job.readers.add(key)
-        gen = job.enum_generation.get(e.vertex, -1)
-        if gen >= 0:
-            self._out.append(EnumeratorCall(job.id, e.vertex, gen, "add_reader", e.subtask))
+        gen = job.enum_generation[e.vertex]
+        self._out.append(EnumeratorCall(job.id, e.vertex, gen, "add_reader", e.subtask))
+        if key in job.split_requests:  # it asked before it registered (e.g. in its start())
+            job.split_requests.discard(key)
+            self._out.append(EnumeratorCall(job.id, e.vertex, gen, "handle_split_request", e.subtask))
+
+    def _on_split_requested(self, e: SplitRequested) -> None:
+        """Call the enumerator's ``handle_split_request`` (Flink's ``sendSplitRequest``).
+
+        A request of the current attempt that arrives before its reader registered is kept and
+        made right after ``add_reader``, so the enumerator can always answer with an assignment
+        to the asking subtask; a request of an earlier attempt is dropped (that reader is gone;
+        the restarted one asks again). The splits the enumerator assigns in answer travel as every
+        assignment does (:meth:`_on_splits_assigned`).
+        """
+        job = self._reader_job(e)
+        if job is None:
+            return
+        key = (e.vertex, e.subtask)
+        if key not in job.readers:
+            job.split_requests.add(key)
+            return
+        self._out.append(EnumeratorCall(job.id, e.vertex, job.enum_generation[e.vertex], "handle_split_request",
+                                        e.subtask))
 
     def _on_splits_finished(self, e: SplitsFinished) -> None:
         """Call the enumerator's ``handle_splits_finished``; hold checkpoints until it returned.
@@ -1309,20 +1380,15 @@ class JobManagerStateMachine:
         :attr:`JobState.enum_calls`; :meth:`_on_checkpoint_ack` then makes the checkpoint also
         wait for it, and :class:`EnumeratorCallDone` releases it. The call itself runs queued on
         the enumerator's thread (never under the JobManager's lock), in report order; a call
-        that never returns leaves the checkpoint to its timeout. Reports of another attempt, or
-        while the enumerator is paused for a restart, are dropped: the reader's restored state
-        reports its finished splits again.
+        that never returns leaves the checkpoint to its timeout. Reports of another attempt are
+        dropped: the reader's restored state reports its finished splits again.
         """
-        job = self.jobs.get(e.job_id)
-        key = (e.vertex, e.subtask)
-        if (job is None or job.state != J.RUNNING or e.vertex not in job.split_vertices
-                or e.attempt != job.task_attempts.get(key) or job.tasks.get(key) in TASK_TERMINAL):
+        job = self._reader_job(e)
+        if job is None or not e.split_ids:
             return
-        gen = job.enum_generation.get(e.vertex, -1)
-        if gen < 0 or not e.split_ids:
-            return
+        gen = job.enum_generation[e.vertex]
         call_id = self._token()
-        job.enum_calls[call_id] = key
+        job.enum_calls[call_id] = (e.vertex, e.subtask)
         self._out.append(EnumeratorCall(job.id, e.vertex, gen, "handle_splits_finished",
                                         (e.subtask, tuple(e.split_ids)), call_id))
 
@@ -1331,17 +1397,32 @@ class JobManagerStateMachine:
         if job is None:
             return
         job.enum_calls.pop(e.call_id, None)
+        key = _call_key(e.call_id)
+        for region, r in list(job.region_restarts.items()):
+            if key in r["calls"]:
+                r["calls"].discard(key)
+                self._region_aborted(job, region)
         c = job.coordinator
         if c is None:
             return
-        key = _call_key(e.call_id)
         for cid in [cid for cid, p in c.pending.items() if key in p.waiting]:
             self._acknowledged(job, cid, key, None, job.attempt)
 
     def _on_splits_assigned(self, e: SplitsAssigned) -> None:
+        """Send an enumerator's assignment to the subtasks' slots, and remember it (per subtask,
+        tagged with the last checkpoint triggered before it) until a completed checkpoint covers it.
+
+        Assignments of an enumerator that was reset since are dropped (the restored one assigns
+        those splits again). Splits for a subtask whose region is restarting, or whose task is
+        failing, are not sent: they come back with ``add_splits_back`` when it is redeployed.
+        """
         job = self.jobs.get(e.job_id)
         if job is None or job.state != J.RUNNING or job.enum_generation.get(e.vertex) != e.generation:
             return  # a failover is under way: the restored enumerator assigns them again
+        for subtask, payload in e.splits.items():
+            job.assigned.setdefault((e.vertex, subtask), []).append((job.trigger_epoch, payload))
+        if any(e.vertex in region for region in job.region_restarts):
+            return
         for subtask in sorted(set(e.splits) | set(e.no_more)):
             key = (e.vertex, subtask)
             state = job.tasks.get(key)
@@ -1357,6 +1438,30 @@ class JobManagerStateMachine:
             self._send(job.slots[subtask], "add_splits", job_id=job.id, vertex=e.vertex, subtask=subtask,
                        attempt=job.task_attempts[key], splits=e.splits.get(subtask),
                        no_more=subtask in e.no_more)
+
+    def _add_splits_back(self, job: JobState, vertex: int) -> None:
+        """The region of ``vertex`` restarts from the checkpoint its enumerator's assignments are
+        tracked from (``job.enum_base``): give the enumerator back, per subtask, the splits it
+        assigned after that checkpoint's triggers (Flink's ``subtaskReset``); the restored readers
+        get the splits assigned before, from their checkpointed states."""
+        gen = job.enum_generation[vertex]
+        for key in sorted(k for k in job.assigned if k[0] == vertex):
+            blobs = tuple(b for _epoch, b in job.assigned.pop(key))
+            self._out.append(EnumeratorCall(job.id, vertex, gen, "add_splits_back", (key[1], blobs)))
+
+    @staticmethod
+    def _checkpoint_covers_assignments(job: JobState, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` completed: the assignments made before its triggers are in
+        its reader states (or were finished): forget them."""
+        for v in job.split_vertices:
+            if job.enum_base.get(v) is not None:
+                job.enum_base[v] = checkpoint_id
+        for key in list(job.assigned):
+            kept = [(epoch, b) for epoch, b in job.assigned[key] if epoch >= checkpoint_id]
+            if kept:
+                job.assigned[key] = kept
+            else:
+                del job.assigned[key]
 
     @staticmethod
     def _vertex_name(job: JobState, vertex: int) -> str:
@@ -1387,6 +1492,7 @@ class JobManagerStateMachine:
         job = self.jobs.get(e.job_id)
         if job is None or job.state != J.RUNNING or job.enum_generation.get(e.vertex) != e.generation:
             return
+        job.enum_base[e.vertex] = None  # its state is suspect: the restart resets it from the checkpoint
         self._fail(job, _failure(f"the split enumerator of {self._vertex_name(job, e.vertex)!r} failed: "
                                  f"{e.message}", operator=self._vertex_name(job, e.vertex),
                                  traceback=e.traceback), e.vertex)

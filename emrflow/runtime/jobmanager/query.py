@@ -166,6 +166,8 @@ def describe(job: JobView, now: float, details: bool = True) -> dict:
                       "records_out": ops.get(o["id"], [0, 0])[1],
                       "late_records_dropped": late.get(o["id"], 0)} for o in v["operators"]]
         vertices.append({"id": v["id"], "name": v["name"], "parallelism": v["parallelism"],
+                         # the chain starts with a source (whatever the user named it)
+                         "is_source": bool(v["operators"]) and v["operators"][0].get("kind") == "source",
                          "subtask_states": states, "operators": operators,
                          "busy_s": busy.get(v["id"], 0.0)})
     out.update(vertices=vertices, bad_records=bad, bad_record_samples=samples,

@@ -43,6 +43,7 @@ _SLOT_EVENTS: dict[str, Callable[[str, dict], m.Event]] = {
     "tasks_aborted": lambda sid, b: m.TasksAborted(sid, **b),
     "reader_registered": lambda sid, b: m.ReaderRegistered(**b),
     "splits_finished": lambda sid, b: m.SplitsFinished(**b),
+    "split_request": lambda sid, b: m.SplitRequested(**b),
 }
 
 

@@ -5,7 +5,9 @@ with the default trigger, no evictor, no allowed lateness and an incremental
 function (``reduce`` or ``aggregate``; see ``WindowSpec.is_aligned``) need no
 per-window timers and no per-record state access: per live window a dict
 ``key -> accumulator`` and a heap of window starts, fired as the watermark passes
-their ends. A batch is grouped by window first (usually it falls in one).
+their ends. A tumbling batch without late records gets its records' window starts
+from C-level ``map`` calls (a batch in one window skips even that); sliding windows
+and batches with late records take a per-record loop.
 
 How a batch is folded into a window's dict:
 
@@ -17,7 +19,11 @@ How a batch is folded into a window's dict:
   the built-in's own methods make, so checkpoints move freely between paths.
   Which path a window takes shows in its operator name: ``Window(aggregate Count(), fast path)``.
 * otherwise (a user's ``reduce`` or ``AggregateFunction``, whatever its code): its
-  methods are called per record, as on the generic path.
+  methods are called per record, as on the generic path, in one pass over the batch
+  (per record: the key, the window's dict, one lookup and the user's call).
+
+A window fires with one call of the window function per key (bound once in ``open``),
+or, without one, all its results in one C-level ``extend``.
 
 With the ``rocksdb`` backend the dicts stay in memory up to :attr:`AlignedWindowOperator.FAST_MEMORY_BYTES`
 (estimated); beyond it every in-memory accumulator is spilled to RocksDB as
@@ -29,8 +35,9 @@ from __future__ import annotations
 
 import heapq
 import pickle
+from bisect import bisect_right
 from itertools import repeat
-from operator import itemgetter
+from operator import itemgetter, mod, sub
 from typing import Any, Callable
 
 try:  # the C loop behind Counter.update: mapping[x] = mapping.get(x, 0) + 1 for x in iterable
@@ -190,8 +197,11 @@ class AlignedWindowOperator(WindowOperator):
             stamps = list(map(_first, records))
             lo, hi = min(stamps), max(stamps)
             start = lo - (lo - offset) % size
-            if hi < start + size and start + size - 1 > wm:  # the whole batch in one live window
-                self._fold(start, list(map(_second, records)))
+            if start + size - 1 > wm:  # the earliest record's window is live: no record is late
+                if hi < start + size:  # the whole batch in one window
+                    self._fold(start, list(map(_second, records)))
+                else:
+                    self._fold_tumbling(stamps, list(map(_second, records)), size, offset)
                 if self._spills:
                     self._check_budget()
                 return
@@ -222,32 +232,73 @@ class AlignedWindowOperator(WindowOperator):
         if late:
             self.emit_side(self.spec.late_tag, late)
 
-    def _fold(self, start: int, values: list) -> None:
-        """Fold ``values`` (in order) into the accumulators of window ``start``."""
-        d = self._window_of(start)
-        key_of = self.key_selector
-        disk = start in self._on_disk
-        if self._kernel is not None and not disk:
-            self._kernel(d, key_of, values)
+    def _fold_tumbling(self, stamps: list, values: list, size: int, offset: int) -> None:
+        """Fold a batch spanning several tumbling windows, none late.
+
+        Each record's window start ``ts - (ts - offset) % size`` comes from ``map``. A user's
+        function over windows in memory folds in one pass (records of a batch are spread over
+        many windows); a built-in or spilled windows group the records by a stable sort by
+        start first, which keeps a window's records in arrival order.
+        """
+        shifted = stamps if offset == 0 else list(map(sub, stamps, repeat(offset)))
+        starts = list(map(sub, stamps, map(mod, shifted, repeat(size))))
+        if self._kernel is None and not self._on_disk:
+            self._fold_each(starts, values)
             return
-        get = d.get
-        load = self.backend.get
+        order = sorted(range(len(starts)), key=starts.__getitem__)
+        starts = list(map(starts.__getitem__, order))
+        values = list(map(values.__getitem__, order))
+        i, n = 0, len(starts)
+        while i < n:
+            j = bisect_right(starts, starts[i], i)
+            self._fold(starts[i], values[i:j])
+            i = j
+
+    def _fold_each(self, starts: Any, values: list) -> None:
+        """Fold ``values`` (in order) into the in-memory accumulators of their windows ``starts``
+        (live ones, none spilled) with a user's function: per record the key (from C), the
+        window's dict, one lookup and the user's ``reduce`` or ``add``."""
+        window, new_window, key_of = self._wins.get, self._window_of, self.key_selector
         if self.spec.kind == "reduce":
             reduce = self._reduce
-            for v in values:
-                k = key_of(v)
+            for start, k, v in zip(starts, map(key_of, values), values):
+                d = window(start)
+                if d is None:
+                    d = new_window(start)
+                acc = d.get(k, MISSING)
+                d[k] = v if acc is MISSING else reduce(acc, v)
+        else:
+            add, create = self.spec.function.add, self.spec.function.create_accumulator
+            for start, k, v in zip(starts, map(key_of, values), values):
+                d = window(start)
+                if d is None:
+                    d = new_window(start)
+                acc = d.get(k, MISSING)
+                d[k] = add(v, create() if acc is MISSING else acc)
+
+    def _fold(self, start: int, values: list) -> None:
+        """Fold ``values`` (in order) into the accumulators of window ``start``."""
+        if start not in self._on_disk:
+            if self._kernel is not None:
+                self._kernel(self._window_of(start), self.key_selector, values)
+            else:
+                self._fold_each(repeat(start), values)
+            return
+        d = self._window_of(start)
+        get, load, key_of = d.get, self.backend.get, self.key_selector
+        if self.spec.kind == "reduce":  # spilled: a miss in memory reads the backend
+            reduce = self._reduce
+            for k, v in zip(map(key_of, values), values):
                 acc = get(k, MISSING)
-                if acc is MISSING and disk:
+                if acc is MISSING:
                     acc = load(CONTENTS, (k, start))
                 d[k] = v if acc is MISSING else reduce(acc, v)
         else:
             add, create = self.spec.function.add, self.spec.function.create_accumulator
-            for v in values:
-                k = key_of(v)
+            for k, v in zip(map(key_of, values), values):
                 acc = get(k, MISSING)
                 if acc is MISSING:
-                    if disk:
-                        acc = load(CONTENTS, (k, start))
+                    acc = load(CONTENTS, (k, start))
                     if acc is MISSING:
                         acc = create()
                 d[k] = add(v, acc)
@@ -306,18 +357,23 @@ class AlignedWindowOperator(WindowOperator):
             spilled = self._on_disk.intersection(due)
             if spilled:
                 self._unspill(spilled)
-        spec = self.spec
+        spec, out = self.spec, self._out
+        get_result = None if self._identity_result else spec.function.get_result
         for start in due:
             d = self._wins.pop(start)
             end_ts = start + size - 1
-            if spec.window_function is None:
-                # no window function: a whole window's results at C speed where possible
-                accs = d.values() if self._identity_result else map(spec.function.get_result, d.values())
-                self._out.extend(zip(repeat(end_ts), accs))
-            else:
-                window = TimeWindow(start, end_ts + 1)
-                for k, acc in d.items():
-                    self._emit_result(k, window, acc)
+            results = d.values() if get_result is None else map(get_result, d.values())
+            if spec.window_function is None:  # a whole window's results at C speed where possible
+                out.extend(zip(repeat(end_ts), results))
+                continue
+            # the window function per key, called straight (what _emit_result does, less its lookups)
+            call = self._call_window
+            window = self._window = TimeWindow(start, end_ts + 1)
+            for k, result in zip(d, results):  # a dict's keys and values come in the same order
+                self._key = k
+                outputs = call(k, window, [result])
+                if outputs is not None:
+                    out.extend(zip(repeat(end_ts), outputs))
         self._flush()
 
     def _memory_entries(self) -> list:

@@ -113,17 +113,27 @@ class _Context:
         op.emit_side(tag, [(ts, value) if op.timestamped else value])
 
 
-def _call_window_function(fn: Any, all_windows: bool, key: Any, ctx: _Context, window: Any,
-                          values: list) -> Any:
-    if isinstance(fn, (ProcessWindowFunction,)):
-        return fn.process(key, ctx, values)
+def window_function_caller(fn: Any, all_windows: bool, ctx: _Context) -> Callable[[Any, Any, list], Any]:
+    """Bind a window function once: return ``call(key, window, values) -> outputs or None``.
+
+    ``fn`` is a (``Process``)``WindowFunction``, a (``Process``)``AllWindowFunction`` or a plain
+    callable ``(key, window, values)`` (``(window, values)`` for all-windows); ``ctx`` is what
+    process functions get as their context.
+    """
+    if isinstance(fn, ProcessWindowFunction):
+        process = fn.process
+        return lambda key, window, values: process(key, ctx, values)
     if isinstance(fn, ProcessAllWindowFunction):
-        return fn.process(ctx, values)
+        process_all = fn.process
+        return lambda key, window, values: process_all(ctx, values)
     if isinstance(fn, WindowFunction):
-        return fn.apply(key, window, values)
+        return fn.apply
     if isinstance(fn, AllWindowFunction):
-        return fn.apply(window, values)
-    return fn(window, values) if all_windows else fn(key, window, values)
+        apply_all = fn.apply
+        return lambda key, window, values: apply_all(window, values)
+    if all_windows:
+        return lambda key, window, values: fn(window, values)
+    return fn
 
 
 class WindowOperator(Operator):
@@ -175,6 +185,10 @@ class WindowOperator(Operator):
         f = self.spec.function
         if self.spec.kind == "reduce":
             self._reduce = f.reduce if isinstance(f, ReduceFunction) else f
+        # process/apply: the function is the window function; reduce/aggregate: the optional one after it
+        window_fn = self.spec.window_function if self.spec.kind in ("reduce", "aggregate") else f
+        if window_fn is not None:
+            self._call_window = window_function_caller(window_fn, self.spec.all_windows, self._ctx)
 
     def close(self) -> None:
         for fn in (self.spec.function, self.spec.window_function):
@@ -332,7 +346,7 @@ class WindowOperator(Operator):
         if spec.kind in ("reduce", "aggregate"):
             self._emit_result(key, window, acc)
         else:
-            self._collect(window, _call_window_function(spec.function, spec.all_windows, key, ctx, window, values))
+            self._collect(window, self._call_window(key, window, values))
         if self.evictor is not None:
             after = self.evictor.evict_after(kept, len(kept), window, ctx)
             self.backend.put(CONTENTS, (key, window), after) if after else self._purge(key, window)
@@ -345,8 +359,7 @@ class WindowOperator(Operator):
             self._collect(window, (result,))
         else:
             self._key, self._window = key, window
-            self._collect(window, _call_window_function(spec.window_function, spec.all_windows, key,
-                                                        self._ctx, window, [result]))
+            self._collect(window, self._call_window(key, window, [result]))
 
     def _collect(self, window: Any, outputs: Any) -> None:
         if outputs is not None:
