@@ -54,7 +54,7 @@ import os
 import re
 import secrets
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
@@ -158,7 +158,7 @@ def _check_encoding(encoding: str) -> None:
         raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; files are split at b'\\n'")
 
 
-class _BlockReader:
+class _BlockReader(ABC):
     """Reads the blocks of :class:`~emrflow.connectors.monitoring.FileSplit`\\ s (byte ranges of files) for
     a line format; :meth:`read_split` yields one batch per block and sets the split's position
     (offset, line) before it yields."""
@@ -184,26 +184,9 @@ class _BlockReader:
         with self._ctx.file_system.open_input(split.path) as f:
             yield from _line_blocks(f, start, split.stop, BLOCK_BYTES, self._reached)
 
+    @abstractmethod
     def read_split(self, split: FileSplit) -> Iterator[list]:
         """Yield the records of ``split`` from its position, a batch per block (see the class)."""
-        raise NotImplementedError  # pragma: no cover - every format's reader defines it
-
-    def _convert(self, block: bytes, split: FileSplit, index: int) -> list:
-        """The records of a block whose first line is line ``index`` of ``split``: by ``_fast`` (C speed,
-        raises if any line is bad), else line by line by ``_slow``, which reports the bad lines."""
-        try:
-            batch = self._fast(block)
-        except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
-            batch = None
-        if batch is None:  # outside the except clause: a BadRecordError has no internal cause
-            batch = self._slow(block, split, index)
-        return batch
-
-    def _fast(self, block: bytes) -> list:
-        raise NotImplementedError  # pragma: no cover - formats with _convert define it
-
-    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
-        raise NotImplementedError  # pragma: no cover - formats with _convert define it
 
     def _decode_lines(self, block: bytes) -> list[str]:
         """Decode a block and split it into lines without ``\\n`` / ``\\r\\n`` terminators."""
@@ -218,6 +201,45 @@ class _BlockReader:
 
     def close(self) -> None:
         """Nothing to release: a split's file is closed with its :meth:`read_split` iterator."""
+
+
+class _ParsingReader(_BlockReader):
+    """A :class:`_BlockReader` of a format that parses each line into a record (CSV, JSON lines): a
+    block goes through :meth:`_fast` (C speed, fails if any line is bad), else line by line through
+    :meth:`_parse_line`, which names what is wrong with each bad line."""
+
+    def _convert(self, block: bytes, split: FileSplit, index: int) -> list:
+        """The records of a block whose first line is line ``index`` of ``split``: by ``_fast`` (C speed,
+        raises if any line is bad), else line by line by ``_slow``, which reports the bad lines."""
+        try:
+            batch = self._fast(block)
+        except Exception:  # noqa: BLE001 - any failure: find the bad lines one by one
+            batch = None
+        if batch is None:  # outside the except clause: a BadRecordError has no internal cause
+            batch = self._slow(block, split, index)
+        return batch
+
+    @abstractmethod
+    def _fast(self, block: bytes) -> list | None:
+        """The records of a whole block, or ``None`` (or an exception) when a line needs a closer look."""
+
+    @abstractmethod
+    def _parse_line(self, raw: bytes) -> tuple[Any, str | None]:
+        """Return ``(record, None)``, ``(None, None)`` for a line without a record, or ``(None, reason)``."""
+
+    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
+        """Convert a block line by line, reporting (or raising on) its bad lines."""
+        out = []
+        raw_lines = block.split(b"\n")
+        if not raw_lines[-1]:
+            raw_lines.pop()
+        for i, raw in enumerate(raw_lines):
+            record, reason = self._parse_line(raw)
+            if reason is not None:
+                self._bad(split, index + i, reason)
+            elif record is not None:
+                out.append(record)
+        return out
 
 
 class _TextReader(_BlockReader):
@@ -513,7 +535,7 @@ class CsvSource(FileSource):
                                          encoding))
 
 
-class _CsvReader(_BlockReader):
+class _CsvReader(_ParsingReader):
     def __init__(self, source: CsvFormat, ctx: SubtaskContext):
         super().__init__(ctx, source.encoding, source.fail_on_bad_records)
         self._src = source
@@ -596,20 +618,6 @@ class _CsvReader(_BlockReader):
         if flat[n::n + 1].count("\n") != len(lines):
             return None
         return flat
-
-    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
-        """Convert a block line by line, reporting (or raising on) its bad lines."""
-        out = []
-        raw_lines = block.split(b"\n")
-        if not raw_lines[-1]:
-            raw_lines.pop()
-        for i, raw in enumerate(raw_lines):
-            row, reason = self._parse_line(raw)
-            if reason is not None:
-                self._bad(split, index + i, reason)
-            elif row is not None:
-                out.append(row)
-        return out
 
     def _parse_line(self, raw: bytes) -> tuple[tuple | None, str | None]:
         """Return ``(row, None)``, ``(None, None)`` for an empty line, or ``(None, reason)``."""

@@ -41,8 +41,8 @@ from emrflow.connectors.files import (
     _WRITE_BUFFER,
     FileSink,
     WriteMode,
-    _BlockReader,
     _check_encoding,
+    _ParsingReader,
     _PartWriter,
 )
 from emrflow.connectors.monitoring import FileFormat, FileSource, FileSplit
@@ -118,7 +118,7 @@ class JsonLinesSource(FileSource):
         super().__init__(path, JsonLinesFormat(fail_on_bad_records, encoding))
 
 
-class _JsonLinesReader(_BlockReader):
+class _JsonLinesReader(_ParsingReader):
     def __init__(self, source: JsonLinesFormat, ctx: SubtaskContext):
         super().__init__(ctx, source.encoding, source.fail_on_bad_records)
         self._loads = json.JSONDecoder().decode
@@ -142,30 +142,21 @@ class _JsonLinesReader(_BlockReader):
             raise ValueError("not only objects")
         return records
 
-    def _slow(self, block: bytes, split: FileSplit, index: int) -> list:
-        out = []
-        raw_lines = block.split(b"\n")
-        if not raw_lines[-1]:
-            raw_lines.pop()
-        for i, raw in enumerate(raw_lines):
-            try:
-                line = raw.decode(self._encoding)
-            except UnicodeDecodeError as e:
-                self._bad(split, index + i, f"could not decode line as {self._encoding}: {e.reason}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                value = self._loads(line)
-            except json.JSONDecodeError as e:
-                self._bad(split, index + i, f"malformed JSON: {e.msg} (column {e.colno})")
-                continue
-            if type(value) is not dict:
-                self._bad(split, index + i, "expected a JSON object, got a JSON "
-                          + _JSON_TYPES.get(type(value), type(value).__name__))
-                continue
-            out.append(value)
-        return out
+    def _parse_line(self, raw: bytes) -> tuple[dict | None, str | None]:
+        """Return ``(object, None)``, ``(None, None)`` for a blank line, or ``(None, reason)``."""
+        try:
+            line = raw.decode(self._encoding)
+        except UnicodeDecodeError as e:
+            return None, f"could not decode line as {self._encoding}: {e.reason}"
+        if not line.strip():
+            return None, None
+        try:
+            value = self._loads(line)
+        except json.JSONDecodeError as e:
+            return None, f"malformed JSON: {e.msg} (column {e.colno})"
+        if type(value) is not dict:
+            return None, "expected a JSON object, got a JSON " + _JSON_TYPES.get(type(value), type(value).__name__)
+        return value, None
 
 
 class JsonLinesFileSink(FileSink):
