@@ -38,6 +38,7 @@ from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Canc
 from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
 from emrflow.runtime.operators import Operator, Output, create_operator
+from emrflow.runtime.process import set_os_thread_name
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger("emrflow.task")
@@ -202,6 +203,8 @@ class StreamTask:
         """
         self.state = ExecutionState.RUNNING
         current = self.vertex.name
+        suffix = f" {self.subtask_index + 1}/{self.vertex.parallelism}"
+        set_os_thread_name(self.vertex.name[:max(15 - len(suffix), 1)] + suffix)
         try:
             self.writers = self._make_writers()
             self._build_chain()
