@@ -316,6 +316,33 @@ def _name(enum_value) -> str:
     return getattr(enum_value, "name", str(enum_value)).rsplit(".", 1)[-1]
 
 
+
+def skein_security():
+    """Return skein's security credentials (TLS key and certificate between client and driver).
+
+    The same as ``skein.Security.from_default()`` on a machine that has them (in
+    ``$SKEIN_CONFIG``, default ``~/.skein``): those are loaded. On a machine that has none (a
+    fresh EMR primary node, a new laptop) new ones are written there, as skein does, but without
+    skein's ``UserWarning``: it says nothing the user must act on. Two processes writing at once
+    both end up with the one that was written first. Inside a container skein started, the
+    application's own credentials are used, as skein does.
+
+    Returns:
+        A ``skein.Security``.
+    """
+    import skein
+    from skein.core import properties
+    if properties.application_id is not None:  # in a container: the application's credentials
+        return skein.Security.from_default()
+    try:
+        return skein.Security.from_directory(properties.config_dir)
+    except FileNotFoundError:
+        pass
+    try:
+        return skein.Security.new_credentials().to_directory(properties.config_dir)
+    except FileExistsError:  # another process wrote them just now
+        return skein.Security.from_directory(properties.config_dir)
+
 class YarnClient:
     """The YARN operations emrflow needs, through skein, with skein's errors made clear.
 
@@ -342,7 +369,7 @@ class YarnClient:
         # skein's Java driver logs to this process's stderr: only its errors, unless asked for more
         verbose = os.environ.get("EMRFLOW_LOG_LEVEL", "").upper() in ("DEBUG", "INFO")
         try:
-            self.client = skein.Client(principal=principal, keytab=keytab,
+            self.client = skein.Client(principal=principal, keytab=keytab, security=skein_security(),
                                        log_level="INFO" if verbose else "ERROR")
         except Exception as exc:  # noqa: BLE001 - skein raises several driver errors
             raise ClusterError(f"cannot start skein's YARN client: {exc}") from exc

@@ -14,6 +14,8 @@ import psutil
 import pytest
 import skein
 
+from emrflow.deploy.yarn import skein_security
+
 pytestmark = [pytest.mark.yarn,
               # skein 0.8's Client uses distutils' LooseVersion
               pytest.mark.filterwarnings("ignore:distutils Version classes are deprecated:DeprecationWarning")]
@@ -64,7 +66,8 @@ def skein_client(yarn_cluster):
     with pytest.MonkeyPatch.context() as mp:  # the driver reads the environment only at its start
         for key, value in yarn_cluster.env.items():
             mp.setenv(key, value)
-        client = skein.Client(log=False)
+        # skein_security: on a machine without ~/.skein, skein's own default warns (an error here)
+        client = skein.Client(log=False, security=skein_security())
     with client:
         yield client
         for report in client.get_applications():
