@@ -316,7 +316,6 @@ def _name(enum_value) -> str:
     return getattr(enum_value, "name", str(enum_value)).rsplit(".", 1)[-1]
 
 
-
 def skein_security():
     """Return skein's security credentials (TLS key and certificate between client and driver).
 
@@ -342,6 +341,7 @@ def skein_security():
         return skein.Security.new_credentials().to_directory(properties.config_dir)
     except FileExistsError:  # another process wrote them just now
         return skein.Security.from_directory(properties.config_dir)
+
 
 class YarnClient:
     """The YARN operations emrflow needs, through skein, with skein's errors made clear.
