@@ -324,6 +324,10 @@ _OPTION_ROWS: list[tuple[Any, ...]] = [
      "producer may have in flight to one consumer before it blocks (Flink option).", (), 1),
     ("taskmanager.network.batch-size", "int", 1024, "Records per network buffer (emrflow-specific: "
      "emrflow's buffers count records, not bytes).", (), 1),
+    ("taskmanager.network.columnar-exchange", "bool", True, "Let a source that reads typed columns "
+     "(the CSV source, through pyarrow) pass them to the exchange as columns when no operator is "
+     "chained after it: key groups are then computed over whole columns and buffers cross "
+     "processes as Arrow IPC (emrflow-specific; false: rows, as every other source).", ()),
     ("taskmanager.memory.process.size", "memory", 1728 * _MIB,
      "Total memory of a TaskManager process, e.g. its YARN container size (Flink option)."),
     ("jobmanager.memory.process.size", "memory", 1600 * _MIB,

@@ -36,6 +36,7 @@ from emrflow.api.functions import (
 )
 from emrflow.api.transformations import AggregationSpec, Transformation
 from emrflow.errors import JobGraphError
+from emrflow.runtime.network.columns import FieldTuple
 
 if TYPE_CHECKING:
     from emrflow.api.environment import StreamExecutionEnvironment
@@ -71,8 +72,7 @@ def key_selector_of(key: Any) -> Callable[[Any], Any]:
     if isinstance(key, tuple) and key and all(isinstance(k, int) for k in key):
         if len(key) > 1:
             return operator.itemgetter(*key)
-        position = key[0]
-        return lambda r: (r[position],)
+        return FieldTuple(key[0])
     if callable(key) and not isinstance(key, type):
         return key
     raise TypeError(f"key_by expects a callable, KeySelector, int, tuple of int or str, got {key!r}")

@@ -50,6 +50,10 @@ class SubtaskContext:
         metric_group: the operator subtask's :class:`~emrflow.connectors.metric_group.MetricGroup`
             (Flink's ``SourceReaderContext.metricGroup()`` / ``SinkWriter.InitContext.metricGroup()``):
             counters and gauges registered there are served by the REST API and Prometheus.
+        columnar: the runtime takes :class:`~emrflow.runtime.network.columns.ColumnBatch`
+            batches from this source reader (its records go straight to the exchange;
+            ``taskmanager.network.columnar-exchange``); a reader may then yield them instead
+            of lists. Readers that ignore it are correct.
     """
 
     operator_name: str
@@ -63,6 +67,7 @@ class SubtaskContext:
     file_system: FileSystem = field(default_factory=FileSystem)
     send_split_request: Callable[[], None] = lambda: None
     metric_group: MetricGroup = field(default_factory=MetricGroup)
+    columnar: bool = False
 
 
 class SourceReader(ABC):

@@ -63,6 +63,7 @@ from emrflow.connectors.base import Sink, SinkWriter, SubtaskContext
 from emrflow.connectors.monitoring import FileFormat, FileSource, FileSplit
 from emrflow.errors import BadRecordError, InputNotFoundError, OutputCorruptError, OutputExistsError
 from emrflow.fs import FileSystem
+from emrflow.runtime.network.columns import ColumnBatch
 
 log = logging.getLogger(__name__)
 
@@ -404,8 +405,9 @@ class _ArrowCsv:
                 and any(t is not str for t in types)
                 and source.delimiter.isascii() and codecs.lookup(source.encoding).name in _ARROW_ENCODINGS)
 
-    def batches(self, blocks: list[bytes], newlines: list[int]) -> list[list] | None:
-        """Return one list of row tuples per block, or ``None`` if any block needs the per-block path.
+    def record_batch(self, blocks: list[bytes], newlines: list[int]) -> Any:
+        """Parse consecutive blocks into one ``pyarrow.RecordBatch`` (one row per line), or
+        return ``None`` if any block needs the per-block path.
 
         Args:
             blocks: consecutive blocks of whole lines (only the file's last line may lack its ``\\n``).
@@ -425,7 +427,9 @@ class _ArrowCsv:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        counts = [n + (b[-1:] not in (b"\n", b"")) for b, n in zip(blocks, newlines)]  # rows: a line is one
+        rows = sum(n + (b[-1:] not in (b"\n", b"")) for b, n in zip(blocks, newlines))  # a line is one
+        if not rows:
+            return None
         size = max(1 << 20, 1 << len(data).bit_length())  # one pyarrow block holds all the data
         options = self._read_options.get(size)
         if options is None:
@@ -436,9 +440,24 @@ class _ArrowCsv:
                                        parse_options=self._parse, convert_options=self._convert)
         except (self._pa.ArrowException, ValueError):
             return None
-        if table.num_rows != sum(counts) or any(c.null_count for c in table.columns):
+        if table.num_rows != rows or any(c.null_count for c in table.columns):
             return None
-        rows = zip(*[c.to_pylist() for c in table.columns])
+        return table.combine_chunks().to_batches()[0]
+
+    def batches(self, blocks: list[bytes], newlines: list[int]) -> list[list] | None:
+        """Return one list of row tuples per block, or ``None`` if any block needs the per-block path.
+
+        Args:
+            blocks: consecutive blocks of whole lines (only the file's last line may lack its ``\\n``).
+            newlines: ``block.count(b"\\n")`` of each block.
+        """
+        counts = [n + (b[-1:] not in (b"\n", b"")) for b, n in zip(blocks, newlines)]
+        if not sum(counts):
+            return [[] for _ in blocks]
+        batch = self.record_batch(blocks, newlines)
+        if batch is None:
+            return None
+        rows = iter(ColumnBatch(batch).rows())
         return [list(islice(rows, c)) for c in counts]
 
 
@@ -547,6 +566,8 @@ class _CsvReader(_ParsingReader):
         self._qbytes = q.encode(source.encoding) if q is not None else None
         self._split_fields = operator.methodcaller("split", source.delimiter)
         self._arrow = _ArrowCsv(source, self._n) if self._n is not None and _ArrowCsv.usable(source) else None
+        # the runtime takes column batches: a run pyarrow parses is yielded as one, unconverted
+        self._columnar = self._arrow is not None and ctx.columnar
 
     def read_split(self, split: FileSplit) -> Iterator[list]:
         header, reached = self._src.header, self._reached
@@ -571,6 +592,13 @@ class _CsvReader(_ParsingReader):
         """Yield the batch of each block of a run, by pyarrow if it can, else block by block;
         after each, the read position is just after that block, as if read alone."""
         batches = None
+        if self._columnar and run:
+            columns = self._arrow.record_batch([r[0] for r in run], [r[3] for r in run])
+            if columns is not None:
+                _block, reached, index, lines = run[-1]
+                split.offset, split.line = reached, index + lines
+                yield ColumnBatch(columns)
+                return
         if self._arrow is not None and run:
             batches = self._arrow.batches([r[0] for r in run], [r[3] for r in run])
         for k, (block, reached, index, lines) in enumerate(run):

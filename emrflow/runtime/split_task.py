@@ -56,10 +56,14 @@ def run_split_source(task: "StreamTask", head: Any, node: Any) -> None:
         Cancelled: the task was cancelled.
     """
     from emrflow.runtime.operators.basic import TimestampsOperator
-    reader = node.function.create_split_reader(task._subtask_context(node))
-    task._split_reader = reader
     nxt = head.next_operators
     stamps = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], TimestampsOperator) else None
+    ctx = task._subtask_context(node)
+    # the records go straight to record writers: they may stay columns up to the exchange
+    ctx.columnar = (not nxt and not head.side_outputs and bool(head.output.writers)
+                    and bool(task.job.config.get("taskmanager.network.columnar-exchange")))
+    reader = node.function.create_split_reader(ctx)
+    task._split_reader = reader
     if stamps is not None:
         stamps.enable_per_split()
         task._split_stamps = stamps

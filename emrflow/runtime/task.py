@@ -34,7 +34,8 @@ from emrflow.fs import FileSystem
 from emrflow.graph.jobgraph import JobGraph, JobVertex
 from emrflow.runtime import checkpoint as chk
 from emrflow.runtime.jobmanager.states import ExecutionState
-from emrflow.runtime.network.channels import BROKEN, BYTES, EVENT, RECORDS, Cancelled, InputGate
+from emrflow.runtime.network.channels import BROKEN, BYTES, COLUMNS, EVENT, RECORDS, Cancelled, InputGate
+from emrflow.runtime.network.columns import ColumnBatch
 from emrflow.runtime.network.events import END_OF_PARTITION, CheckpointBarrier, Watermark, WatermarkStatus
 from emrflow.runtime.network.writers import FlushTimer, RecordWriter
 from emrflow.runtime.operators import Operator, Output, create_operator
@@ -418,7 +419,11 @@ class StreamTask:
                 self.busy_s += clock() - t0
             elif kind == RECORDS:
                 t0 = clock()
-                process(payload)
+                process(payload.rows() if type(payload) is ColumnBatch else payload)
+                self.busy_s += clock() - t0
+            elif kind == COLUMNS:
+                t0 = clock()
+                process(ColumnBatch.from_bytes(payload).rows())
                 self.busy_s += clock() - t0
             elif kind == EVENT:
                 if type(payload) is CheckpointBarrier:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from emrflow.connectors import files
 from emrflow.connectors.base import SubtaskContext
 from emrflow.connectors.files import CsvSource
+from emrflow.runtime.network.columns import ColumnBatch
 from tests.unit.test_split_runtime import polled_batches, subtask_reader
 
 hypothesis.configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="emrflow-hypothesis-"))
@@ -49,11 +50,12 @@ def arrow_calls(enabled: bool, block_bytes: int | None = None, arrow_bytes: int 
         yield calls
 
 
-def read(source: CsvSource, parallelism: int) -> tuple[list, list]:
+def read(source: CsvSource, parallelism: int, columnar: bool = False) -> tuple[list, list]:
     """Every subtask's (batch, read position after it) in turn, and the bad-record reports."""
     out, bad = [], []
     for i in range(parallelism):
-        ctx = SubtaskContext("src", i, parallelism, report_bad_record=lambda p, n, r: bad.append((p, n, r)))
+        ctx = SubtaskContext("src", i, parallelism, report_bad_record=lambda p, n, r: bad.append((p, n, r)),
+                             columnar=columnar)
         reader = subtask_reader(source, ctx)
         try:
             for batch in polled_batches(reader):
@@ -110,6 +112,39 @@ def test_tricky_lines_in_every_position_give_the_same_batches_positions_and_repo
                 assert calls["parsed"] > 0 and calls["refused"] > 0, calls
     bad_reasons = {r for _, _, r in reference[1]}
     assert "expected 4 fields, got 5" in bad_reasons and "field 1 'id': could not convert '1.0' to int" in bad_reasons
+
+
+@pytest.mark.parametrize("block_bytes, arrow_bytes", [(None, None), (7, 64), (40, 10), (64, 700)])
+def test_column_batches_hold_the_same_rows_positions_and_reports(tmp_path, block_bytes, arrow_bytes):
+    """With ``ctx.columnar`` (records go straight to the exchange) a run pyarrow parses is one
+    ColumnBatch: its rows, the position after it and the bad-line reports are the per-block path's."""
+    good = [f"{i},name {i},{i / 8},{'true' if i % 2 else '0'}" for i in range(60)]
+    lines = []
+    for k, tricky in enumerate(TRICKY_LINES):
+        lines += good[k % 9:k % 9 + 30] + [tricky]
+    path = tmp_path / "t.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    source = CsvSource(str(path), header=True, names=["id", "name", "score", "flag"], types=TYPES)
+    for parallelism in (1, 2):
+        with arrow_calls(False, block_bytes=block_bytes, arrow_bytes=arrow_bytes):
+            reference, ref_bad = read(source, parallelism)
+        with arrow_calls(True, block_bytes=block_bytes, arrow_bytes=arrow_bytes):
+            got, bad = read(source, parallelism, columnar=True)
+        assert bad == ref_bad
+        rows = [r for batch, _ in got for r in (batch.rows() if type(batch) is ColumnBatch else batch)]
+        assert typed_identical(rows, [r for batch, _ in reference for r in batch])
+        # the position after each batch is the per-block path's after the same rows
+        seen, after = 0, {}
+        for batch, position in reference:
+            seen += len(batch)
+            after[seen] = position
+        seen = 0
+        for batch, position in got:
+            seen += len(batch)
+            assert after[seen] == position
+        if arrow_bytes is not None:
+            kinds = {type(batch) for batch, _ in got}
+            assert kinds == {ColumnBatch, list}, kinds
 
 
 def test_every_tricky_line_alone_after_good_lines(tmp_path):

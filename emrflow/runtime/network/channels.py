@@ -12,7 +12,8 @@ flight, whatever the speeds (Flink's credit-based flow control).
   list object itself is handed over (no serialisation).
 * :class:`RemoteChannel`: a TCP connection to the consumer's slot process; a
   buffer is one pickled frame (:func:`dumps_buffer`: one pickle of the whole
-  list, never one per record). Credits come back on the same connection.
+  list, never one per record), a :class:`~emrflow.runtime.network.columns.ColumnBatch`
+  one Arrow IPC stream frame. Credits come back on the same connection.
 
 On the consumer side an :class:`InputGate` merges all channels of a subtask
 into one queue; the :class:`DataServer` of the slot process accepts TCP
@@ -33,6 +34,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from emrflow.runtime.network.columns import ColumnBatch
 from emrflow.runtime.rpc import ConnectionClosed, recv_exact
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ BYTES = 1      # a pickled list of records (TCP channels)
 EVENT = 2      # an in-band event object
 CREDIT = 3     # consumer -> producer: credits returned (TCP only)
 BROKEN = 4     # the channel failed; payload is the reason (gate entries only)
+COLUMNS = 5    # a ColumnBatch as an Arrow IPC stream (TCP channels)
 
 _HDR = struct.Struct("!IB")
 _CREDIT_FRAME = _HDR.pack(0, CREDIT)
@@ -198,10 +201,14 @@ class RemoteChannel:
             return
 
     def send_records(self, records: list) -> float:
-        """Pickle and send a buffer; returns seconds spent waiting for credit."""
+        """Serialise and send a buffer (a list, pickled; a column batch, as Arrow IPC); returns
+        seconds spent waiting for credit."""
         waited = self._credits.take()
-        data = dumps_buffer(records)
-        self._sock.sendall(_HDR.pack(len(data), BYTES) + data)
+        if type(records) is ColumnBatch:
+            data, kind = records.to_bytes(), COLUMNS
+        else:
+            data, kind = dumps_buffer(records), BYTES
+        self._sock.sendall(_HDR.pack(len(data), kind) + data)
         return waited
 
     def send_event(self, event: Any) -> float:
@@ -316,6 +323,8 @@ class DataServer:
                     ev = pickle.loads(payload)
                     ended = type(ev).__name__ == "EndOfPartition"
                     put((channel, EVENT, ev))
+                elif kind == COLUMNS:
+                    put((channel, COLUMNS, payload))
                 else:
                     put((channel, BYTES, payload))
         except (OSError, ConnectionClosed) as exc:

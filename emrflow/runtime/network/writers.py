@@ -14,7 +14,16 @@ Partitioners, as Flink's:
   lookup is memoised in a dict that maps a key straight to its consumer's
   staging list, so a batch is split in one C-level pass (a dict lookup and a
   ``list.append`` per record, no Python frame); only a key seen for the first
-  time runs the stable hash in Python.
+  time runs the stable hash in Python. A :class:`~emrflow.runtime.network.columns.ColumnBatch`
+  (records still in the source's typed columns) under a key of field positions
+  (``key_by(1)``, ``key_by((1, 0))``) gets its key groups computed over whole columns and
+  is split with Arrow's ``filter``, so no Python object per record is made here.
+
+Every writer takes column batches: those that cannot route them by column
+(``rebalance`` to several consumers, a key given as a function) turn them into
+rows first. A channel's staged column batches are sent before a record buffer
+for the same channel and the other way round, so each consumer sees records in
+the producer's order.
 
 :class:`CombiningWriter` adds BATCH-mode local aggregation in front of a hash
 writer (a combiner): records of the same key are pre-aggregated with the
@@ -28,6 +37,7 @@ from collections import deque
 from typing import Any, Callable
 
 from emrflow.graph.keygroups import KeyToSubtask
+from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, key_fields
 
 
 class RecordWriter:
@@ -42,10 +52,16 @@ class RecordWriter:
         self.channels = channels
         self.batch_size = batch_size
         self._buffers: list[list] = [[] for _ in channels]
+        # column batches waiting per channel (a channel holds either these or a record buffer,
+        # never both, so the consumer sees the producer's order)
+        self._columns: list[list[ColumnBatch]] = [[] for _ in channels]
+        self._column_rows = [0] * len(channels)
         #: seconds spent blocked on credit (back-pressured time)
         self.backpressured_s = 0.0
 
     def _emit_to(self, idx: int, records: list) -> None:
+        if self._column_rows[idx]:
+            self._send_columns(idx)
         buf = self._buffers[idx]
         if not buf and len(records) >= self.batch_size:
             self.backpressured_s += self.channels[idx].send_records(records)
@@ -55,8 +71,24 @@ class RecordWriter:
             self._buffers[idx] = []
             self.backpressured_s += self.channels[idx].send_records(buf)
 
+    def _emit_columns(self, idx: int, batch: ColumnBatch) -> None:
+        """Stage a column batch for channel ``idx``; send once ``batch_size`` rows are staged."""
+        buf = self._buffers[idx]
+        if buf:
+            self._buffers[idx] = []
+            self.backpressured_s += self.channels[idx].send_records(buf)
+        self._columns[idx].append(batch)
+        self._column_rows[idx] += len(batch)
+        if self._column_rows[idx] >= self.batch_size:
+            self._send_columns(idx)
+
+    def _send_columns(self, idx: int) -> None:
+        parts, self._columns[idx] = self._columns[idx], []
+        self._column_rows[idx] = 0
+        self.backpressured_s += self.channels[idx].send_records(ColumnBatch.concat(parts))
+
     def write_batch(self, records: list) -> None:
-        """Partition ``records`` into the channels' buffers."""
+        """Partition ``records`` (a list, or a :class:`ColumnBatch`) into the channels' buffers."""
         raise TypeError(f"{type(self).__name__} does not partition")  # every subclass overrides
 
     def flush(self) -> None:
@@ -65,6 +97,8 @@ class RecordWriter:
             if buf:
                 self._buffers[idx] = []
                 self.backpressured_s += self.channels[idx].send_records(buf)
+            elif self._column_rows[idx]:
+                self._send_columns(idx)
 
     def end_input(self) -> None:
         """Called once when the producer's input ended, before the final flush."""
@@ -85,7 +119,10 @@ class ForwardWriter(RecordWriter):
     """Sends everything to the single consumer with the producer's index."""
 
     def write_batch(self, records: list) -> None:
-        self._emit_to(0, records)
+        if type(records) is ColumnBatch:
+            self._emit_columns(0, records)
+        else:
+            self._emit_to(0, records)
 
 
 class RebalanceWriter(RecordWriter):
@@ -97,6 +134,11 @@ class RebalanceWriter(RecordWriter):
 
     def write_batch(self, records: list) -> None:
         n = len(self.channels)
+        if type(records) is ColumnBatch:
+            if n == 1:
+                self._emit_columns(0, records)
+                return
+            records = records.rows()
         if n == 1:
             self._emit_to(0, records)
             return
@@ -110,8 +152,9 @@ class BroadcastWriter(RecordWriter):
     """Every record to every consumer."""
 
     def write_batch(self, records: list) -> None:
+        emit = self._emit_columns if type(records) is ColumnBatch else self._emit_to
         for idx in range(len(self.channels)):
-            self._emit_to(idx, records)
+            emit(idx, records)
 
 
 class HashWriter(RecordWriter):
@@ -133,9 +176,27 @@ class HashWriter(RecordWriter):
         self._stages: list[list] = [[] for _ in channels]
         self._route = KeyToSubtask(max_parallelism, len(channels), targets=self._stages)
         self._consume: Callable[[Any], None] = deque(maxlen=0).extend
+        self._fields = key_fields(key_selector)  # (positions, composite), or None for a function
+        self._key_columns: KeyColumns | None = None  # made for the first column batch
+        self._max_parallelism = max_parallelism
 
     def write_batch(self, records: list) -> None:
         n = len(self.channels)
+        if type(records) is ColumnBatch:
+            if n == 1:
+                self._emit_columns(0, records)
+                return
+            subtasks = None
+            if self._fields is not None:
+                if self._key_columns is None:
+                    self._key_columns = KeyColumns(*self._fields, self._max_parallelism, n)
+                subtasks = self._key_columns.subtasks(records)
+            if subtasks is not None:
+                for idx, part in enumerate(records.split(subtasks, n)):
+                    if part is not None:
+                        self._emit_columns(idx, part)
+                return
+            records = records.rows()
         if n == 1:  # one consumer: the key cannot change the target
             self._emit_to(0, records)
             return
@@ -186,6 +247,8 @@ class CombiningWriter(HashWriter):
         if not self.active:
             HashWriter.write_batch(self, records)
             return
+        if type(records) is ColumnBatch:
+            records = records.rows()
         self._agg.fold(self._table, list(map(self.key_selector, records)), records)
         self._seen += len(records)
         if self._seen >= self._probe and len(self._table) > self._ratio * self._seen:

@@ -1,0 +1,307 @@
+"""Column batches: records that cross an exchange as typed columns, never as Python objects.
+
+A :class:`ColumnBatch` is a batch of flat records (tuples of ``int``, ``float``,
+``str``, ``bool``) held as the columns of one ``pyarrow.RecordBatch``. The CSV
+source produces them straight from ``pyarrow.csv`` when its records go to a
+record writer with nothing chained in between; the hash writer then assigns
+key groups to a whole batch at once (:class:`KeyColumns`) and splits it by
+consumer with Arrow's ``filter``; a TCP channel sends a part as one Arrow IPC
+stream message; the consumer turns it into the same row tuples the source
+would have made (:meth:`ColumnBatch.rows`). So the producer of a keyed exchange
+never allocates a Python object per record, and the consumer allocates its
+records in order, right before it uses them.
+
+The key-group assignment is exactly that of :func:`emrflow.graph.keygroups.stable_hash`
+and Flink's ``KeyGroupRangeAssignment`` for every key, computed over columns:
+
+* an integer (or bool, or integral float in the int64 range) ``v``: the CRC-32 of its
+  8 little-endian bytes, evaluated as the XOR of four 65,536-entry tables indexed by
+  the value's four 16-bit words (CRC-32 is affine over GF(2), so the CRC of the
+  whole is the XOR of the words' contributions and the CRC of zero);
+* any other float: the CRC-32 of its 8 IEEE-754 bytes, the same way;
+* a string: :func:`stable_hash` of each distinct value, memoised per column;
+* a composite key ``(a, b, ...)``: the tuple combination ``h = (h * 1000003) ^ item``
+  from ``0x345678 ^ len``, in 64-bit integer arithmetic masked to 32 bits;
+* then MurmurHash3's finaliser, ``% max_parallelism``, and the key group's subtask.
+
+``tests/unit/test_columns.py`` compares it with :func:`stable_hash` and
+:func:`~emrflow.graph.keygroups.assign_key_to_subtask` on random keys of every kind.
+
+NumPy and pyarrow are imported when the first column batch is made or routed, so
+processes that never see one do not pay for the imports.
+"""
+
+from __future__ import annotations
+
+import operator
+import zlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from emrflow.graph.keygroups import stable_hash, subtask_table
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+_CRC_ZERO = zlib.crc32(bytes(8))
+_INT64_MIN, _INT64_END = -(2.0 ** 63), 2.0 ** 63
+_MASK32 = 0xFFFFFFFF
+_tables: "np.ndarray | None" = None
+
+
+def _crc_tables() -> np.ndarray:
+    """Four tables ``T[j][w]``: the CRC-32 contribution of 16-bit word ``w`` at word ``j`` of 8 bytes.
+
+    Built from the contributions of single bytes (8 x 256 ``zlib.crc32`` calls): by
+    linearity, a word's contribution is the XOR of its two bytes' contributions.
+    """
+    global _tables
+    if _tables is None:
+        import numpy as np
+        byte = np.array([[zlib.crc32(bytes(k) + bytes([v]) + bytes(7 - k)) ^ _CRC_ZERO
+                          for v in range(256)] for k in range(8)], dtype=np.uint32)
+        words = np.arange(1 << 16)
+        _tables = np.stack([byte[2 * j][words & 0xFF] ^ byte[2 * j + 1][words >> 8] for j in range(4)])
+    return _tables
+
+
+def crc32_words(values: np.ndarray) -> np.ndarray:
+    """CRC-32 of each element's 8 little-endian bytes.
+
+    Args:
+        values: a 1-D array of 8-byte elements (``int64``, ``uint64`` or ``float64``).
+
+    Returns:
+        ``uint64`` array of 32-bit CRCs, equal to ``zlib.crc32`` of each element's bytes.
+    """
+    import numpy as np
+    t = _crc_tables()
+    w = np.ascontiguousarray(values).view("<u2").reshape(-1, 4)
+    c = np.take(t[0], w[:, 0])
+    c ^= np.take(t[1], w[:, 1])
+    c ^= np.take(t[2], w[:, 2])
+    c ^= np.take(t[3], w[:, 3])
+    c ^= np.uint32(_CRC_ZERO)
+    return c.astype(np.uint64)
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser over a ``uint64`` array of 32-bit values."""
+    import numpy as np
+    u = np.uint64
+    h = h ^ (h >> u(16))
+    h *= u(0x85EBCA6B)
+    h &= u(_MASK32)
+    h ^= h >> u(13)
+    h *= u(0xC2B2AE35)
+    h &= u(_MASK32)
+    h ^= h >> u(16)
+    return h
+
+
+class _StrHashes(dict):
+    """A bounded memo ``value -> stable_hash(value)`` for string and other non-numeric key columns."""
+
+    def __missing__(self, key: Any) -> int:
+        if len(self) >= 200_000:
+            self.clear()
+        h = self[key] = stable_hash(key)
+        return h
+
+
+class KeyColumns:
+    """Key-group routing of whole column batches: the consumer subtask of every row.
+
+    Args:
+        positions: the key's field positions.
+        composite: whether the key is the tuple of those fields (``key_by((1, 0))``) rather
+            than the single field itself (``key_by(1)``).
+        max_parallelism: number of key groups of the consumer.
+        parallelism: number of consumer subtasks.
+    """
+
+    def __init__(self, positions: tuple[int, ...], composite: bool, max_parallelism: int,
+                 parallelism: int):
+        import numpy as np
+        self.positions = positions
+        self.composite = composite
+        self._maxp = np.uint64(max_parallelism)
+        self._table = np.array(subtask_table(max_parallelism, parallelism), dtype=np.intp)
+        self._memos: dict[int, _StrHashes] = {}
+
+    def _column_hash(self, position: int, column: "pa.Array") -> "np.ndarray | None":
+        import numpy as np
+        import pyarrow as pa
+        t = column.type
+        if column.null_count:
+            return None
+        if pa.types.is_boolean(t) or (pa.types.is_integer(t) and (pa.types.is_signed_integer(t)
+                                                                   or t.bit_width < 64)):
+            return crc32_words(column.to_numpy(zero_copy_only=False).astype(np.int64))
+        if pa.types.is_floating(t):
+            x = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                integral = (np.floor(x) == x) & (x >= _INT64_MIN) & (x < _INT64_END)
+            if integral.all():
+                return crc32_words(x.astype(np.int64))
+            h = crc32_words(x)
+            if integral.any():
+                h[integral] = crc32_words(x[integral].astype(np.int64))
+            return h
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+            memo = self._memos.get(position)
+            if memo is None:
+                memo = self._memos[position] = _StrHashes()
+            return np.fromiter(map(memo.__getitem__, column.to_pylist()), dtype=np.uint64,
+                               count=len(column))
+        return None
+
+    def subtasks(self, batch: "ColumnBatch") -> "np.ndarray | None":
+        """Return each row's consumer subtask index (``intp`` array, one per row), or ``None``
+        when a key column has a type or a null this routing does not handle (the caller then
+        routes the rows one by one)."""
+        rb = batch.record_batch
+        if max(self.positions) >= rb.num_columns:
+            return None
+        hashes = []
+        for p in self.positions:
+            h = self._column_hash(p, rb.column(p))
+            if h is None:
+                return None
+            hashes.append(h)
+        if self.composite:
+            import numpy as np
+            h = np.full(len(rb), 0x345678 ^ len(hashes), dtype=np.uint64)
+            for x in hashes:
+                h *= np.uint64(1000003)
+                h &= np.uint64(_MASK32)
+                h ^= x
+        else:
+            h = hashes[0]
+        return self._table[_fmix(h) % self._maxp]
+
+
+class FieldTuple:
+    """A key selector ``record -> (record[position],)``: ``key_by((position,))``.
+
+    A class rather than a lambda so that the hash writer can see the field position.
+    """
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int):
+        self.position = position
+
+    def __call__(self, record: Any) -> tuple:
+        return (record[self.position],)
+
+    def __reduce__(self):
+        return (FieldTuple, (self.position,))
+
+
+def key_fields(key_selector: Callable[[Any], Any]) -> tuple[tuple[int, ...], bool] | None:
+    """Return ``(positions, composite)`` when ``key_selector`` selects fields by position
+    (``operator.itemgetter`` of ints, as ``key_by(1)`` and ``key_by((1, 0))`` build it, or
+    :class:`FieldTuple`), else ``None``."""
+    if isinstance(key_selector, FieldTuple):
+        return (key_selector.position,), True
+    if type(key_selector) is operator.itemgetter:
+        items = key_selector.__reduce__()[1]
+        if items and all(type(i) is int and i >= 0 for i in items):
+            return tuple(items), len(items) > 1
+    return None
+
+
+class ColumnBatch:
+    """A batch of flat records held as columns (one ``pyarrow.RecordBatch``).
+
+    Row ``i`` is the tuple of the columns' ``i``-th values, as Python objects of the
+    columns' types (``int64`` -> ``int``, ``double`` -> ``float``, ``string`` -> ``str``,
+    ``bool`` -> ``bool``).
+
+    Args:
+        record_batch: the columns; no nulls.
+    """
+
+    __slots__ = ("record_batch",)
+
+    def __init__(self, record_batch: "pa.RecordBatch"):
+        self.record_batch = record_batch
+
+    def __len__(self) -> int:
+        return self.record_batch.num_rows
+
+    def __bool__(self) -> bool:
+        return self.record_batch.num_rows > 0
+
+    def rows(self) -> list[tuple]:
+        """Return the records as a list of tuples (allocated now, in order)."""
+        import pyarrow as pa
+        cols = []
+        for c in self.record_batch.columns:
+            t = c.type
+            if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+                cols.append(c.to_numpy(zero_copy_only=False).tolist())
+            else:
+                cols.append(c.to_pylist())
+        return list(zip(*cols))
+
+    def split(self, subtasks: "np.ndarray", n: int) -> list["ColumnBatch | None"]:
+        """Split by consumer: entry ``i`` holds the rows whose ``subtasks`` entry is ``i``, in
+        their order, or ``None`` if there are none."""
+        import numpy as np
+        import pyarrow as pa
+        rb = self.record_batch
+        counts = np.bincount(subtasks, minlength=n)
+        out: list[ColumnBatch | None] = [None] * n
+        if (counts == len(rb)).any():
+            out[int(np.argmax(counts))] = self
+            return out
+        if n <= 4:
+            for i in range(n):
+                if counts[i]:
+                    out[i] = ColumnBatch(rb.filter(pa.array(subtasks == i)))
+            return out
+        taken = rb.take(pa.array(np.argsort(subtasks, kind="stable")))
+        start = 0
+        for i in range(n):
+            c = int(counts[i])
+            if c:
+                out[i] = ColumnBatch(taken.slice(start, c))
+                start += c
+        return out
+
+    @staticmethod
+    def concat(parts: list["ColumnBatch"]) -> "ColumnBatch":
+        """One batch of the rows of ``parts`` in order (they share a schema)."""
+        if len(parts) == 1:
+            return parts[0]
+        import pyarrow as pa
+        table = pa.Table.from_batches([p.record_batch for p in parts])
+        return ColumnBatch(table.combine_chunks().to_batches()[0])
+
+    def to_bytes(self) -> bytes:
+        """Serialise as an Arrow IPC stream (schema and one record batch)."""
+        import pyarrow as pa
+        import pyarrow.ipc as pa_ipc
+        sink = pa.BufferOutputStream()
+        with pa_ipc.new_stream(sink, self.record_batch.schema) as writer:
+            writer.write_batch(self.record_batch)
+        return sink.getvalue().to_pybytes()
+
+    @staticmethod
+    def from_bytes(data: bytes | memoryview) -> "ColumnBatch":
+        """Read what :meth:`to_bytes` wrote."""
+        import pyarrow as pa
+        import pyarrow.ipc as pa_ipc
+        reader = pa_ipc.open_stream(pa.py_buffer(data))
+        batches = [b for b in reader]
+        if len(batches) == 1:
+            return ColumnBatch(batches[0])
+        return ColumnBatch(pa.Table.from_batches(batches, reader.schema).combine_chunks().to_batches()[0])
+
+
+def materialize(batch: Any) -> list:
+    """``batch`` as a list of records: the rows of a :class:`ColumnBatch`, any other batch as is."""
+    return batch.rows() if type(batch) is ColumnBatch else batch
+
