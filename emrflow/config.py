@@ -325,8 +325,8 @@ _OPTION_ROWS: list[tuple[Any, ...]] = [
     ("taskmanager.network.batch-size", "int", 1024, "Records per network buffer (emrflow-specific: "
      "emrflow's buffers count records, not bytes).", (), 1),
     ("taskmanager.network.columnar-exchange", "bool", True, "Let a source that reads typed columns "
-     "(the CSV source, through pyarrow) pass them to the exchange as columns when no operator is "
-     "chained after it: key groups are then computed over whole columns and buffers cross "
+     "(the CSV source, through pyarrow) pass them to the exchange as columns when no operator but "
+     "its timestamp assigner is chained after it: key groups are then computed over whole columns and buffers cross "
      "processes as Arrow IPC (emrflow-specific; false: rows, as every other source).", ()),
     ("taskmanager.memory.process.size", "memory", 1728 * _MIB,
      "Total memory of a TaskManager process, e.g. its YARN container size (Flink option)."),

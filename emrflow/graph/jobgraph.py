@@ -306,8 +306,11 @@ def _physical_inputs(t: Transformation) -> list[tuple[Transformation, str | None
 
 
 def _on_value(key_selector):
-    """A key selector for ``(timestamp, value)`` records that applies ``key_selector`` to the value."""
-    return lambda record, _k=key_selector: _k(record[1])
+    """A key selector for ``(timestamp, value)`` records that applies ``key_selector`` to the value
+    (its ``on_value`` attribute: the hash writer reads field positions from it)."""
+    on_value = lambda record, _k=key_selector: _k(record[1])  # noqa: E731
+    on_value.on_value = key_selector  # type: ignore[attr-defined]
+    return on_value
 
 
 def build_job_graph(transformations: list[Transformation], config: Configuration, name: str,

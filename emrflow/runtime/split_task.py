@@ -59,8 +59,11 @@ def run_split_source(task: "StreamTask", head: Any, node: Any) -> None:
     nxt = head.next_operators
     stamps = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], TimestampsOperator) else None
     ctx = task._subtask_context(node)
-    # the records go straight to record writers: they may stay columns up to the exchange
-    ctx.columnar = (not nxt and not head.side_outputs and bool(head.output.writers)
+    # the records go straight to record writers (or through the timestamp assigner only):
+    # they may stay columns up to the exchange
+    last = head if stamps is None else stamps
+    ctx.columnar = (not last.next_operators and not head.side_outputs and not last.side_outputs
+                    and bool(last.output.writers)
                     and bool(task.job.config.get("taskmanager.network.columnar-exchange")))
     reader = node.function.create_split_reader(ctx)
     task._split_reader = reader

@@ -391,6 +391,7 @@ class StreamTask:
         timer = FlushTimer(timeout_ms)
         wait_s = max(timeout_ms, 10) / 1000.0
         process, loads, ack = head.process_batch, pickle.loads, gate.ack
+        columns = head.takes_columns
         cancel = self.cancel
         clock = time.perf_counter
         valve = WatermarkValve(gate.num_channels)
@@ -419,11 +420,12 @@ class StreamTask:
                 self.busy_s += clock() - t0
             elif kind == RECORDS:
                 t0 = clock()
-                process(payload.rows() if type(payload) is ColumnBatch else payload)
+                process(payload.rows() if type(payload) is ColumnBatch and not columns else payload)
                 self.busy_s += clock() - t0
             elif kind == COLUMNS:
                 t0 = clock()
-                process(ColumnBatch.from_bytes(payload).rows())
+                batch = ColumnBatch.from_bytes(payload)
+                process(batch if columns else batch.rows())
                 self.busy_s += clock() - t0
             elif kind == EVENT:
                 if type(payload) is CheckpointBarrier:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from emrflow.api.datastream import key_selector_of
+from emrflow.graph.jobgraph import _on_value
 from emrflow.runtime.aggregators import ReduceAggregator
 from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, crc32_words, key_fields
 from emrflow.runtime.network.writers import CombiningWriter, ForwardWriter, HashWriter, RebalanceWriter
@@ -95,7 +96,11 @@ def test_only_field_position_selectors_route_columns():
     assert key_fields(key_selector_of((4,))) == ((4,), True)
     assert key_selector_of((4,))((0, 1, 2, 3, "k")) == ("k",)
     assert key_fields(key_selector_of("name")) is None   # dict records
-    assert key_fields(lambda r: r[1]) is None
+    assert key_fields(lambda r: r[1]) == ((1,), False)            # read from the bytecode
+    assert key_fields(lambda r: (r[1], r[0])) == ((1, 0), True)
+    assert key_fields(lambda r: r[1] // 10) is None                # not a field
+    assert key_fields(_on_value(lambda r: r[2])) == ((2,), False)  # of (timestamp, value) records
+    assert key_fields(_on_value(lambda r: str(r[2]))) is None
     with_nulls = ColumnBatch(pa.record_batch([pa.array([1, None, 3])], names=["a"]))
     assert KeyColumns((0,), False, 128, 2).subtasks(with_nulls) is None
     assert KeyColumns((5,), False, 128, 2).subtasks(with_nulls) is None  # no such field
@@ -167,7 +172,7 @@ def test_hash_writer_mixing_rows_and_columns_keeps_each_consumers_order(parallel
 
 def test_writers_that_cannot_route_columns_turn_them_into_rows():
     records = _ratings(3000, 5)
-    for make in (lambda chs: HashWriter(chs, 512, lambda rec: rec[1], 128),
+    for make in (lambda chs: HashWriter(chs, 512, lambda rec: rec[1] + 0, 128),
                  lambda chs: RebalanceWriter(chs, 512),
                  lambda chs: CombiningWriter(chs, 512, key_selector_of(1), 128,
                                          ReduceAggregator(lambda a, b: max(a, b)))):
@@ -185,3 +190,27 @@ def test_writers_that_cannot_route_columns_turn_them_into_rows():
     forward.flush()
     assert single.sent[0][0] == "columns" and single.records() == records
 
+
+
+def test_timestamped_batches_carry_pairs_through_split_ipc_and_routing():
+    records = _ratings(4000, 9)
+    stamps = [r[3] * 1000 + 7 for r in records]
+    batch = _columns(records).with_timestamps(pa.array(stamps).to_numpy())
+    assert batch.timestamped and len(batch) == len(records)
+    assert batch.rows() == list(zip(stamps, records))
+    assert batch.values() == records
+    with pytest.raises(ValueError):
+        batch.with_timestamps(pa.array(stamps).to_numpy())
+    back = ColumnBatch.from_bytes(batch.to_bytes())
+    assert back.timestamped and back.rows() == batch.rows()
+    # routing by a key of the value: the timestamp column is not a field of the value
+    channels = [ListChannel(), ListChannel(), ListChannel()]
+    writer = HashWriter(channels, 512, _on_value(lambda r: r[1]), 128)
+    writer.write_batch(batch)
+    writer.flush()
+    for idx, ch in enumerate(channels):
+        assert all(kind == "columns" for kind, _ in ch.sent)
+        assert ch.records() == [(t, r) for t, r in zip(stamps, records)
+                                if reference_subtask(r[1], 128, 3) == idx]
+    assert KeyColumns((4,), False, 128, 2).subtasks(batch) is None  # position 4 is the timestamp
+    assert not _columns(records).timestamped

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 _CRC_ZERO = zlib.crc32(bytes(8))
 _INT64_MIN, _INT64_END = -(2.0 ** 63), 2.0 ** 63
 _MASK32 = 0xFFFFFFFF
+#: the name of a timestamped batch's last column (event timestamps, ms)
+TIMESTAMP_FIELD = "__emrflow_timestamp__"
 _tables: "np.ndarray | None" = None
 
 
@@ -161,7 +163,7 @@ class KeyColumns:
         when a key column has a type or a null this routing does not handle (the caller then
         routes the rows one by one)."""
         rb = batch.record_batch
-        if max(self.positions) >= rb.num_columns:
+        if max(self.positions) >= rb.num_columns - batch.timestamped:
             return None
         hashes = []
         for p in self.positions:
@@ -200,16 +202,26 @@ class FieldTuple:
 
 
 def key_fields(key_selector: Callable[[Any], Any]) -> tuple[tuple[int, ...], bool] | None:
-    """Return ``(positions, composite)`` when ``key_selector`` selects fields by position
-    (``operator.itemgetter`` of ints, as ``key_by(1)`` and ``key_by((1, 0))`` build it, or
-    :class:`FieldTuple`), else ``None``."""
+    """Return ``(positions, composite)`` when ``key_selector`` selects fields by position, else ``None``.
+
+    Recognised: ``operator.itemgetter`` of ints (as ``key_by(1)`` and ``key_by((1, 0))`` build
+    it), :class:`FieldTuple`, a function ``lambda r: r[i]`` or ``lambda r: (r[i], r[j])``
+    (:func:`~emrflow.runtime.network.record_functions.field_positions`), and any of these
+    applied to the value of ``(timestamp, value)`` records (a selector with an ``on_value``
+    attribute, as the job graph makes for timestamped streams; the positions are then those
+    of the value's fields)."""
+    inner = getattr(key_selector, "on_value", None)
+    if inner is not None:
+        return key_fields(inner)
     if isinstance(key_selector, FieldTuple):
         return (key_selector.position,), True
     if type(key_selector) is operator.itemgetter:
         items = key_selector.__reduce__()[1]
         if items and all(type(i) is int and i >= 0 for i in items):
             return tuple(items), len(items) > 1
-    return None
+        return None
+    from emrflow.runtime.network.record_functions import field_positions
+    return field_positions(key_selector)
 
 
 class ColumnBatch:
@@ -219,14 +231,19 @@ class ColumnBatch:
     columns' types (``int64`` -> ``int``, ``double`` -> ``float``, ``string`` -> ``str``,
     ``bool`` -> ``bool``).
 
+    A *timestamped* batch holds ``(timestamp, record)`` pairs, as an event-time stream
+    carries them after its timestamp assigner: its last column, named :data:`TIMESTAMP_FIELD`,
+    is the ``int64`` timestamp (ms) and the columns before it are the record's fields.
+
     Args:
         record_batch: the columns; no nulls.
     """
 
-    __slots__ = ("record_batch",)
+    __slots__ = ("record_batch", "timestamped")
 
     def __init__(self, record_batch: "pa.RecordBatch"):
         self.record_batch = record_batch
+        self.timestamped = bool(record_batch.num_columns) and record_batch.schema.names[-1] == TIMESTAMP_FIELD
 
     def __len__(self) -> int:
         return self.record_batch.num_rows
@@ -235,16 +252,28 @@ class ColumnBatch:
         return self.record_batch.num_rows > 0
 
     def rows(self) -> list[tuple]:
-        """Return the records as a list of tuples (allocated now, in order)."""
-        import pyarrow as pa
-        cols = []
-        for c in self.record_batch.columns:
-            t = c.type
-            if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-                cols.append(c.to_numpy(zero_copy_only=False).tolist())
-            else:
-                cols.append(c.to_pylist())
+        """Return the records as a list of tuples (allocated now, in order): of a timestamped
+        batch, ``(timestamp, record)`` pairs."""
+        cols = _python_columns(self.record_batch)
+        if self.timestamped:
+            stamps = cols.pop()
+            return list(zip(stamps, zip(*cols)))
         return list(zip(*cols))
+
+    def values(self) -> list[tuple]:
+        """Return the records without their timestamps (of any batch) as a list of tuples."""
+        rb = self.record_batch
+        if self.timestamped:
+            rb = rb.select(list(range(rb.num_columns - 1)))
+        return list(zip(*_python_columns(rb)))
+
+    def with_timestamps(self, stamps: "np.ndarray") -> "ColumnBatch":
+        """Return the timestamped batch of this batch's records with ``stamps`` (``int64`` ms,
+        one per row)."""
+        import pyarrow as pa
+        if self.timestamped:
+            raise ValueError("the batch already carries timestamps")
+        return ColumnBatch(self.record_batch.append_column(TIMESTAMP_FIELD, pa.array(stamps, pa.int64())))
 
     def split(self, subtasks: "np.ndarray", n: int) -> list["ColumnBatch | None"]:
         """Split by consumer: entry ``i`` holds the rows whose ``subtasks`` entry is ``i``, in
@@ -299,6 +328,21 @@ class ColumnBatch:
         if len(batches) == 1:
             return ColumnBatch(batches[0])
         return ColumnBatch(pa.Table.from_batches(batches, reader.schema).combine_chunks().to_batches()[0])
+
+
+def python_column(column: "pa.Array") -> list:
+    """The values of ``column`` as a list of Python objects (``int``, ``float``, ``bool``, ``str``),
+    the ones :meth:`ColumnBatch.rows` puts in the records."""
+    import pyarrow as pa
+    t = column.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return column.to_numpy(zero_copy_only=False).tolist()
+    return column.to_pylist()
+
+
+def _python_columns(record_batch: "pa.RecordBatch") -> list[list]:
+    """Each column of ``record_batch`` as a list of Python values."""
+    return [python_column(c) for c in record_batch.columns]
 
 
 def materialize(batch: Any) -> list:

@@ -50,11 +50,13 @@ except ImportError:  # pragma: no cover - other Pythons
 
 from emrflow.api.aggregates import Avg, Count, Max, Min, Sum, field_access, field_values
 from emrflow.api.windowing import TimeWindow
+from emrflow.runtime.network.columns import ColumnBatch, key_fields, python_column
 from emrflow.runtime.operators.base import keyed_snapshot
 from emrflow.runtime.operators.window import CONTENTS, WindowOperator
 from emrflow.runtime.state import MISSING, HashMapStateBackend
 
 _first, _second = itemgetter(0), itemgetter(1)
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 #: a batch fold: ``fold(accumulators, key_selector, values)`` updates ``{key: accumulator}``
 Fold = Callable[[dict, Callable[[Any], Any], list], None]
@@ -143,6 +145,7 @@ class AlignedWindowOperator(WindowOperator):
 
     #: rocksdb: estimated bytes of in-memory window accumulators before spilling
     FAST_MEMORY_BYTES = 64 * 2**20
+    takes_columns = True
 
     @staticmethod
     def accepts(spec: Any, timestamped: bool) -> bool:
@@ -168,6 +171,7 @@ class AlignedWindowOperator(WindowOperator):
         self.fast_path = False
         self._kernel: Fold | None = None
         self._identity_result = spec.kind == "reduce"
+        self._key_fields: Any = False  # key_fields(key_selector), once a column batch came
 
     def open(self, ctx: Any) -> None:
         super().open(ctx)
@@ -187,7 +191,14 @@ class AlignedWindowOperator(WindowOperator):
         return d
 
     def process_batch(self, records: list) -> None:
-        """Group the batch by window (one dict ``key -> accumulator`` per live window) and fold it."""
+        """Group the batch by window (one dict ``key -> accumulator`` per live window) and fold it.
+
+        ``records`` is a list of ``(timestamp, value)`` pairs or a timestamped
+        :class:`~emrflow.runtime.network.columns.ColumnBatch` (see :meth:`_fold_columns`)."""
+        if type(records) is ColumnBatch:
+            if self._fold_columns(records):
+                return
+            records = records.rows()
         self.records_in += len(records)
         a = self.assigner
         size, offset = a.size, a.offset
@@ -232,6 +243,53 @@ class AlignedWindowOperator(WindowOperator):
         if late:
             self.emit_side(self.spec.late_tag, late)
 
+    def _fold_columns(self, batch: ColumnBatch) -> bool:
+        """Fold a timestamped column batch of tumbling windows with a user's function, none of its
+        records late and no window spilled; return ``False`` (nothing done) otherwise.
+
+        The window starts come from the timestamp column in NumPy, the values are made once
+        (no ``(timestamp, value)`` pairs), and a key selector that picks fields by position
+        (``lambda r: r[1]``, see :func:`~emrflow.runtime.network.columns.key_fields`) takes
+        its keys from the columns; the user's ``reduce`` or ``add`` is called per record in
+        arrival order, as on the list path."""
+        a = self.assigner
+        size, offset = a.size, a.offset
+        if (not batch.timestamped or not len(batch) or getattr(a, "slide", size) != size
+                or self._kernel is not None or self._on_disk):
+            return False
+        rb = batch.record_batch
+        stamps = rb.column(rb.num_columns - 1).to_numpy()
+        lo, hi = int(stamps.min()), int(stamps.max())
+        if lo - offset < _INT64_MIN or hi - offset > _INT64_MAX:
+            return False
+        start = lo - (lo - offset) % size
+        if start + size - 1 <= self.current_watermark:  # a record may be late: per record
+            return False
+        self.records_in += len(batch)
+        values = batch.values()
+        keys = self._column_keys(rb)
+        if hi < start + size:  # the whole batch in one window
+            self._fold_each(repeat(start), values, keys)
+        else:
+            shifted = stamps - offset if offset else stamps
+            self._fold_each((stamps - shifted % size).tolist(), values, keys)
+        if self._spills:
+            self._check_budget()
+        return True
+
+    def _column_keys(self, record_batch: Any) -> list | None:
+        """The keys of a timestamped batch's records from its columns, when the key selector picks
+        fields by position; else ``None``."""
+        if self._key_fields is False:
+            self._key_fields = key_fields(self.key_selector)
+        if self._key_fields is None:
+            return None
+        positions, composite = self._key_fields
+        if max(positions) >= record_batch.num_columns - 1:
+            return None
+        cols = [python_column(record_batch.column(p)) for p in positions]
+        return list(zip(*cols)) if composite else cols[0]
+
     def _fold_tumbling(self, stamps: list, values: list, size: int, offset: int) -> None:
         """Fold a batch spanning several tumbling windows, none late.
 
@@ -254,14 +312,16 @@ class AlignedWindowOperator(WindowOperator):
             self._fold(starts[i], values[i:j])
             i = j
 
-    def _fold_each(self, starts: Any, values: list) -> None:
+    def _fold_each(self, starts: Any, values: list, keys: list | None = None) -> None:
         """Fold ``values`` (in order) into the in-memory accumulators of their windows ``starts``
-        (live ones, none spilled) with a user's function: per record the key (from C), the
-        window's dict, one lookup and the user's ``reduce`` or ``add``."""
-        window, new_window, key_of = self._wins.get, self._window_of, self.key_selector
+        (live ones, none spilled) with a user's function: per record the key (from C, or
+        ``keys`` when given), the window's dict, one lookup and the user's ``reduce`` or ``add``."""
+        window, new_window = self._wins.get, self._window_of
+        if keys is None:
+            keys = map(self.key_selector, values)
         if self.spec.kind == "reduce":
             reduce = self._reduce
-            for start, k, v in zip(starts, map(key_of, values), values):
+            for start, k, v in zip(starts, keys, values):
                 d = window(start)
                 if d is None:
                     d = new_window(start)
@@ -269,7 +329,7 @@ class AlignedWindowOperator(WindowOperator):
                 d[k] = v if acc is MISSING else reduce(acc, v)
         else:
             add, create = self.spec.function.add, self.spec.function.create_accumulator
-            for start, k, v in zip(starts, map(key_of, values), values):
+            for start, k, v in zip(starts, keys, values):
                 d = window(start)
                 if d is None:
                     d = new_window(start)

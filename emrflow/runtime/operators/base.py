@@ -118,6 +118,9 @@ class Operator:
 
     #: operators that need :meth:`tick` calls (processing-time timers, periodic watermarks)
     wants_ticks = False
+    #: :meth:`process_batch` takes a :class:`~emrflow.runtime.network.columns.ColumnBatch` as it
+    #: crossed the exchange (else the task hands over its rows)
+    takes_columns = False
     #: state is keyed (redistributed by key group when rescaled); else operator state,
     #: which a rescaled job hands out round-robin by former subtask index
     keyed_state = True

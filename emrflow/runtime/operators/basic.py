@@ -15,6 +15,7 @@ from emrflow.api.functions import (
     ProcessFunction,
     RuntimeContext,
 )
+from emrflow.runtime.network.columns import ColumnBatch
 from emrflow.runtime.operators.base import Operator, OperatorSetup, ProcessContext
 
 
@@ -137,6 +138,8 @@ class TimestampsOperator(Operator):
         #: chained right after a SplitSource: the task calls process_split, event time is per split
         self.per_split = False
         self._splits = None
+        #: the assigner as column arithmetic (IntExpression), None if it is not; False: not yet looked at
+        self._int_expression: Any = False
 
     @classmethod
     def from_node(cls, node: Any, setup: OperatorSetup) -> "TimestampsOperator":
@@ -179,16 +182,44 @@ class TimestampsOperator(Operator):
         splits = self._splits
         if records:
             self.records_in += len(records)
-            stamps = list(map(self._extract, records))
-            if set(map(type, stamps)) != {int}:
-                stamps = [int(t) for t in stamps]
-            if splits.on_records(split_id, max(stamps), now):
+            if type(records) is ColumnBatch:
+                top, out = self._stamp_columns(records)
+            else:
+                stamps = list(map(self._extract, records))
+                if set(map(type, stamps)) != {int}:
+                    stamps = [int(t) for t in stamps]
+                top, out = max(stamps), list(zip(stamps, records))
+            if splits.on_records(split_id, top, now):
                 self.output.emit_status(False)
-            self.output.emit(list(zip(stamps, records)))
+            self.output.emit(out)
         if finished:
             splits.finish(split_id, now)
         if self._interval_ms == 0:
             self._advance_splits(now)
+
+    def _stamp_columns(self, batch: ColumnBatch) -> tuple[int, Any]:
+        """``(largest timestamp, timestamped records)`` of a column batch: a timestamped
+        :class:`ColumnBatch` when the timestamps fit ``int64``, else ``(timestamp, record)`` tuples.
+
+        An assigner that is integer arithmetic over fields (``r[3] * 1000``) is evaluated over
+        the columns (:mod:`~emrflow.runtime.network.record_functions`), any other is called
+        once per record, as for a list batch."""
+        import numpy as np
+        if self._int_expression is False:
+            from emrflow.runtime.network.record_functions import int_expression
+            self._int_expression = int_expression(self._extract)
+        expr = self._int_expression
+        stamps = expr.evaluate(batch.record_batch) if expr is not None else None
+        if stamps is None:
+            values = batch.values()
+            listed = list(map(self._extract, values))
+            if set(map(type, listed)) != {int}:
+                listed = [int(t) for t in listed]
+            try:
+                stamps = np.array(listed, dtype=np.int64)
+            except OverflowError:  # beyond int64 ms: keep Python ints, as records
+                return max(listed), list(zip(listed, values))
+        return int(stamps.max()), batch.with_timestamps(stamps)
 
     def _advance_splits(self, now_ms: int) -> None:
         wm, status = self._splits.advance(now_ms)
