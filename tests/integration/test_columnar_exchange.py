@@ -15,10 +15,10 @@ import random
 import pytest
 
 from emrflow import RuntimeExecutionMode, StreamExecutionEnvironment
-from emrflow.config import Configuration
 from emrflow.api.eventtime import Duration, Time, WatermarkStrategy
 from emrflow.api.functions import AggregateFunction, OutputTag, ProcessWindowFunction
 from emrflow.api.windowing import TumblingEventTimeWindows
+from emrflow.config import Configuration
 from emrflow.connectors.files import CsvSource
 from emrflow.testing import CollectSink
 

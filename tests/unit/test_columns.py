@@ -64,9 +64,13 @@ BATCH = ColumnBatch(pa.record_batch([pa.array(INTS, pa.int64()), pa.array(FLOATS
                                     names=["i", "f", "s", "b"]))
 
 
-def test_crc32_of_int64_words_is_zlibs():
-    got = crc32_words(pa.array(INTS, pa.int64()).to_numpy()).tolist()
-    assert got == [zlib.crc32(struct.pack("<q", v)) for v in INTS]
+@pytest.mark.parametrize("bound", [2**16, 2**32, 2**63])  # one, two or four table reads per value
+def test_crc32_of_int64_words_is_zlibs(bound):
+    values = [v % bound for v in INTS] + [bound - 1, 0]
+    got = crc32_words(pa.array(values, pa.int64()).to_numpy()).tolist()
+    assert got == [zlib.crc32(struct.pack("<q", v)) for v in values]
+    signed = crc32_words(pa.array(INTS, pa.int64()).to_numpy()).tolist()
+    assert signed == [zlib.crc32(struct.pack("<q", v)) for v in INTS]
 
 
 def test_rows_are_the_columns_values_as_python_objects():

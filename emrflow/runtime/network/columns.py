@@ -21,7 +21,7 @@ and Flink's ``KeyGroupRangeAssignment`` for every key, computed over columns:
 * any other float: the CRC-32 of its 8 IEEE-754 bytes, the same way;
 * a string: :func:`stable_hash` of each distinct value, memoised per column;
 * a composite key ``(a, b, ...)``: the tuple combination ``h = (h * 1000003) ^ item``
-  from ``0x345678 ^ len``, in 64-bit integer arithmetic masked to 32 bits;
+  from ``0x345678 ^ len``, in ``uint32`` arithmetic (products wrap mod 2**32);
 * then MurmurHash3's finaliser, ``% max_parallelism``, and the key group's subtask.
 
 ``tests/unit/test_columns.py`` compares it with :func:`stable_hash` and
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 _CRC_ZERO = zlib.crc32(bytes(8))
 _INT64_MIN, _INT64_END = -(2.0 ** 63), 2.0 ** 63
-_MASK32 = 0xFFFFFFFF
 #: the name of a timestamped batch's last column (event timestamps, ms)
 TIMESTAMP_FIELD = "__emrflow_timestamp__"
 _tables: "np.ndarray | None" = None
@@ -70,34 +69,43 @@ def _crc_tables() -> np.ndarray:
 def crc32_words(values: np.ndarray) -> np.ndarray:
     """CRC-32 of each element's 8 little-endian bytes.
 
+    An integer column whose values all fit 16 (or 32) unsigned bits, as ids mostly do, has
+    constant upper words: their contribution is one constant and only the low words are
+    looked up (one or two table reads per value instead of four).
+
     Args:
         values: a 1-D array of 8-byte elements (``int64``, ``uint64`` or ``float64``).
 
     Returns:
-        ``uint64`` array of 32-bit CRCs, equal to ``zlib.crc32`` of each element's bytes.
+        ``uint32`` array of CRCs, equal to ``zlib.crc32`` of each element's bytes.
     """
     import numpy as np
     t = _crc_tables()
-    w = np.ascontiguousarray(values).view("<u2").reshape(-1, 4)
+    v = np.ascontiguousarray(values)
+    words = 4
+    if v.dtype.kind in "iu" and len(v):
+        lo, hi = int(v.min()), int(v.max())
+        if lo >= 0 and hi < 1 << 32:
+            words = 1 if hi < 1 << 16 else 2
+    w = v.view("<u2").reshape(-1, 4)
     c = np.take(t[0], w[:, 0])
-    c ^= np.take(t[1], w[:, 1])
-    c ^= np.take(t[2], w[:, 2])
-    c ^= np.take(t[3], w[:, 3])
-    c ^= np.uint32(_CRC_ZERO)
-    return c.astype(np.uint64)
+    for j in range(1, words):
+        c ^= np.take(t[j], w[:, j])
+    const = _CRC_ZERO
+    for j in range(words, 4):
+        const ^= int(t[j][0])
+    c ^= np.uint32(const)
+    return c
 
 
 def _fmix(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser over a ``uint64`` array of 32-bit values."""
+    """MurmurHash3's 32-bit finaliser over a ``uint32`` array (in place; products wrap mod 2**32)."""
     import numpy as np
-    u = np.uint64
-    h = h ^ (h >> u(16))
-    h *= u(0x85EBCA6B)
-    h &= u(_MASK32)
-    h ^= h >> u(13)
-    h *= u(0xC2B2AE35)
-    h &= u(_MASK32)
-    h ^= h >> u(16)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
     return h
 
 
@@ -127,7 +135,7 @@ class KeyColumns:
         import numpy as np
         self.positions = positions
         self.composite = composite
-        self._maxp = np.uint64(max_parallelism)
+        self._maxp = np.uint32(max_parallelism)
         self._table = np.array(subtask_table(max_parallelism, parallelism), dtype=np.intp)
         self._memos: dict[int, _StrHashes] = {}
 
@@ -154,7 +162,7 @@ class KeyColumns:
             memo = self._memos.get(position)
             if memo is None:
                 memo = self._memos[position] = _StrHashes()
-            return np.fromiter(map(memo.__getitem__, column.to_pylist()), dtype=np.uint64,
+            return np.fromiter(map(memo.__getitem__, column.to_pylist()), dtype=np.uint32,
                                count=len(column))
         return None
 
@@ -173,10 +181,9 @@ class KeyColumns:
             hashes.append(h)
         if self.composite:
             import numpy as np
-            h = np.full(len(rb), 0x345678 ^ len(hashes), dtype=np.uint64)
+            h = np.full(len(rb), 0x345678 ^ len(hashes), dtype=np.uint32)
             for x in hashes:
-                h *= np.uint64(1000003)
-                h &= np.uint64(_MASK32)
+                h *= np.uint32(1000003)  # wraps mod 2**32: the reference's "& 0xFFFFFFFF"
                 h ^= x
         else:
             h = hashes[0]
