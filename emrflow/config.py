@@ -281,6 +281,10 @@ _OPTION_ROWS: list[tuple[Any, ...]] = [
      "waits before it is sent in STREAMING mode; lower means less latency, more overhead (Flink option)."),
     ("execution.batch.local-aggregation", "bool", True, "BATCH mode: pre-aggregate keyed "
      "reduce/sum/min/max per key before the network exchange (emrflow-specific)."),
+    ("execution.batch.local-aggregation.max-keys", "int", 250_000, "BATCH mode: keys a producer "
+     "subtask's local aggregation holds before it sends its partial results on; a full table that "
+     "folded fewer than 2 records per key switches local aggregation off for that subtask "
+     "(emrflow-specific).", (), 1),
     ("execution.checkpointing.interval", "duration", None,
      "Time between checkpoints; unset means no checkpoints (Flink option)."),
     ("execution.checkpointing.mode", "enum", "EXACTLY_ONCE", "Checkpointing guarantee (Flink option).",

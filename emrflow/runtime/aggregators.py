@@ -44,6 +44,10 @@ class Aggregator:
         """Return the final record of every key in the table."""
         return list(table.values())
 
+    def keys(self, table: dict) -> list:
+        """Return the table's keys, in the order :meth:`results` gives their records."""
+        return list(table)
+
 
 class ReduceAggregator(Aggregator):
     """``reduce(fn)``: ``acc = fn(acc, record)``."""
@@ -117,6 +121,9 @@ class SumAggregator(Aggregator):
     def results(self, table: _SumTable) -> list:
         replace, firsts = self.replace, table.firsts
         return [replace(firsts[k], total) for k, total in table.sums.items()]
+
+    def keys(self, table: _SumTable) -> list:
+        return list(table.sums)
 
 
 class CompareAggregator(Aggregator):

@@ -252,8 +252,9 @@ class SlotProcess:
                 else:
                     channels.append(RemoteChannel(dep.slot_addresses[c], self.secret, job.job_id,
                                                   target.id, c, ch_index, credits, cancel))
-            writers[e_idx] = make_writer(edge, channels, batch, index, target.max_parallelism,
-                                         make_aggregator)
+            writers[e_idx] = make_writer(
+                edge, channels, batch, index, target.max_parallelism, make_aggregator,
+                combine_max_keys=int(job.config.get("execution.batch.local-aggregation.max-keys")))
         return writers
 
     def _run_task(self, dep: _Deployment, task: StreamTask) -> None:

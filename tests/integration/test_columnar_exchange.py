@@ -81,6 +81,44 @@ def test_batch_reduce_by_composite_key_equals_the_reference(tmp_path, parallelis
     assert all(type(r) is tuple and type(r[0]) is int and type(r[2]) is float for r in got)
 
 
+def _write_spread(path, keys: int, copies: int, seed: int) -> list[tuple]:
+    """Every (movie, user) pair once per ``keys`` lines, ``copies`` times: no key repeats nearby."""
+    rng = random.Random(seed)
+    pairs = [(rng.randrange(100_000), rng.randrange(50_000)) for _ in range(keys)]
+    rows = [(u, m, rng.randrange(1, 11) / 2, rng.randrange(10**9)) for _ in range(copies) for (u, m) in pairs]
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r},{t}\n" for u, m, r, t in rows))
+    return rows
+
+
+@pytest.mark.parametrize("max_keys, folded", [(250_000, True), (2_000, False)])
+def test_local_aggregation_folds_keys_far_apart_or_steps_aside(tmp_path, max_keys, folded):
+    """p=2 BATCH reduce over keys that recur only every 6 000 lines: a table that holds them
+    all folds each producer's records to one per key; one too small for them switches itself
+    off after its first fill. Either way the result is the plain-Python one."""
+    from emrflow.testing import CollectSink
+
+    path = tmp_path / "ratings.csv"
+    rows = _write_spread(path, keys=6_000, copies=6, seed=21)
+    env = _env(2, True, RuntimeExecutionMode.BATCH, **{"execution.batch.local-aggregation.max-keys": max_keys})
+    out = tmp_path / "out"
+    out.mkdir()
+    sink = CollectSink(str(out))
+    env.from_source(_source(path), source_name="ratings").key_by((1, 0)).reduce(later).name("latest") \
+        .sink_to(sink)
+    result = env.execute("spread keys")
+    expected: dict = {}
+    for r in rows:
+        k = (r[1], r[0])
+        expected[k] = later(expected[k], r) if k in expected else r
+    assert sorted(sink.records()) == sorted(expected.values())
+    into_reduce = {o.name: o for o in result.operators}["latest"].records_in
+    keys = len(expected)
+    if folded:
+        assert keys <= into_reduce <= 2 * keys  # one partial per key and producer subtask at most
+    else:
+        assert into_reduce > len(rows) - 2 * 2_100  # only the first fill of each producer folded
+
+
 @pytest.mark.parametrize("columnar", [True, False])
 def test_streaming_running_sums_per_key_arrive_in_file_order(tmp_path, columnar):
     """One source subtask, two reduce subtasks: every key's running sum must go through exactly

@@ -173,15 +173,21 @@ class KeyColumns:
         rb = batch.record_batch
         if max(self.positions) >= rb.num_columns - batch.timestamped:
             return None
+        return self.subtasks_of([rb.column(p) for p in self.positions])
+
+    def subtasks_of(self, columns: "list[pa.Array]") -> "np.ndarray | None":
+        """Return each row's consumer subtask index for the key's columns given apart, one
+        array per key field in the order of ``positions`` (all of one length), or ``None``
+        as :meth:`subtasks` does."""
         hashes = []
-        for p in self.positions:
-            h = self._column_hash(p, rb.column(p))
+        for p, column in zip(self.positions, columns):
+            h = self._column_hash(p, column)
             if h is None:
                 return None
             hashes.append(h)
         if self.composite:
             import numpy as np
-            h = np.full(len(rb), 0x345678 ^ len(hashes), dtype=np.uint32)
+            h = np.full(len(columns[0]), 0x345678 ^ len(hashes), dtype=np.uint32)
             for x in hashes:
                 h *= np.uint32(1000003)  # wraps mod 2**32: the reference's "& 0xFFFFFFFF"
                 h ^= x

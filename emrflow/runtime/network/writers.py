@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from emrflow.graph.keygroups import KeyToSubtask
-from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, key_fields
+from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, key_fields, python_column
 
 
 class RecordWriter:
@@ -210,8 +213,11 @@ class HashWriter(RecordWriter):
             route = self._route.__missing__  # raises TypeError for a key without stable hash
             for key, record in zip(keys, records):
                 route(key).append(record)
-        for idx in range(n):
-            stage = stages[idx]
+        self._emit_stages()
+
+    def _emit_stages(self) -> None:
+        """Send what the staging lists hold, each to its consumer, and empty them."""
+        for idx, stage in enumerate(self._stages):
             if stage:
                 part = stage.copy()
                 stage.clear()
@@ -221,53 +227,135 @@ class HashWriter(RecordWriter):
 class CombiningWriter(HashWriter):
     """A hash writer that pre-aggregates per key before the exchange (BATCH mode only).
 
-    The consumer applies the same associative aggregation to the partial
-    results, so the final result is unchanged while far fewer records cross the
-    network. The table is flushed when it holds ``max_keys`` keys, and the
-    combiner switches itself off when the first ``probe`` records had more than
-    ``max_key_ratio`` distinct keys per record (nothing to gain).
+    Local aggregation (a combiner, as Flink's batch "local-global" aggregation): records
+    of the same key are folded with the consumer's own associative aggregation, and only
+    the partial results cross the network; the consumer folds those, so the final result
+    is unchanged. The table holds up to ``max_keys`` keys (the whole key space of the
+    producer's input when it fits, so keys need not repeat near each other). When a batch
+    takes it past that, its partial results are sent on; if that fill folded fewer than
+    ``min_reduction`` records per key, the input's keys are too many for the table and
+    the writer switches itself off (it then partitions records as a :class:`HashWriter`).
+
+    A :class:`~emrflow.runtime.network.columns.ColumnBatch` under a key of field positions
+    has its keys taken from the key's columns (no key selector call per record); a key of
+    two integer fields that fit 32 bits is folded under one Python ``int`` standing for
+    the pair, which hashes faster than the tuple. That stand-in never leaves the table:
+    what is sent on are the aggregated records.
 
     Args:
+        channels: one per consumer subtask.
+        batch_size: records per buffer.
+        key_selector: the ``key_by`` function.
+        max_parallelism: the consumer's max parallelism (number of key groups).
         aggregator: a :class:`~emrflow.runtime.aggregators.Aggregator` of the consumer's operation.
+        max_keys: keys (``execution.batch.local-aggregation.max-keys``) before partial results
+            are sent on.
+        min_reduction: records per key a full table must have folded to stay on.
     """
 
     def __init__(self, channels: list, batch_size: int, key_selector, max_parallelism: int,
-                 aggregator, max_keys: int = 100_000, probe: int = 50_000,
-                 max_key_ratio: float = 0.5):
+                 aggregator, max_keys: int = 250_000, min_reduction: float = 2.0):
         super().__init__(channels, batch_size, key_selector, max_parallelism)
+        if max_keys < 1:
+            raise ValueError(f"execution.batch.local-aggregation.max-keys must be >= 1, got {max_keys}")
         self._agg = aggregator
         self._table = aggregator.new_table()
         self._max_keys = max_keys
-        self._probe = probe
-        self._ratio = max_key_ratio
-        self._seen = 0
+        self._min_reduction = min_reduction
+        self._folded = 0          # records folded into the current table
+        self._paired = False      # the current table's keys are int stand-ins for int pairs
         self.active = True
 
     def write_batch(self, records: list) -> None:
         if not self.active:
             HashWriter.write_batch(self, records)
             return
+        keys, paired = None, False
         if type(records) is ColumnBatch:
+            keys, paired = self._column_keys(records)
             records = records.rows()
-        self._agg.fold(self._table, list(map(self.key_selector, records)), records)
-        self._seen += len(records)
-        if self._seen >= self._probe and len(self._table) > self._ratio * self._seen:
-            self.active = False
+        if keys is None:
+            keys = list(map(self.key_selector, records))
+        if paired != self._paired and len(self._table):
+            self._drain()  # stand-ins and real keys must not meet in one table
+        self._paired = paired
+        self._agg.fold(self._table, keys, records)
+        self._folded += len(records)
+        if len(self._table) > self._max_keys:
+            reduction = self._folded / len(self._table)
             self._drain()
-        elif len(self._table) >= self._max_keys:
-            self._drain()
+            if reduction < self._min_reduction:
+                self.active = False
+
+    def _column_keys(self, batch: ColumnBatch) -> tuple[list | None, bool]:
+        """The batch's keys from its columns, and whether they are int stand-ins for int pairs;
+        ``(None, False)`` when the key is a function or a key column has nulls."""
+        if self._fields is None:
+            return None, False
+        positions, composite = self._fields
+        rb = batch.record_batch
+        if max(positions) >= rb.num_columns - batch.timestamped:
+            return None, False
+        cols = [rb.column(p) for p in positions]
+        if any(c.null_count for c in cols):
+            return None, False
+        if not composite:
+            return python_column(cols[0]), False  # the very values key_by(i) returns
+        if len(cols) == 2:
+            pair = int_pair_keys(cols[0], cols[1])
+            if pair is not None:
+                return pair, True
+        return list(zip(*map(python_column, cols))), False
 
     def _drain(self) -> None:
         table, self._table = self._table, self._agg.new_table()
-        if len(table):
-            HashWriter.write_batch(self, self._agg.results(table))
+        paired, self._paired = self._paired, False
+        self._folded = 0
+        if not len(table):
+            return
+        results = self._agg.results(table)
+        if not paired:
+            HashWriter.write_batch(self, results)
+            return
+        # the stand-ins give the key's two fields back as columns: key groups over whole
+        # columns, then one C-level pass puts each result in its consumer's staging list
+        n = len(self.channels)
+        if n > 1:
+            import numpy as np
+            import pyarrow as pa
+            pairs = np.fromiter(self._agg.keys(table), dtype=np.int64, count=len(table))
+            first, second = pairs >> 32, (pairs & 0xFFFFFFFF) - 2**31
+            if self._key_columns is None:
+                self._key_columns = KeyColumns(*self._fields, self._max_parallelism, n)
+            subtasks = self._key_columns.subtasks_of([pa.array(first), pa.array(second)])
+            self._consume(map(list.append, map(self._stages.__getitem__, subtasks.tolist()), results))
+            self._emit_stages()
+        else:
+            self._emit_to(0, results)
 
     def end_input(self) -> None:
         self._drain()
 
 
+def int_pair_keys(a: "pa.Array", b: "pa.Array") -> list | None:
+    """One Python ``int`` per row standing for the pair ``(a[i], b[i])``: ``a * 2**32 + b + 2**31``,
+    distinct for distinct pairs, when both integer columns fit 32 bits; else ``None``."""
+    import numpy as np
+    import pyarrow as pa
+    for c in (a, b):
+        t = c.type
+        if not pa.types.is_integer(t) or (t.bit_width == 64 and not pa.types.is_signed_integer(t)):
+            return None
+    x = a.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    y = b.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if len(x) and (x.min() < -2**31 or x.max() >= 2**31 or y.min() < -2**31 or y.max() >= 2**31):
+        return None
+    return ((x << 32) + (y + 2**31)).tolist()
+
+
 def make_writer(edge, channels: list, batch_size: int, producer_index: int,
-                max_parallelism: int, aggregator_factory=None) -> RecordWriter:
+                max_parallelism: int, aggregator_factory=None,
+                combine_max_keys: int = 250_000) -> RecordWriter:
     """Return the writer for ``edge`` (a :class:`~emrflow.graph.jobgraph.JobEdge`).
 
     Args:
@@ -277,6 +365,7 @@ def make_writer(edge, channels: list, batch_size: int, producer_index: int,
         producer_index: the producer's subtask index (start of round-robin).
         max_parallelism: the consumer's max parallelism.
         aggregator_factory: ``(kind, function) -> Aggregator`` for combining edges.
+        combine_max_keys: ``execution.batch.local-aggregation.max-keys`` of a combining edge.
     """
     p = edge.partitioner
     if p == "forward":
@@ -288,7 +377,7 @@ def make_writer(edge, channels: list, batch_size: int, producer_index: int,
     if p == "hash":
         if edge.combine is not None and aggregator_factory is not None:
             return CombiningWriter(channels, batch_size, edge.key_selector, max_parallelism,
-                                   aggregator_factory(*edge.combine))
+                                   aggregator_factory(*edge.combine), max_keys=combine_max_keys)
         return HashWriter(channels, batch_size, edge.key_selector, max_parallelism)
     raise ValueError(f"unknown partitioner {p!r}")
 
