@@ -19,7 +19,7 @@ buffer's records are scattered over the heap.
 
 It then prints the same figures for the columnar exchange
 (:mod:`emrflow.runtime.network.columns`), on the same records as ``ColumnBatch`` es of
-``--column-batch`` rows (5,800: what one 128 KiB run of the ratings CSV holds): key groups of
+``--column-batch`` rows (23,000: what one 512 KiB run of the ratings CSV holds): key groups of
 the ``(movieId, userId)`` columns (``KeyColumns.subtasks``), the Arrow split into two consumers,
 Arrow IPC out and in, and making the row tuples at the consumer (``ColumnBatch.rows``).
 
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000, help="distinct (movie, user) keys")
     parser.add_argument("--batch", type=int, default=1024, help="records per batch and buffer")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--column-batch", type=int, default=5_800, help="rows per column batch")
+    parser.add_argument("--column-batch", type=int, default=23_000, help="rows per column batch")
     args = parser.parse_args()
     rng = random.Random(16)
     pairs = [(rng.randrange(1, 200_000), rng.randrange(1, 700)) for _ in range(args.keys)]

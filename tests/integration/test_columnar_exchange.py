@@ -92,13 +92,13 @@ def _write_spread(path, keys: int, copies: int, seed: int) -> list[tuple]:
 
 @pytest.mark.parametrize("max_keys, folded", [(250_000, True), (2_000, False)])
 def test_local_aggregation_folds_keys_far_apart_or_steps_aside(tmp_path, max_keys, folded):
-    """p=2 BATCH reduce over keys that recur only every 6 000 lines: a table that holds them
+    """p=2 BATCH reduce over keys that recur only every 20 000 lines: a table that holds them
     all folds each producer's records to one per key; one too small for them switches itself
     off after its first fill. Either way the result is the plain-Python one."""
     from emrflow.testing import CollectSink
 
     path = tmp_path / "ratings.csv"
-    rows = _write_spread(path, keys=6_000, copies=6, seed=21)
+    rows = _write_spread(path, keys=20_000, copies=3, seed=21)
     env = _env(2, True, RuntimeExecutionMode.BATCH, **{"execution.batch.local-aggregation.max-keys": max_keys})
     out = tmp_path / "out"
     out.mkdir()
@@ -116,7 +116,7 @@ def test_local_aggregation_folds_keys_far_apart_or_steps_aside(tmp_path, max_key
     if folded:
         assert keys <= into_reduce <= 2 * keys  # one partial per key and producer subtask at most
     else:
-        assert into_reduce > len(rows) - 2 * 2_100  # only the first fill of each producer folded
+        assert into_reduce > 0.9 * len(rows)  # at most the first fill of each producer folded
 
 
 @pytest.mark.parametrize("columnar", [True, False])
