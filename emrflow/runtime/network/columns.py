@@ -358,6 +358,33 @@ def _python_columns(record_batch: "pa.RecordBatch") -> list[list]:
     return [python_column(c) for c in record_batch.columns]
 
 
+def column_keys(record_batch: "pa.RecordBatch", fields: tuple[tuple[int, ...], bool] | None,
+                timestamped: bool = False) -> list | None:
+    """The keys a key selector of field positions gives the rows of ``record_batch``, taken from
+    its columns: the field's values for one field, tuples of them for a composite key.
+
+    Args:
+        record_batch: the batch's columns (of a timestamped batch: the last is the timestamp).
+        fields: ``(positions, composite)`` as :func:`key_fields` returns it, or ``None``.
+        timestamped: whether the last column is the timestamp (not a record field).
+
+    Returns:
+        One key per row, or ``None`` when ``fields`` is ``None``, a position is beyond the
+        record's fields or a key column has nulls (the caller then calls the key selector).
+    """
+    if fields is None:
+        return None
+    positions, composite = fields
+    if max(positions) >= record_batch.num_columns - timestamped:
+        return None
+    cols = [record_batch.column(p) for p in positions]
+    if any(c.null_count for c in cols):
+        return None
+    if not composite:
+        return python_column(cols[0])
+    return list(zip(*map(python_column, cols)))
+
+
 def materialize(batch: Any) -> list:
     """``batch`` as a list of records: the rows of a :class:`ColumnBatch`, any other batch as is."""
     return batch.rows() if type(batch) is ColumnBatch else batch

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from emrflow.graph.keygroups import KeyToSubtask
-from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, key_fields, python_column
+from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, column_keys, key_fields
 
 
 class RecordWriter:
@@ -290,22 +290,14 @@ class CombiningWriter(HashWriter):
     def _column_keys(self, batch: ColumnBatch) -> tuple[list | None, bool]:
         """The batch's keys from its columns, and whether they are int stand-ins for int pairs;
         ``(None, False)`` when the key is a function or a key column has nulls."""
-        if self._fields is None:
-            return None, False
-        positions, composite = self._fields
         rb = batch.record_batch
-        if max(positions) >= rb.num_columns - batch.timestamped:
-            return None, False
-        cols = [rb.column(p) for p in positions]
-        if any(c.null_count for c in cols):
-            return None, False
-        if not composite:
-            return python_column(cols[0]), False  # the very values key_by(i) returns
-        if len(cols) == 2:
-            pair = int_pair_keys(cols[0], cols[1])
+        fields = self._fields
+        if fields is not None and fields[1] and len(fields[0]) == 2 and max(fields[0]) < rb.num_columns:
+            a, b = rb.column(fields[0][0]), rb.column(fields[0][1])
+            pair = None if a.null_count or b.null_count else int_pair_keys(a, b)
             if pair is not None:
                 return pair, True
-        return list(zip(*map(python_column, cols))), False
+        return column_keys(rb, fields, batch.timestamped), False
 
     def _drain(self) -> None:
         table, self._table = self._table, self._agg.new_table()

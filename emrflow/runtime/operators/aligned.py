@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - other Pythons
 
 from emrflow.api.aggregates import Avg, Count, Max, Min, Sum, field_access, field_values
 from emrflow.api.windowing import TimeWindow
-from emrflow.runtime.network.columns import ColumnBatch, key_fields, python_column
+from emrflow.runtime.network.columns import ColumnBatch, column_keys, key_fields
 from emrflow.runtime.operators.base import keyed_snapshot
 from emrflow.runtime.operators.window import CONTENTS, WindowOperator
 from emrflow.runtime.state import MISSING, HashMapStateBackend
@@ -282,13 +282,7 @@ class AlignedWindowOperator(WindowOperator):
         fields by position; else ``None``."""
         if self._key_fields is False:
             self._key_fields = key_fields(self.key_selector)
-        if self._key_fields is None:
-            return None
-        positions, composite = self._key_fields
-        if max(positions) >= record_batch.num_columns - 1:
-            return None
-        cols = [python_column(record_batch.column(p)) for p in positions]
-        return list(zip(*cols)) if composite else cols[0]
+        return column_keys(record_batch, self._key_fields, timestamped=True)
 
     def _fold_tumbling(self, stamps: list, values: list, size: int, offset: int) -> None:
         """Fold a batch spanning several tumbling windows, none late.
