@@ -292,7 +292,8 @@ class CombiningWriter(HashWriter):
         ``(None, False)`` when the key is a function or a key column has nulls."""
         rb = batch.record_batch
         fields = self._fields
-        if fields is not None and fields[1] and len(fields[0]) == 2 and max(fields[0]) < rb.num_columns:
+        if (fields is not None and fields[1] and len(fields[0]) == 2
+                and max(fields[0]) < rb.num_columns - batch.timestamped):
             a, b = rb.column(fields[0][0]), rb.column(fields[0][1])
             pair = None if a.null_count or b.null_count else int_pair_keys(a, b)
             if pair is not None:
