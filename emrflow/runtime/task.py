@@ -420,12 +420,16 @@ class StreamTask:
                 self.busy_s += clock() - t0
             elif kind == RECORDS:
                 t0 = clock()
-                process(payload.rows() if type(payload) is ColumnBatch and not columns else payload)
+                if type(payload) is ColumnBatch:
+                    for part in payload.slices():  # processed while its records are in cache
+                        process(part if columns else part.rows())
+                else:
+                    process(payload)
                 self.busy_s += clock() - t0
             elif kind == COLUMNS:
                 t0 = clock()
-                batch = ColumnBatch.from_bytes(payload)
-                process(batch if columns else batch.rows())
+                for part in ColumnBatch.from_bytes(payload).slices():
+                    process(part if columns else part.rows())
                 self.busy_s += clock() - t0
             elif kind == EVENT:
                 if type(payload) is CheckpointBarrier:

@@ -13,6 +13,7 @@ import random
 import struct
 import zlib
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -123,6 +124,18 @@ def test_split_keeps_order_and_ipc_round_trips():
     assert len(joined) == N and sorted(r[0] for r in joined.rows()) == sorted(INTS)
     many = BATCH.split(KeyColumns((0,), False, 128, 6).subtasks(BATCH), 6)  # the sort-based split
     assert sum(len(p) for p in many if p is not None) == N
+
+
+@pytest.mark.parametrize("rows_per_slice", [1, 7, N - 1, N, 10 * N])
+def test_slices_cut_a_batch_in_order_without_copying(rows_per_slice):
+    parts = BATCH.slices(rows_per_slice)
+    assert [len(p) for p in parts] == [min(rows_per_slice, N - i) for i in range(0, N, rows_per_slice)]
+    assert repr([r for p in parts for r in p.rows()]) == repr(BATCH.rows())  # NaN too
+    base = BATCH.record_batch.column(0).buffers()[1].address
+    assert all(p.record_batch.column(0).buffers()[1].address == base for p in parts)  # shared memory
+    stamped = BATCH.with_timestamps(np.arange(N, dtype=np.int64))
+    assert repr([r for p in stamped.slices(rows_per_slice) for r in p.rows()]) == repr(stamped.rows())
+    assert all(p.timestamped for p in stamped.slices(rows_per_slice))
 
 
 class ListChannel:

@@ -85,6 +85,22 @@ def test_keys_spread_over_the_input_are_folded_when_the_table_holds_them(paralle
     assert len(sent) == 700  # one partial result per key: nothing crossed twice
 
 
+def test_a_batch_longer_than_a_slice_is_folded_slice_by_slice_and_the_table_fills_between(monkeypatch):
+    """A column batch of many slices (``ROWS_PER_SLICE``): the table may fill after any slice;
+    what reaches the consumers is what plain Python folds."""
+    from emrflow.runtime.network import columns, writers
+    monkeypatch.setattr(columns, "ROWS_PER_SLICE", 128)
+    monkeypatch.setattr(writers, "ROWS_PER_SLICE", 128)
+    rows = spread(keys=900, copies=5, seed=11)
+    channels = [ListChannel(), ListChannel()]
+    writer = CombiningWriter(channels, 256, key_selector_of((1, 0)), 128, ReduceAggregator(later),
+                             max_keys=1000)
+    pieces = [as_columns(rows[:2500]), as_columns(rows[2500:])]  # 20 and 16 slices
+    run(writer, pieces)
+    sent = check_delivery(channels, rows)
+    assert writer.active and len(sent) < len(rows) / 2
+
+
 def test_a_full_table_that_folded_little_switches_the_combiner_off_and_loses_nothing():
     rows = spread(keys=5000, copies=2, seed=3)  # 5000 keys, a table of 400: hardly any folding
     channels = [ListChannel(), ListChannel()]

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from emrflow.graph.keygroups import KeyToSubtask
-from emrflow.runtime.network.columns import ColumnBatch, KeyColumns, column_keys, key_fields
+from emrflow.runtime.network.columns import ROWS_PER_SLICE, ColumnBatch, KeyColumns, column_keys, key_fields
 
 
 class RecordWriter:
@@ -272,6 +272,10 @@ class CombiningWriter(HashWriter):
             return
         keys, paired = None, False
         if type(records) is ColumnBatch:
+            if len(records) > ROWS_PER_SLICE:  # fold a slice's records while they are in cache
+                for part in records.slices():
+                    self.write_batch(part)
+                return
             keys, paired = self._column_keys(records)
             records = records.rows()
         if keys is None:
