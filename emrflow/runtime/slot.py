@@ -396,30 +396,6 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-#: modules a slot process imports while it waits for its first deployment
-PRELOAD_MODULES = ("numpy", "pyarrow", "pyarrow.csv", "pyarrow.compute")
-
-
-def preload_modules(names: tuple[str, ...] = PRELOAD_MODULES) -> None:
-    """Import NumPy and pyarrow (CSV parsing, the columnar exchange, key groups over
-    columns) ahead of the first deployment.
-
-    Importing them takes about 0.15 s of CPU, which a file source would otherwise spend
-    after its job started, in every slot; a slot process starts with its TaskManager, long
-    before a job in a session cluster and while the client still builds the job with
-    ``emrflow run``. It costs about 45 MiB of resident memory per slot process. Runs in
-    a daemon thread; a task that imports one of them meanwhile waits for the same import
-    (Python's module locks). An import that fails is left to the task that needs the
-    module, which reports it.
-    """
-    import importlib
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the task that needs the module reports it
-            continue
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of a slot process."""
     parser = argparse.ArgumentParser(prog="python -m emrflow.runtime.slot")
@@ -432,7 +408,6 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(f"slot {args.taskmanager_id}/{args.slot_index}")
     secret = os.environ.get("EMRFLOW_CLUSTER_SECRET", "")
     host, _, port = args.jobmanager.rpartition(":")
-    threading.Thread(target=preload_modules, daemon=True, name="preload").start()
     slot = SlotProcess((host, int(port)), secret, args.taskmanager_id, args.slot_index, args.host)
     slot.serve()
     sys.stdout.flush()

@@ -132,23 +132,6 @@ def test_cluster_runs_remote_jobs_and_stop_leaves_nothing(tmp_path):
     assert proc.returncode == 1 and "no standalone cluster" in proc.stderr
 
 
-def test_slot_processes_load_numpy_and_pyarrow_before_any_job(cluster):
-    """A fresh cluster's slot processes map NumPy's and Arrow's shared libraries while no job has
-    run (slot.preload_modules), so a job's CSV source does not import them after it started."""
-    assert get(cluster.rest, "/jobs/overview")["jobs"] == []
-    slots = [c for pid in cluster.info["taskmanager_pids"] for c in psutil.Process(pid).children(recursive=True)
-             if "emrflow.runtime.slot" in " ".join(c.cmdline())]
-    assert len(slots) == 2
-
-    def libraries(p):
-        return {os.path.basename(m.path) for m in p.memory_maps()}
-    for p in slots:
-        wait_for(lambda p=p: any(n.startswith("libarrow.so") for n in libraries(p))
-                 and any("numpy" in n or n.startswith("_multiarray_umath") for n in libraries(p)),
-                 what=f"slot process {p.pid} to load pyarrow and NumPy")
-    assert get(cluster.rest, "/jobs/overview")["jobs"] == []
-
-
 def test_second_start_is_refused(cluster):
     proc = cli("cluster", "start", "--rest-port", "0", workdir=cluster.workdir, check=False)
     assert proc.returncode == 1 and "already running" in proc.stderr
