@@ -418,18 +418,15 @@ class StreamTask:
                 t0 = clock()
                 process(loads(payload))
                 self.busy_s += clock() - t0
-            elif kind == RECORDS:
+            elif kind == RECORDS or kind == COLUMNS:
                 t0 = clock()
+                if kind == COLUMNS:
+                    payload = ColumnBatch.from_bytes(payload)
                 if type(payload) is ColumnBatch:
                     for part in payload.slices():  # processed while its records are in cache
                         process(part if columns else part.rows())
                 else:
                     process(payload)
-                self.busy_s += clock() - t0
-            elif kind == COLUMNS:
-                t0 = clock()
-                for part in ColumnBatch.from_bytes(payload).slices():
-                    process(part if columns else part.rows())
                 self.busy_s += clock() - t0
             elif kind == EVENT:
                 if type(payload) is CheckpointBarrier:

@@ -311,24 +311,21 @@ class CombiningWriter(HashWriter):
         if not len(table):
             return
         results = self._agg.results(table)
-        if not paired:
+        n = len(self.channels)
+        if not paired or n == 1:
             HashWriter.write_batch(self, results)
             return
         # the stand-ins give the key's two fields back as columns: key groups over whole
         # columns, then one C-level pass puts each result in its consumer's staging list
-        n = len(self.channels)
-        if n > 1:
-            import numpy as np
-            import pyarrow as pa
-            pairs = np.fromiter(self._agg.keys(table), dtype=np.int64, count=len(table))
-            first, second = pairs >> 32, (pairs & 0xFFFFFFFF) - 2**31
-            if self._key_columns is None:
-                self._key_columns = KeyColumns(*self._fields, self._max_parallelism, n)
-            subtasks = self._key_columns.subtasks_of([pa.array(first), pa.array(second)])
-            self._consume(map(list.append, map(self._stages.__getitem__, subtasks.tolist()), results))
-            self._emit_stages()
-        else:
-            self._emit_to(0, results)
+        import numpy as np
+        import pyarrow as pa
+        pairs = np.fromiter(self._agg.keys(table), dtype=np.int64, count=len(table))
+        first, second = pairs >> 32, (pairs & 0xFFFFFFFF) - 2**31
+        if self._key_columns is None:
+            self._key_columns = KeyColumns(*self._fields, self._max_parallelism, n)
+        subtasks = self._key_columns.subtasks_of([pa.array(first), pa.array(second)])
+        self._consume(map(list.append, map(self._stages.__getitem__, subtasks.tolist()), results))
+        self._emit_stages()
 
     def end_input(self) -> None:
         self._drain()
