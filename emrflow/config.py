@@ -163,13 +163,20 @@ def _parse_list(opt: ConfigOption, value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(value).split(";") if part.strip())
 
 
+def _memory(opt: ConfigOption, value: Any) -> int:
+    size = parse_memory_bytes(value)
+    if opt.min is not None and size < opt.min:
+        raise ValueError(f"expected {opt.expected()}, got {value!r}")
+    return size
+
+
 #: The one parser of each option type: ``(option, raw value) -> typed value``.
 _PARSERS: dict[str, Callable[[ConfigOption, Any], Any]] = {
     "int": lambda opt, value: _number(opt, value, int),
     "float": lambda opt, value: _number(opt, value, float),
     "bool": _parse_bool, "str": _parse_str, "enum": _parse_enum, "list": _parse_list,
     "duration": lambda opt, value: parse_duration_ms(value),
-    "memory": lambda opt, value: parse_memory_bytes(value),
+    "memory": lambda opt, value: _memory(opt, value),
 }
 
 
@@ -228,7 +235,8 @@ class ConfigOption:
         """Return what a valid value looks like, e.g. ``"an integer >= 1"``."""
         return {"int": "an integer" + _bounds(self), "float": "a number" + _bounds(self),
                 "bool": "true or false", "str": "a string", "duration": _DURATION_HINT,
-                "memory": _MEMORY_HINT, "enum": "one of " + ", ".join(self.choices),
+                "memory": _MEMORY_HINT + (f" of at least {self.format(self.min)}" if self.min else ""),
+                "enum": "one of " + ", ".join(self.choices),
                 "list": "a list or a ';'-separated string"}[self.type]
 
     def format(self, value: Any) -> str:
@@ -328,6 +336,14 @@ _OPTION_ROWS: list[tuple[Any, ...]] = [
      "producer may have in flight to one consumer before it blocks (Flink option).", (), 1),
     ("taskmanager.network.batch-size", "int", 1024, "Records per network buffer (emrflow-specific: "
      "emrflow's buffers count records, not bytes).", (), 1),
+    ("taskmanager.network.shared-memory", "bool", True, "Between slot processes on the same "
+     "Linux host, move buffers through a shared-memory ring (an anonymous memory file, one slot "
+     "per credit) and a Unix socket instead of TCP; buffers under 8 KiB or over "
+     "`taskmanager.network.shared-memory.slot-size`, and events, go through the socket "
+     "(emrflow-specific; false: TCP between all slot processes).", ()),
+    ("taskmanager.network.shared-memory.slot-size", "memory", 4 * _MIB, "Bytes of one slot of a "
+     "channel's shared-memory ring; a channel maps buffers-per-channel slots (emrflow-specific).",
+     (), 64 * 1024),
     ("taskmanager.network.columnar-exchange", "bool", True, "Let a source that reads typed columns "
      "(the CSV source, through pyarrow) pass them to the exchange as columns when no operator but "
      "its timestamp assigner is chained after it: key groups are then computed over whole columns and buffers cross "

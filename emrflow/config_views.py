@@ -88,18 +88,23 @@ class NetworkConfig:
         buffers_per_channel: ``taskmanager.network.memory.buffers-per-channel``: credits a
             receiver grants each input channel (credit-based flow control).
         batch_size: ``taskmanager.network.batch-size``: records per network buffer.
+        shared_memory_slot_bytes: ``taskmanager.network.shared-memory.slot-size`` (bytes) when
+            ``taskmanager.network.shared-memory`` is true, else 0 (TCP between slot processes).
     """
 
     buffer_timeout_ms: int
     buffers_per_channel: int
     batch_size: int
+    shared_memory_slot_bytes: int = 0
 
     @classmethod
     def of(cls, config: Configuration) -> "NetworkConfig":
         """Return the network options of ``config``."""
         return cls(buffer_timeout_ms=int(config.get("execution.buffer-timeout")),
                    buffers_per_channel=int(config.get("taskmanager.network.memory.buffers-per-channel")),
-                   batch_size=int(config.get("taskmanager.network.batch-size")))
+                   batch_size=int(config.get("taskmanager.network.batch-size")),
+                   shared_memory_slot_bytes=int(config.get("taskmanager.network.shared-memory.slot-size"))
+                   if config.get("taskmanager.network.shared-memory") else 0)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ _NOT_STARTED_OR_RUNNING = (ExecutionState.CREATED, ExecutionState.RUNNING)
 class _Deployment:
     job: JobGraph
     attempt: int
-    slot_addresses: dict[int, tuple[str, int]]
+    slot_addresses: dict[int, tuple]  # DataServer.data_address of each slot
     completed_checkpoint: int = -1
     #: vertex id -> the cancel event of its pipelined region's current tasks
     region_cancel: dict[int, threading.Event] = field(default_factory=dict)
@@ -84,7 +84,7 @@ class SlotProcess:
         self.secret = secret
         self.server = DataServer(host, secret)
         self.conn = rpc.connect(jobmanager, secret, role="slot", taskmanager_id=taskmanager_id,
-                                slot_index=slot_index, data_address=list(self.server.address),
+                                slot_index=slot_index, data_address=self.server.data_address,
                                 pid=os.getpid())
         self.slot_id = f"{taskmanager_id}/{slot_index}"
         self.deployments: dict[str, _Deployment] = {}
@@ -251,7 +251,8 @@ class SlotProcess:
                     channels.append(LocalChannel(local_gate, ch_index, credits, cancel))
                 else:
                     channels.append(RemoteChannel(dep.slot_addresses[c], self.secret, job.job_id,
-                                                  target.id, c, ch_index, credits, cancel))
+                                                  target.id, c, ch_index, credits, cancel,
+                                                  network.shared_memory_slot_bytes))
             writers[e_idx] = make_writer(
                 edge, channels, batch, index, target.max_parallelism, make_aggregator,
                 combine_max_keys=int(job.config.get("execution.batch.local-aggregation.max-keys")))

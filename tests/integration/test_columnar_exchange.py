@@ -1,6 +1,7 @@
 """The columnar exchange in real jobs: a CSV source whose typed columns go straight to a keyed
 exchange (no operator chained in between, or only its timestamp assigner), at parallelism 1 to
-3, against plain-Python references, with ``taskmanager.network.columnar-exchange`` on and off.
+3, against plain-Python references, with ``taskmanager.network.columnar-exchange`` on and off
+(and, at parallelism 2, with the slot processes' shared-memory channels switched off: TCP).
 
 The input mixes runs that pyarrow parses (they cross the exchange as Arrow columns) with
 runs it refuses (bad lines, a quoted field: parsed line by line and sent as rows), so one
@@ -65,12 +66,13 @@ def later(a: tuple, b: tuple) -> tuple:
     return b if (b[3], b[2]) > (a[3], a[2]) else a
 
 
-@pytest.mark.parametrize("parallelism", [1, 2, 3])
+@pytest.mark.parametrize("parallelism, shared_memory", [(1, True), (2, True), (3, True), (2, False)])
 @pytest.mark.parametrize("columnar", [True, False])
-def test_batch_reduce_by_composite_key_equals_the_reference(tmp_path, parallelism, columnar):
+def test_batch_reduce_by_composite_key_equals_the_reference(tmp_path, parallelism, columnar, shared_memory):
     path = tmp_path / "ratings.csv"
     good, _bad = _write_input(path)
-    env = _env(parallelism, columnar, RuntimeExecutionMode.BATCH)
+    env = _env(parallelism, columnar, RuntimeExecutionMode.BATCH,
+               **{"taskmanager.network.shared-memory": shared_memory})
     got = (env.from_source(_source(path), source_name="ratings")
            .key_by((1, 0)).reduce(later).execute_and_collect())
     expected: dict = {}

@@ -10,10 +10,14 @@ flight, whatever the speeds (Flink's credit-based flow control).
 
 * :class:`LocalChannel`: producer and consumer in the same slot process; the
   list object itself is handed over (no serialisation).
-* :class:`RemoteChannel`: a TCP connection to the consumer's slot process; a
+* :class:`RemoteChannel`: a connection to the consumer's slot process; a
   buffer is one pickled frame (:func:`dumps_buffer`: one pickle of the whole
   list, never one per record), a :class:`~emrflow.runtime.network.columns.ColumnBatch`
   one Arrow IPC stream frame. Credits come back on the same connection.
+  Between slot processes on one host (Linux) the connection is a Unix socket
+  and buffers of at least :data:`SHM_MIN_BYTES` travel through a
+  shared-memory ring instead of the socket (see :class:`RemoteChannel`);
+  otherwise, or when ``taskmanager.network.shared-memory`` is false, it is TCP.
 
 On the consumer side an :class:`InputGate` merges all channels of a subtask
 into one queue; the :class:`DataServer` of the slot process accepts TCP
@@ -22,14 +26,19 @@ channels and feeds the gates.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import io
 import json
 import logging
+import mmap
+import os
 import pickle
 import queue
+import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -46,9 +55,34 @@ EVENT = 2      # an in-band event object
 CREDIT = 3     # consumer -> producer: credits returned (TCP only)
 BROKEN = 4     # the channel failed; payload is the reason (gate entries only)
 COLUMNS = 5    # a ColumnBatch as an Arrow IPC stream (TCP channels)
+SHM = 6        # producer -> consumer: a BYTES or COLUMNS payload lies in the shared-memory ring
 
 _HDR = struct.Struct("!IB")
 _CREDIT_FRAME = _HDR.pack(0, CREDIT)
+_SHM_REF = struct.Struct("!IIB")  # ring slot, payload length (bytes), payload kind
+
+# Payloads smaller than this go through the socket even on a shared-memory channel: below about it
+# the copy into the ring and out of it costs as much as the socket (bench/bench_shm_channel.py).
+SHM_MIN_BYTES = 8 * 1024
+
+_SHARED_MEMORY = sys.platform.startswith("linux") and hasattr(os, "memfd_create") \
+    and hasattr(socket, "send_fds")
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """An identifier of this host's running kernel (its boot id), the same in every process on it.
+
+    Two slot processes with the same id may reach each other through a Unix socket and shared
+    memory; ``""`` where shared-memory channels are not available (not Linux).
+    """
+    if not _SHARED_MEMORY:
+        return ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def dumps_buffer(records: list) -> bytes:
@@ -165,29 +199,100 @@ class LocalChannel:
 
 
 class RemoteChannel:
-    """A TCP channel to a consumer subtask in another slot process.
+    """A channel to a consumer subtask in another slot process: TCP, or shared memory on one host.
+
+    Flink's credit-based flow control and in-band events work the same on both transports: every
+    buffer and event spends a credit, the consumer returns it on the same connection once it has
+    processed the item, and events travel in order with the buffers.
+
+    **Shared memory** (``shared_memory_slot_bytes`` > 0, a Linux consumer on this host whose
+    address names a Unix socket): the connection is that Unix socket, and the producer creates a
+    ring of ``credits`` slots of ``shared_memory_slot_bytes`` each in an anonymous memory file
+    (``memfd_create``), which it hands to the consumer with the connection's hello (``SCM_RIGHTS``).
+    A buffer of :data:`SHM_MIN_BYTES` to ``shared_memory_slot_bytes`` is copied into slot
+    ``i % credits``, where ``i`` counts the items (buffers and events) sent on the channel, and
+    only a small :data:`SHM` frame naming the slot goes through the socket; the consumer copies
+    the payload out before it reads the next frame. Credits make the reuse safe: the producer
+    holds a credit for item ``i`` only after ``i + 1 - credits`` items were acknowledged, and the
+    consumer acknowledges an item only after it copied out every earlier one, so item
+    ``i - credits``, the slot's previous user, has been copied. Smaller and larger buffers and
+    all events go through the socket. The memory file has no name: it is freed when both
+    processes have closed it, also when one is killed, and it is not limited by ``/dev/shm``.
+    Without a reachable Unix socket (another host, another network namespace, not Linux) the
+    channel is TCP.
 
     Args:
-        address: ``(host, port)`` of the consumer's :class:`DataServer`.
+        address: the consumer's :attr:`DataServer.data_address`: ``(host, port)``, optionally
+            followed by its Unix socket name and its :func:`host_id`.
         secret: cluster secret (checked by the server before anything else).
         job_id, vertex_id, subtask_index: which consumer subtask.
         channel_index: this channel's index in the consumer's input gate.
-        credits: initial credits.
+        credits: initial credits (``taskmanager.network.memory.buffers-per-channel``).
         cancel: the producer subtask's cancel flag.
+        shared_memory_slot_bytes: bytes per ring slot (``taskmanager.network.shared-memory.slot-size``);
+            0 means TCP only.
+
+    Attributes:
+        transport: ``"shm"`` or ``"tcp"``, the transport chosen.
+
+    Raises:
+        OSError: the consumer's data server cannot be reached over TCP (within 30 s).
     """
 
-    def __init__(self, address: tuple[str, int], secret: str, job_id: str, vertex_id: int,
-                 subtask_index: int, channel_index: int, credits: int, cancel: threading.Event):
+    def __init__(self, address, secret: str, job_id: str, vertex_id: int,
+                 subtask_index: int, channel_index: int, credits: int, cancel: threading.Event,
+                 shared_memory_slot_bytes: int = 0):
         self._credits = _Credits(credits, cancel)
-        self._sock = socket.create_connection(address, timeout=30)
-        self._sock.settimeout(None)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = json.dumps({"secret": secret, "job_id": job_id, "vertex": vertex_id,
-                            "subtask": subtask_index, "channel": channel_index}).encode()
-        self._sock.sendall(struct.pack("!I", len(hello)) + hello)
+        hello = {"secret": secret, "job_id": job_id, "vertex": vertex_id,
+                 "subtask": subtask_index, "channel": channel_index}
+        self._ring: mmap.mmap | None = None
+        self._slot_bytes = shared_memory_slot_bytes
+        self._ring_slots = credits
+        self._seq = 0  # items (buffers and events) sent so far: the ring slot of a buffer
+        self._sock = None
+        if shared_memory_slot_bytes > 0 and len(address) >= 4 and address[2] and address[3] \
+                and address[3] == host_id():
+            self._sock = self._connect_shared(address[2], hello)
+        self.transport = "shm" if self._sock is not None else "tcp"
+        if self._sock is None:
+            self._sock = socket.create_connection(tuple(address[:2]), timeout=30)
+            self._sock.settimeout(None)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            data = json.dumps(hello).encode()
+            self._sock.sendall(struct.pack("!I", len(data)) + data)
         self._reader = threading.Thread(target=self._read_credits, daemon=True,
                                         name=f"credits-{vertex_id}.{subtask_index}.{channel_index}")
         self._reader.start()
+
+    def _connect_shared(self, name: str, hello: dict) -> socket.socket | None:
+        """Connect to the consumer's Unix socket and hand it the ring; ``None`` if unreachable."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(30)
+            sock.connect("\0" + name)
+            sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            log.debug("no shared-memory channel to %s (%s); using TCP", name, exc)
+            return None
+        size = self._ring_slots * self._slot_bytes
+        fd = os.memfd_create("emrflow-channel", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            self._ring = mmap.mmap(fd, size)
+            data = json.dumps(dict(hello, ring_slots=self._ring_slots,
+                                   ring_slot_bytes=self._slot_bytes)).encode()
+            socket.send_fds(sock, [struct.pack("!I", len(data)) + data], [fd])
+        except OSError as exc:  # no memory for the ring, the consumer went away: TCP instead
+            sock.close()
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            log.warning("cannot set up a shared-memory channel to %s (%s); using TCP", name, exc)
+            return None
+        finally:
+            os.close(fd)
+        return sock
 
     def _read_credits(self) -> None:
         try:
@@ -205,10 +310,19 @@ class RemoteChannel:
         seconds spent waiting for credit."""
         waited = self._credits.take()
         if type(records) is ColumnBatch:
-            data, kind = records.to_bytes(), COLUMNS
+            data, kind = records.to_buffer(), COLUMNS
         else:
             data, kind = dumps_buffer(records), BYTES
-        self._sock.sendall(_HDR.pack(len(data), kind) + data)
+        n = len(data)
+        ring = self._ring
+        if ring is not None and SHM_MIN_BYTES <= n <= self._slot_bytes:
+            slot = self._seq % self._ring_slots
+            start = slot * self._slot_bytes
+            ring[start:start + n] = data
+            self._sock.sendall(_HDR.pack(_SHM_REF.size, SHM) + _SHM_REF.pack(slot, n, kind))
+        else:
+            self._sock.sendall(_HDR.pack(n, kind) + data)
+        self._seq += 1
         return waited
 
     def send_event(self, event: Any) -> float:
@@ -216,6 +330,7 @@ class RemoteChannel:
         waited = self._credits.take()
         data = pickle.dumps(event, protocol=5)
         self._sock.sendall(_HDR.pack(len(data), EVENT) + data)
+        self._seq += 1
         return waited
 
     def close(self) -> None:
@@ -226,14 +341,26 @@ class RemoteChannel:
             pass
         self._reader.join(timeout=5)
         self._sock.close()
+        if self._ring is not None:
+            self._ring.close()  # the consumer has its own mapping of the ring
 
 
 class DataServer:
-    """Accepts TCP channels for the subtasks of one slot process.
+    """Accepts the input channels of the subtasks of one slot process.
+
+    It listens on TCP and, on Linux, on a Unix socket in the abstract namespace (no file, gone
+    with the process) for :class:`RemoteChannel` producers on the same host that bring a
+    shared-memory ring.
 
     Args:
         host: interface to listen on.
         secret: cluster secret; a connection with another secret is closed unread.
+
+    Attributes:
+        address: ``(host, port)`` of the TCP listener.
+        data_address: what producers need to connect, as the slot advertises it to the
+            JobManager: ``[host, port, unix socket name, host id]`` (the last two ``""``
+            without shared-memory channels).
     """
 
     def __init__(self, host: str, secret: str):
@@ -243,7 +370,24 @@ class DataServer:
         self._gates: dict[tuple[str, int, int], InputGate] = {}
         self._cond = threading.Condition()
         self._closed = False
-        threading.Thread(target=self._accept_loop, daemon=True, name="data-server").start()
+        self._unix: socket.socket | None = None
+        name, node = "", host_id()
+        if node:
+            name = f"emrflow-data-{os.getpid()}-{secrets.token_hex(8)}"
+            try:
+                self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._unix.bind("\0" + name)
+                self._unix.listen(64)
+            except OSError as exc:
+                log.info("no Unix socket for shared-memory channels (%s); TCP only", exc)
+                self._unix.close()
+                self._unix, name, node = None, "", ""
+        self.data_address = [host, self.address[1], name, node]
+        threading.Thread(target=self._accept_loop, args=(self._sock, False), daemon=True,
+                         name="data-server").start()
+        if self._unix is not None:
+            threading.Thread(target=self._accept_loop, args=(self._unix, True), daemon=True,
+                             name="data-server-shm").start()
 
     def register(self, job_id: str, vertex_id: int, subtask_index: int, gate: InputGate) -> None:
         """Make ``gate`` reachable for producers of that consumer subtask."""
@@ -265,32 +409,60 @@ class DataServer:
     def close(self) -> None:
         """Stop accepting channels."""
         self._closed = True
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        for sock in (self._sock, self._unix):
+            try:
+                if sock is not None:
+                    sock.close()
+            except OSError:
+                pass
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket, unix: bool) -> None:
         while not self._closed:
             try:
-                sock, _ = self._sock.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(sock,), daemon=True, name="channel-in").start()
+            threading.Thread(target=self._serve, args=(sock, unix), daemon=True,
+                             name="channel-in").start()
 
-    def _serve(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _read_hello(self, sock: socket.socket, unix: bool) -> tuple[dict, mmap.mmap | None]:
+        """Read and check a producer's hello; on a Unix socket also map the ring it brings."""
+        sock.settimeout(30)
+        if unix:
+            head, fds, _, _ = socket.recv_fds(sock, 4, 1)
+            if len(head) < 4:
+                head += recv_exact(sock, 4 - len(head))
+        else:
+            head, fds = recv_exact(sock, 4), []
+        ring = None
         try:
-            sock.settimeout(30)
-            (n,) = struct.unpack("!I", recv_exact(sock, 4))
+            (n,) = struct.unpack("!I", head)
             if n > 4096:
                 raise ValueError("oversized channel hello")
             hello = json.loads(bytes(recv_exact(sock, n)))
             if not hmac.compare_digest(str(hello.get("secret", "")).encode(), self._secret):
                 raise ValueError("wrong secret")
+            if unix:
+                if len(fds) != 1:
+                    raise ValueError("shared-memory channel without its ring")
+                size = int(hello["ring_slots"]) * int(hello["ring_slot_bytes"])
+                if size <= 0 or os.fstat(fds[0]).st_size < size:
+                    raise ValueError("shared-memory ring smaller than announced")
+                ring = mmap.mmap(fds[0], size, prot=mmap.PROT_READ)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.settimeout(None)
+        return hello, ring
+
+    def _serve(self, sock: socket.socket, unix: bool) -> None:
+        if not unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            hello, ring = self._read_hello(sock, unix)
             key = (hello["job_id"], int(hello["vertex"]), int(hello["subtask"]))
             channel = int(hello["channel"])
-            sock.settimeout(None)
+            slots, slot_bytes = (int(hello["ring_slots"]), int(hello["ring_slot_bytes"])) if unix else (0, 0)
         except (OSError, ConnectionClosed, ValueError, KeyError, TypeError):
             sock.close()
             return
@@ -300,6 +472,8 @@ class DataServer:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     sock.close()
+                    if ring is not None:
+                        ring.close()
                     return
                 self._cond.wait(left)
             gate = self._gates[key]
@@ -319,6 +493,13 @@ class DataServer:
             while True:
                 n, kind = _HDR.unpack(recv_exact(sock, _HDR.size))
                 payload = recv_exact(sock, n)
+                if kind == SHM and ring is not None:
+                    slot, length, kind = _SHM_REF.unpack(payload)
+                    if slot >= slots or length > slot_bytes:
+                        raise ConnectionClosed(f"bad shared-memory reference: slot {slot}, "
+                                               f"{length} bytes (ring of {slots} x {slot_bytes} bytes)")
+                    start = slot * slot_bytes
+                    payload = ring[start:start + length]  # a copy: the slot may be reused after our ack
                 if kind == EVENT:
                     ev = pickle.loads(payload)
                     ended = type(ev).__name__ == "EndOfPartition"
@@ -332,3 +513,5 @@ class DataServer:
                 put((channel, BROKEN, f"input channel {channel} lost its producer: {exc}"))
         finally:
             sock.close()
+            if ring is not None:
+                ring.close()

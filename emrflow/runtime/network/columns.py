@@ -341,14 +341,22 @@ class ColumnBatch:
         table = pa.Table.from_batches([p.record_batch for p in parts])
         return ColumnBatch(table.combine_chunks().to_batches()[0])
 
-    def to_bytes(self) -> bytes:
-        """Serialise as an Arrow IPC stream (schema and one record batch)."""
+    def to_buffer(self) -> "pa.Buffer":
+        """Serialise as an Arrow IPC stream (schema and one record batch) into an Arrow buffer.
+
+        The buffer supports Python's buffer protocol, so it can be written to a socket or copied
+        into shared memory without another copy; :meth:`from_bytes` reads it back.
+        """
         import pyarrow as pa
         import pyarrow.ipc as pa_ipc
         sink = pa.BufferOutputStream()
         with pa_ipc.new_stream(sink, self.record_batch.schema) as writer:
             writer.write_batch(self.record_batch)
-        return sink.getvalue().to_pybytes()
+        return sink.getvalue()
+
+    def to_bytes(self) -> bytes:
+        """Serialise as an Arrow IPC stream (schema and one record batch), as ``bytes``."""
+        return self.to_buffer().to_pybytes()
 
     @staticmethod
     def from_bytes(data: bytes | memoryview) -> "ColumnBatch":
