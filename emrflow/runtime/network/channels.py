@@ -85,6 +85,12 @@ def host_id() -> str:
         return ""
 
 
+def _hello_frame(hello: dict) -> bytes:
+    """A channel's first frame: its JSON hello (secret, consumer subtask, channel), length-prefixed."""
+    data = json.dumps(hello).encode()
+    return struct.pack("!I", len(data)) + data
+
+
 def dumps_buffer(records: list) -> bytes:
     """Pickle one buffer of records (protocol 5) for a TCP channel; ``pickle.loads`` reads it.
 
@@ -258,8 +264,7 @@ class RemoteChannel:
             self._sock = socket.create_connection(tuple(address[:2]), timeout=30)
             self._sock.settimeout(None)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            data = json.dumps(hello).encode()
-            self._sock.sendall(struct.pack("!I", len(data)) + data)
+            self._sock.sendall(_hello_frame(hello))
         self._reader = threading.Thread(target=self._read_credits, daemon=True,
                                         name=f"credits-{vertex_id}.{subtask_index}.{channel_index}")
         self._reader.start()
@@ -280,9 +285,8 @@ class RemoteChannel:
         try:
             os.ftruncate(fd, size)
             self._ring = mmap.mmap(fd, size)
-            data = json.dumps(dict(hello, ring_slots=self._ring_slots,
-                                   ring_slot_bytes=self._slot_bytes)).encode()
-            socket.send_fds(sock, [struct.pack("!I", len(data)) + data], [fd])
+            socket.send_fds(sock, [_hello_frame(dict(hello, ring_slots=self._ring_slots,
+                                                     ring_slot_bytes=self._slot_bytes))], [fd])
         except OSError as exc:  # no memory for the ring, the consumer went away: TCP instead
             sock.close()
             if self._ring is not None:
@@ -374,14 +378,15 @@ class DataServer:
         name, node = "", host_id()
         if node:
             name = f"emrflow-data-{os.getpid()}-{secrets.token_hex(8)}"
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._unix.bind("\0" + name)
-                self._unix.listen(64)
+                unix.bind("\0" + name)
+                unix.listen(64)
+                self._unix = unix
             except OSError as exc:
                 log.info("no Unix socket for shared-memory channels (%s); TCP only", exc)
-                self._unix.close()
-                self._unix, name, node = None, "", ""
+                unix.close()
+                name, node = "", ""
         self.data_address = [host, self.address[1], name, node]
         threading.Thread(target=self._accept_loop, args=(self._sock, False), daemon=True,
                          name="data-server").start()
