@@ -140,6 +140,13 @@ def test_duration_and_memory_options_use_the_public_parsers():
         parse("heartbeat.timeout", "soon")
 
 
+def test_a_memory_option_with_a_minimum_refuses_less():
+    assert parse("taskmanager.network.shared-memory.slot-size", "64k") == 64 * 1024
+    assert parse("taskmanager.network.shared-memory.slot-size", "8m") == 8 * 2**20
+    with pytest.raises(ValueError, match="of at least 64k, got '63k'"):
+        parse("taskmanager.network.shared-memory.slot-size", "63k")
+
+
 def test_no_value_is_unset_only_where_the_default_is_unset():
     assert parse("pipeline.name", None) is None
     assert parse("execution.checkpointing.interval", "") is None
