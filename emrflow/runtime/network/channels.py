@@ -388,6 +388,8 @@ class DataServer:
                 unix.close()
                 name, node = "", ""
         self.data_address = [host, self.address[1], name, node]
+        log.info("data server on %s:%d (TCP)%s", host, self.address[1],
+                 f" and @{name} (Unix socket, shared-memory channels)" if name else "")
         threading.Thread(target=self._accept_loop, args=(self._sock, False), daemon=True,
                          name="data-server").start()
         if self._unix is not None:
