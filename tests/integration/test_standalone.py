@@ -99,6 +99,17 @@ def wait_for(predicate, timeout=30, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _mapped_rings(pids) -> int:
+    """Shared-memory channel rings mapped by the processes ``pids``."""
+    count = 0
+    for pid in pids:
+        try:
+            count += sum("emrflow-channel" in m.path for m in psutil.Process(pid).memory_maps(grouped=False))
+        except psutil.Error:
+            pass
+    return count
+
+
 def test_cluster_runs_remote_jobs_and_stop_leaves_nothing(tmp_path):
     c = Cluster(str(tmp_path / "cluster"))
     try:
@@ -122,6 +133,8 @@ def test_cluster_runs_remote_jobs_and_stop_leaves_nothing(tmp_path):
         assert details["state"] == "FINISHED" and len(details["vertices"]) == 2
         assert details["vertices"][0]["metrics"]["read-records"] == 100_004
         assert {n["inputs"][0]["ship_strategy"] for n in details["plan"]["nodes"] if n["inputs"]} == {"HASH"}
+        # the slots outlive the job; its channels' shared-memory rings must not
+        wait_for(lambda: _mapped_rings(c.pids()) == 0, timeout=15, what="the job's channel rings unmapped")
     finally:
         pids = c.pids()
         assert len(pids) >= 5  # JobManager, 2 TaskManagers, 2 slots
