@@ -20,24 +20,6 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not host_id(), reason="shared-memory channels need Linux")]
 
 
-class _Slow(GeneratedSource):
-    """Records as GeneratedSource makes them, 20 ms apart per batch: the job runs long enough to
-    look at its slot processes."""
-
-    def create_reader(self, ctx):
-        inner = super().create_reader(ctx)
-
-        class Reader:
-            def read_batches(self):
-                for batch in inner.read_batches():
-                    time.sleep(0.02)
-                    yield batch
-
-            def close(self):
-                inner.close()
-        return Reader()
-
-
 def _rings_per_slot() -> list[int]:
     """For each slot process under this one: how many shared-memory channel rings it maps."""
     counts = []
@@ -71,7 +53,7 @@ def test_slot_processes_exchange_through_shared_memory_unless_switched_off(share
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        got = (env.from_source(_Slow(n, make, batch_size=1_000))
+        got = (env.from_source(GeneratedSource(n, make, batch_size=1_000, rate=50_000))  # ~0.6 s
                .key_by(lambda r: r[0]).map(lambda r: (r[0], r[1])).execute_and_collect())
     finally:
         done.set()
